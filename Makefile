@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`.
+# Both create .venv on first use (only Python 3.10+ with venv and pip needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 1883
+
+.PHONY: run test bench clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[broker,test]'
+	touch $@
+
+# The embedded broker on 127.0.0.1:$(PORT) and the node with simulated pins,
+# printing the LED as it changes. Ctrl-C stops both.
+run: $(BIN)/.installed
+	@$(BIN)/edison-broker --bind 127.0.0.1:$(PORT) & broker=$$!; \
+	trap 'kill -INT $$broker 2>/dev/null; wait $$broker' EXIT INT TERM; \
+	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
+		--broker mqtt://127.0.0.1:$(PORT) --pins sim
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/node.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Everything that runs on the reachable host: the embedded broker and the X bridge."""

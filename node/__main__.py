@@ -1,0 +1,100 @@
+"""edison-node: command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import TextIO
+
+from node import __version__
+from node.config import ConfigError, load
+from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings
+from node.pins import BACKENDS, PinError, make_factory
+from node.pins.sim import Change
+
+log = logging.getLogger("edison-node")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="edison-node",
+        description="Keep an outbound MQTT connection and drive GPIO outputs on command. "
+        "Credentials come from MQTT_USERNAME and MQTT_PASSWORD or MQTT_PASSWORD_FILE.",
+    )
+    p.add_argument("--config", default="topics.yaml", help="the topics.yaml contract (default: %(default)s)")
+    p.add_argument("--device", help="device id in the config (default: the only device)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts://host[:port]")
+    p.add_argument("--ca-file", help="CA certificate(s) to trust for mqtts:// (default: the system's)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
+                   help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
+    p.add_argument("--keepalive", type=int, default=60, help="seconds between pings (default: %(default)s)")
+    p.add_argument("--session-expiry", type=int, default=86400,
+                   help="MQTT 5: seconds the broker keeps our session and commands while offline (default: %(default)s)")
+    p.add_argument("--pins", choices=BACKENDS, default="auto",
+                   help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
+    p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
+                   help="with simulated pins: append one JSON line per level change to this file")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+def _terminal_printer(names: dict[int, str], out: TextIO):
+    """Show simulated outputs as they change: the laptop stand-in for a real LED."""
+
+    def show(change: Change) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(change.t)) + f".{int(change.t % 1 * 1000):03d}"
+        lamp = "●" if change.value else "○"
+        print(f"{stamp}  {names.get(change.pin, '?')} (pin {change.pin})  {lamp} {'high' if change.value else 'low'}",
+              file=out, flush=True)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("node").setLevel(args.log_level)
+    try:
+        config = load(args.config)
+        if args.device is None and len(config.devices) != 1:
+            raise ConfigError(f"{args.config} has several devices: choose one with --device")
+        device_id = args.device or next(iter(config.devices))
+        device = config.device(device_id)
+        settings = LinkSettings(
+            BrokerAddress.parse(args.broker),
+            Credentials.from_env(),
+            protocol=args.protocol,
+            ca_file=args.ca_file,
+            keepalive=args.keepalive,
+            session_expiry=args.session_expiry,
+        )
+        if args.trace and args.pins != "sim":
+            raise PinError("--trace records simulated pins: use it with --pins sim")
+        names = {out.pin: out.name or name for name, out in device.outputs.items()}
+        listeners = [] if args.trace else [_terminal_printer(names, sys.stdout)]
+        pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
+        from node.service import Node  # after validation: keeps a bad start fast
+
+        node = Node(device_id, device, config.prefix, pins, settings)
+    except (ConfigError, LinkError, PinError) as exc:
+        log.error("%s", exc)
+        return 2
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda n, f: stop.set())
+    node.start()
+    stop.wait()
+    log.info("stopping: outputs to their safe state, publishing offline")
+    node.stop()
+    pins.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
