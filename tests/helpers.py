@@ -1,0 +1,192 @@
+"""Real processes and a real MQTT client for the tests: no sleeps, only waits on events."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 15.0  # generous: the suite must pass on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process whose combined output is kept in a file and watched line by line."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 stdin: int | None = subprocess.DEVNULL) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._lines: list[str] = []
+        self._new_line = threading.Condition()
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with open(self.log_path, "ab") as log:
+            for raw in self.popen.stdout:
+                log.write(raw)
+                log.flush()
+                with self._new_line:
+                    self._lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    self._new_line.notify_all()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._new_line:
+            return "\n".join(self._lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = TIMEOUT, start: int = 0) -> str:
+        """Wait until a line matching `pattern` (regex) appears; fail with the output so far."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while True:
+                for line in self._lines[start:]:
+                    if rx.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} from {self.argv[:3]}; output:\n{self.output}")
+                self._new_line.wait(remaining)
+
+    def line_count(self) -> int:
+        with self._new_line:
+            return len(self._lines)
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.popen.wait(timeout)
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str  # "amqtt" or "mosquitto"
+    port: int
+    proc: Proc
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.kind == "mosquitto"
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: object | None
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8", "replace")
+
+    def json(self) -> dict:
+        return json.loads(self.payload)
+
+
+class Probe:
+    """A test's own MQTT client: subscribe, publish, and wait for what arrives."""
+
+    def __init__(self, broker: Broker, client_id: str = "", username: str | None = "probe",
+                 password: str | None = None, mqtt5: bool | None = None) -> None:
+        self.mqtt5 = broker.mqtt5 if mqtt5 is None else mqtt5
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=paho.MQTTv5 if self.mqtt5 else paho.MQTTv311,
+        )
+        if username:
+            self.client.username_pw_set(username, password)
+        self.messages: queue.Queue[Received] = queue.Queue()
+        self.seen: list[Received] = []
+        self._subscribed: queue.Queue[list] = queue.Queue()
+        self._connected: queue.Queue = queue.Queue()
+        self.client.on_message = lambda c, u, m: self.messages.put(
+            Received(m.topic, m.payload, bool(m.retain), getattr(m, "properties", None)))
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self._subscribed.put(codes)
+        self.client.on_connect = lambda c, u, f, rc, p: self._connected.put(rc)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        rc = self._connected.get(timeout=TIMEOUT)
+        assert not rc.is_failure, f"probe could not connect: {rc}"
+
+    def subscribe(self, *topics: str) -> None:
+        for topic in topics:
+            self.client.subscribe(topic, qos=1)
+            codes = self._subscribed.get(timeout=TIMEOUT)
+            assert not any(c.is_failure for c in codes), f"subscribe {topic} refused: {codes}"
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1, properties=None) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        info.wait_for_publish(TIMEOUT)
+
+    def wait_for(self, topic: str, payload: str | None = None, timeout: float = TIMEOUT, where=None) -> Received:
+        """The next message on `topic` (with `payload`, and satisfying `where`), skipping others."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                msg = self.messages.get(timeout=max(remaining, 0))
+            except queue.Empty:
+                raise AssertionError(
+                    f"nothing on {topic} {payload or ''} within {timeout} s; seen: "
+                    f"{[(m.topic, m.text) for m in self.seen[-20:]]}"
+                ) from None
+            self.seen.append(msg)
+            if msg.topic == topic and (payload is None or msg.text == payload) and (where is None or where(msg)):
+                return msg
+
+    def result(self, device: str, command_id: str, prefix: str = "edison", timeout: float = TIMEOUT) -> dict:
+        msg = self.wait_for(f"{prefix}/{device}/result", where=lambda m: m.json().get("id") == command_id,
+                            timeout=timeout)
+        return msg.json()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def read_trace(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def python_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
