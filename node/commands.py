@@ -98,15 +98,15 @@ def parse(payload: bytes, default_blink: BlinkPattern) -> Command:
         raise CommandError("payload is not UTF-8 text") from None
     if not text:
         raise CommandError(f"empty payload (expected {', '.join(PLAIN)} or a JSON object)")
-    if not text.isprintable() and not text.startswith("{"):
+    if text.startswith(("{", "[")):
+        return _parse_json(text, default_blink)
+    if not text.isprintable():
         raise CommandError(f"payload has control characters (expected {', '.join(PLAIN)} or a JSON object)")
-    if not text.startswith("{"):
-        word = text.upper()
-        if word not in PLAIN:
-            shown = text if len(text) <= 40 else text[:40] + "..."
-            raise CommandError(f"unknown command {shown!r} (expected {', '.join(PLAIN)} or a JSON object)")
-        return Command(blink=default_blink) if word == "BLINK" else Command(state=word)  # type: ignore[arg-type]
-    return _parse_json(text, default_blink)
+    word = text.upper()
+    if word not in PLAIN:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise CommandError(f"unknown command {shown!r} (expected {', '.join(PLAIN)} or a JSON object)")
+    return Command(blink=default_blink) if word == "BLINK" else Command(state=word)  # type: ignore[arg-type]
 
 
 def _parse_json(text: str, default_blink: BlinkPattern) -> Command:

@@ -133,12 +133,12 @@ class Probe:
         )
         if username:
             self.client.username_pw_set(username, password)
-        self.messages: queue.Queue[Received] = queue.Queue()
         self.seen: list[Received] = []
+        self._arrived = threading.Condition()
+        self._cursor: dict[str, int] = {}  # per topic: index of the last message wait_for returned
         self._subscribed: queue.Queue[list] = queue.Queue()
         self._connected: queue.Queue = queue.Queue()
-        self.client.on_message = lambda c, u, m: self.messages.put(
-            Received(m.topic, m.payload, bool(m.retain), getattr(m, "properties", None)))
+        self.client.on_message = self._on_message
         self.client.on_subscribe = lambda c, u, mid, codes, p: self._subscribed.put(codes)
         self.client.on_connect = lambda c, u, f, rc, p: self._connected.put(rc)
         self.client.connect(broker.host, broker.port)
@@ -156,21 +156,30 @@ class Probe:
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(TIMEOUT)
 
+    def _on_message(self, client, userdata, m) -> None:
+        with self._arrived:
+            self.seen.append(Received(m.topic, m.payload, bool(m.retain), getattr(m, "properties", None)))
+            self._arrived.notify_all()
+
     def wait_for(self, topic: str, payload: str | None = None, timeout: float = TIMEOUT, where=None) -> Received:
-        """The next message on `topic` (with `payload`, and satisfying `where`), skipping others."""
+        """The first message on `topic` after the one last returned for it, with `payload` and satisfying `where`."""
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                msg = self.messages.get(timeout=max(remaining, 0))
-            except queue.Empty:
-                raise AssertionError(
-                    f"nothing on {topic} {payload or ''} within {timeout} s; seen: "
-                    f"{[(m.topic, m.text) for m in self.seen[-20:]]}"
-                ) from None
-            self.seen.append(msg)
-            if msg.topic == topic and (payload is None or msg.text == payload) and (where is None or where(msg)):
-                return msg
+        with self._arrived:
+            start = self._cursor.get(topic, -1) + 1
+            while True:
+                for i in range(start, len(self.seen)):
+                    msg = self.seen[i]
+                    if msg.topic == topic and (payload is None or msg.text == payload) and (where is None or where(msg)):
+                        self._cursor[topic] = i
+                        return msg
+                start = len(self.seen)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"nothing on {topic} {payload or ''} within {timeout} s; seen: "
+                        f"{[(m.topic, m.text) for m in self.seen[-20:]]}"
+                    )
+                self._arrived.wait(remaining)
 
     def result(self, device: str, command_id: str, prefix: str = "edison", timeout: float = TIMEOUT) -> dict:
         msg = self.wait_for(f"{prefix}/{device}/result", where=lambda m: m.json().get("id") == command_id,

@@ -1,0 +1,225 @@
+"""The pure parts: the payload grammar, topics.yaml validation, outputs on simulated pins, the mraa backend."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from node import commands, config
+from node.commands import CommandError
+from node.config import BlinkPattern, ConfigError, OutputConfig
+from node.outputs import Output
+from node.pins import PinError, make_factory
+from node.pins.sim import SimFactory
+from node.topics import DeviceTopics
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = BlinkPattern(count=10, on_time=0.3, off_time=0.3)
+
+
+# -- the payload grammar -------------------------------------------------------
+
+@pytest.mark.parametrize("payload, state", [(b"ON", "ON"), (b" off\n", "OFF"), (b"Toggle", "TOGGLE")])
+def test_plain_states_are_trimmed_and_case_insensitive(payload, state):
+    assert commands.parse(payload, DEFAULT) == commands.Command(state=state)
+
+
+def test_plain_blink_uses_the_outputs_default_pattern():
+    assert commands.parse(b"blink", DEFAULT).blink == DEFAULT
+
+
+def test_json_command_with_every_key():
+    cmd = commands.parse(json.dumps({
+        "state": "on", "effect": "BLINK", "count": 3, "on_time": 0.05, "id": 7, "expires": 2e9,
+        "source": {"via": "x", "post": "1"}}).encode(), DEFAULT)
+    assert cmd.state == "ON"
+    assert cmd.blink == BlinkPattern(count=3, on_time=0.05, off_time=0.3)
+    assert (cmd.id, cmd.expires, cmd.source) == ("7", 2e9, {"via": "x", "post": "1"})
+
+
+@pytest.mark.parametrize("payload, error", [
+    (b"", "empty payload"),
+    (b"   ", "empty payload"),
+    (b"\xff\xfe\x00", "not UTF-8"),
+    (b"\x00\x01\x02", "control characters"),
+    (b"x" * 4097, "over the 4096-byte limit"),
+    (b"DANCE", "unknown command 'DANCE'"),
+    (b"{", "malformed JSON"),
+    (b'{"state": "ON",}', "malformed JSON"),
+    (b"[1, 2]", "must be an object"),
+    (b"{}", 'needs "state" or "effect"'),
+    (b'{"state": "DIM"}', "state"),
+    (b'{"effect": "strobe"}', "effect"),
+    (b'{"effect": "blink", "count": 0}', "count"),
+    (b'{"effect": "blink", "count": 1001}', "count"),
+    (b'{"effect": "blink", "count": 2.5}', "count"),
+    (b'{"effect": "blink", "on_time": 0.01}', "on_time"),
+    (b'{"effect": "blink", "off_time": 61}', "off_time"),
+    (b'{"state": "ON", "count": 3}', 'need "effect": "blink"'),
+    (b'{"state": "ON", "colour": "red"}', "colour: unknown key"),
+    (b'{"on": true}', "on: unknown key"),
+    (b'{"state": "ON", "expires": "soon"}', "expires"),
+])
+def test_bad_payloads_get_a_clear_error(payload, error):
+    with pytest.raises(CommandError, match=error.replace("(", r"\(")):
+        commands.parse(payload, DEFAULT)
+
+
+def test_error_keeps_the_commands_id_for_the_result():
+    with pytest.raises(CommandError) as info:
+        commands.parse(b'{"id": "abc", "state": "MAYBE"}', DEFAULT)
+    assert info.value.command_id == "abc"
+
+
+# -- topics.yaml ---------------------------------------------------------------
+
+def test_shipped_topics_yaml_describes_the_reference_device():
+    cfg = config.load(ROOT / "topics.yaml")
+    led = cfg.device("edison-1").outputs["led"]
+    assert (led.pin, led.active_low, led.safe_state) == (20, False, "OFF")
+    assert led.blink == BlinkPattern(count=10, on_time=0.3, off_time=0.3)
+
+
+def test_yaml_1_1_booleans_stay_words():
+    cfg = config.parse("devices:\n  d:\n    outputs:\n      led: {pin: 1, safe_state: ON}\n")
+    assert cfg.devices["d"].outputs["led"].safe_state == "ON"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("devices:\n  d:\n    outputs:\n      led: {pin: 1, colour: red}\n", "devices.d.outputs.led.colour: unknown key"),
+    ("devices:\n  d:\n    outputs:\n      led: {pin: -1}\n", "devices.d.outputs.led.pin: Input should be greater than or equal to 0"),
+    ("devices:\n  d:\n    outputs:\n      led: {pin: 1, blink: {count: 0}}\n", "devices.d.outputs.led.blink.count"),
+    ("devices:\n  d:\n    outputs:\n      led: {pin: 1, safe_state: DIM}\n", "devices.d.outputs.led.safe_state"),
+    ("devices:\n  d:\n    outputs:\n      a: {pin: 1}\n      b: {pin: 1}\n", "both use pin 1"),
+    ("devices:\n  d/x:\n    outputs:\n      a: {pin: 1}\n", "devices.d/x"),
+    ("devices: {}\n", "devices"),
+    ("prefix: a/#\ndevices:\n  d:\n    outputs:\n      a: {pin: 1}\n", "prefix"),
+    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\naccess: {d: controller}\n", "is a device id"),
+    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\nbridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n",
+     "no device 'e'"),
+    ("devices: [\n", "not valid YAML"),
+    ("- a\n", "expected a mapping"),
+])
+def test_bad_config_names_file_key_path_and_expectation(text, message):
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "site.yaml")
+    assert str(info.value).startswith("site.yaml: ")
+    assert message in str(info.value)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_topics_of_a_device():
+    t = DeviceTopics("edison", "edison-1")
+    assert t.set("led") == "edison/edison-1/led/set"
+    assert t.output_of_set("edison/edison-1/led/set") == "led"
+    for other in ("edison/edison-1/led/state", "edison/edison-2/led/set", "x/edison/edison-1/led/set",
+                  "edison/edison-1//set", "edison/edison-1/led/set/x"):
+        assert t.output_of_set(other) is None
+
+
+# -- outputs on simulated pins ---------------------------------------------------
+
+def _output(factory: SimFactory, **cfg) -> tuple[Output, list]:
+    levels: list[tuple[str, bool]] = []
+    out = Output("led", factory.pin(20), OutputConfig(pin=20, **cfg), on_level=lambda o, on: levels.append(on))
+    return out, levels
+
+
+def test_toggle_and_set_drive_the_pin():
+    factory = SimFactory()
+    out, levels = _output(factory)
+    assert out.set("TOGGLE") == "ON"
+    assert out.set("ON") == "ON"
+    assert out.set("TOGGLE") == "OFF"
+    assert [c.value for c in factory.history] == [1, 0]
+    assert levels == [True, False]
+
+
+def test_active_low_inverts_levels_and_starts_in_safe_state():
+    factory = SimFactory()
+    out, _ = _output(factory, active_low=True)
+    assert [c.value for c in factory.history] == [1]  # OFF on an active-low pin is high
+    out.set("ON")
+    assert factory.pin(20).value == 0
+
+
+def _wait_blink_end(factory: SimFactory, changes: int) -> None:
+    done = threading.Event()
+    factory._listeners.append(lambda c: len(factory.history) >= changes and done.set())
+    if len(factory.history) >= changes:
+        done.set()
+    assert done.wait(10), factory.history
+
+
+def test_blink_pattern_then_restores_prior_state():
+    factory = SimFactory()
+    out, _ = _output(factory)
+    out.set("ON")
+    out.blink(BlinkPattern(count=2, on_time=0.05, off_time=0.05))
+    _wait_blink_end(factory, 5)  # ON, (on) off on off, restore on
+    assert [c.value for c in factory.history] == [1, 0, 1, 0, 1]
+    assert out.state == "ON"
+
+
+def test_newer_command_cancels_blink_at_once():
+    factory = SimFactory()
+    out, _ = _output(factory)
+    out.blink(BlinkPattern(count=100, on_time=30, off_time=30))
+    _wait_blink_end(factory, 1)
+    assert out.set("TOGGLE") == "ON"  # toggles the state (OFF), not the blink's level
+    assert not out.blinking
+    assert [c.value for c in factory.history] == [1]  # stayed high: no glitch, no later writes
+
+
+# -- the mraa backend, against a stand-in with mraa's API -------------------------
+
+@pytest.fixture
+def standin_mraa(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "standins"))
+    sys.modules.pop("mraa", None)
+    mraa = importlib.import_module("mraa")
+    mraa.writes.clear()
+    yield mraa
+    sys.modules.pop("mraa", None)
+
+
+def test_mraa_backend_drives_gpio(standin_mraa):
+    factory = make_factory("mraa")
+    pin = factory.pin(20)
+    pin.write(1)
+    pin.write(0)
+    assert standin_mraa.writes == [(20, 1), (20, 0)]
+
+
+def test_mraa_refusing_a_pin_is_a_clear_start_error(standin_mraa):
+    with pytest.raises(PinError, match="mraa refused GPIO pin 99: Invalid GPIO pin specified"):
+        make_factory("mraa").pin(99)
+
+
+def test_mraa_write_error_is_raised(standin_mraa, monkeypatch):
+    pin = make_factory("mraa").pin(20)
+    monkeypatch.setattr(standin_mraa.Gpio, "write", lambda self, v: standin_mraa.ERROR_INVALID_HANDLE)
+    with pytest.raises(PinError, match="mraa result 5"):
+        pin.write(1)
+
+
+def test_auto_falls_back_to_simulated_pins_without_mraa(caplog):
+    sys.modules.pop("mraa", None)
+    assert isinstance(make_factory("auto"), SimFactory)
+    assert "using simulated pins" in caplog.text
+
+
+def test_importing_node_needs_neither_mraa_nor_amqtt():
+    import subprocess
+    code = ("import sys; sys.modules['mraa'] = None; sys.modules['amqtt'] = None\n"
+            "import node, node.__main__, node.service, node.pins.mraa, node.config, node.mqtt")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
