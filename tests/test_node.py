@@ -282,3 +282,15 @@ class TestMqtt5:
         assert run.returncode == 0, run.stderr
         result = json.loads(run.stdout)
         assert result["ok"] is True and result["state"] == "ON"
+
+
+def test_sigterm_while_the_broker_is_unreachable_still_exits_0(tmp_path, topics_file):
+    from tests.helpers import Proc, free_port
+    proc = Proc(python_cmd("node", "--config", str(topics_file), "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                           "--pins", "sim", "--trace", str(tmp_path / "t.jsonl")), tmp_path / "node.log")
+    try:
+        proc.wait_for_line(r"cannot reach")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        proc.stop()

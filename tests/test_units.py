@@ -223,3 +223,41 @@ def test_importing_node_needs_neither_mraa_nor_amqtt():
     code = ("import sys; sys.modules['mraa'] = None; sys.modules['amqtt'] = None\n"
             "import node, node.__main__, node.service, node.pins.mraa, node.config, node.mqtt")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# -- the MQTT link ----------------------------------------------------------------
+
+def test_an_exception_in_a_callback_is_logged_and_does_not_escape(caplog):
+    from node.mqtt import BrokerAddress, Link, LinkSettings
+
+    def explode(msg):
+        raise RuntimeError("boom")
+
+    link = Link(LinkSettings(BrokerAddress.parse("mqtt://127.0.0.1:1")), "t", [], on_message=explode)
+    link._on_message(link._client, None, object())  # what paho's network thread calls
+    assert "error in MQTT callback _on_message" in caplog.text and "boom" in caplog.text
+
+
+@pytest.mark.parametrize("url, error", [
+    ("http://host", "expected mqtt://"),
+    ("mqtt://user:pw@host", "MQTT_USERNAME"),
+    ("mqtt://", "no host"),
+    ("mqtt://host:99999", "invalid port"),
+])
+def test_bad_broker_urls(url, error):
+    from node.mqtt import BrokerAddress, LinkError
+    with pytest.raises(LinkError, match=error):
+        BrokerAddress.parse(url)
+
+
+def test_credentials_from_environment(tmp_path):
+    from node.mqtt import Credentials, LinkError
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    creds = Credentials.from_env({"MQTT_USERNAME": "edison-1", "MQTT_PASSWORD_FILE": str(secret)})
+    assert (creds.username, creds.password) == ("edison-1", "s3cret")
+    assert "s3cret" not in repr(creds)
+    with pytest.raises(LinkError, match="not both"):
+        Credentials.from_env({"MQTT_USERNAME": "u", "MQTT_PASSWORD": "p", "MQTT_PASSWORD_FILE": str(secret)})
+    with pytest.raises(LinkError, match="MQTT_USERNAME is not"):
+        Credentials.from_env({"MQTT_PASSWORD": "p"})
