@@ -221,4 +221,4 @@ def follow_stream(bridge: Bridge, client: XClient, usernames: list[str], rule_ta
 
 def _log_reconnect(reason: str, delay: float, connected_at: float | None) -> None:
     lasted = f" after {time.monotonic() - connected_at:.1f} s connected" if connected_at is not None else ""
-    log.warning("stream: %s%s; reconnecting in %.3f s", reason, lasted, delay)
+    log.warning("stream: %s%s; reconnecting in %.4g s", reason, lasted, delay)
