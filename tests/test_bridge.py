@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -264,15 +265,17 @@ def test_restarted_bridge_does_not_act_twice(mosquitto, listener, bridges, xserv
 
 
 def test_stdin_source_from_a_shell_pipe(mosquitto, listener, tmp_path, bridges):
-    import json
-
+    bridges.config.write_text(BRIDGE_YAML + "  rate_limit: 1\n")
     posts = tmp_path / "posts.jsonl"
     posts.write_text("".join(json.dumps(p) + "\n" for p in (
-        post("9001", "L Chika", STRANGER, "stranger"), allowed_post("9002", "l chika"))))
+        post("9001", "L Chika", STRANGER, "stranger"), allowed_post("9002", "l chika"),
+        allowed_post("9003"), allowed_post("9004", created_at="2020-01-01T00:00:00.000Z"))))
     command = " ".join(python_cmd("broker.bridge", "--source", "stdin", "--config", str(bridges.config),
                                   "--broker", mosquitto.url, "--state", str(tmp_path / "stdin-state")))
     proc = Proc(["sh", "-c", f"cat {posts} | {command}"], tmp_path / "stdin.log", env={"X_BEARER_TOKEN": ""})
     assert proc.wait() == 0, proc.output
     listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == "x:9002")
     assert "post 9001 from @stranger (666) ignored: not allowed" in proc.output
+    assert re.search(r"post 9003 .* ignored: rate-limited", proc.output)
+    assert re.search(r"post 9004 .* ignored: expired", proc.output)
     assert set_ids(listener) == ["x:9002"]

@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     delivered = publisher.stop(STOP_TIMEOUT if drained else 0.0) and drained
     seen.close()
     code = outcome["code"]
-    if code == 0 and not delivered:
-        code = 1
+    if code == 0 and not delivered and not stop.is_set():
+        code = 1  # end of input with commands never published; on SIGTERM the log says so and we exit 0
     log.info("stopped (exit %d)", code)
     return code
 
