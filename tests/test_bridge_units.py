@@ -73,6 +73,16 @@ def test_message_without_author_id_is_refused_with_a_reason():
         matching.parse_post(message)
 
 
+def test_odd_shapes_do_not_break_parsing():
+    message = post("11", "L Chika", "1001", "k_yone")
+    message["data"]["referenced_tweets"] = 5
+    message["includes"] = {"users": "nobody"}
+    message["unknown_key"] = {"x": 1}
+    parsed = matching.parse_post(message)
+    assert parsed.username is None and not parsed.retweet
+    assert matching.judge(parsed, CONFIG, ALLOWED).trigger is not None
+
+
 def test_commands_for_triggers():
     blink = BridgeConfig(allow=["a"], triggers=[
         {"phrase": "x", "device": "d", "output": "o", "command": "blink", "count": 2, "on_time": 0.1}]).triggers[0]

@@ -49,10 +49,10 @@ def parse_post(message: dict[str, Any]) -> Post:
     if not isinstance(text, str):
         raise NotAPost(f"post {post_id}: no text")
     # OAS 2.167 spells these *_posts; the data dictionary and the live API *_tweets.
-    refs = data.get("referenced_tweets", data.get("referenced_posts")) or []
+    refs = _list(data.get("referenced_tweets", data.get("referenced_posts")))
     kinds = {r.get("type") for r in refs if isinstance(r, dict)}
     includes = message.get("includes") if isinstance(message.get("includes"), dict) else {}
-    users = {u.get("id"): u.get("username") for u in includes.get("users") or [] if isinstance(u, dict)}
+    users = {u.get("id"): u.get("username") for u in _list(includes.get("users")) if isinstance(u, dict)}
     return Post(
         id=post_id,
         text=text,
@@ -63,6 +63,10 @@ def parse_post(message: dict[str, Any]) -> Post:
         reply="replied_to" in kinds or isinstance(data.get("in_reply_to_user_id"), str),
         quote="quoted" in kinds,
     )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def normalise(text: str, reply: bool = False) -> str:

@@ -70,7 +70,16 @@ class Bridge:
         return self._stopped
 
     def handle(self, line: bytes | Skipped) -> None:
-        """One stream line. Raises StreamDisconnect for an in-stream error message."""
+        """One stream line. Raises StreamDisconnect for an in-stream error message; nothing else escapes."""
+        try:
+            self._handle(line)
+        except StreamDisconnect:
+            raise
+        except Exception:
+            log.exception("error handling a stream line of %d bytes (line skipped, stream kept)",
+                          0 if isinstance(line, Skipped) else len(line))
+
+    def _handle(self, line: bytes | Skipped) -> None:
         if isinstance(line, Skipped):
             log.warning("skipped a stream line: %s", line.reason)
             return
