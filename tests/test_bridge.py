@@ -152,6 +152,10 @@ def test_usernames_become_ids_and_only_own_stale_rules_are_deleted(mosquitto, br
     assert sorted((r["value"], r.get("tag")) for r in xserver.rules.values()) == [
         ("(from:1001) -is:retweet", "edison-bridge"), ("cats has:images", "another-app"), ("from:999", None)]
     assert foreign in xserver.rules and untagged in xserver.rules
+    stream_query = next(q for m, path, q in xserver.requests if path == "/2/tweets/search/stream")
+    assert stream_query["tweet.fields"] == ["author_id,created_at,referenced_tweets,note_tweet"]
+    assert stream_query["expansions"] == ["author_id"] and stream_query["user.fields"] == ["username"]
+    assert xserver.user_agents == {"edison-bridge/0.1.0"}
 
 
 def test_unknown_account_stops_the_start_naming_it(mosquitto, bridges, xserver):

@@ -75,6 +75,7 @@ class XStreamServer:
         self.rule_limit = rule_limit
         self.rules: dict[str, dict[str, str]] = {}
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.user_agents: set[str] = set()
         self.attempts: list[tuple[float, str]] = []  # stream connection attempts: (monotonic time, outcome)
         self._plan: deque[tuple[int, dict] | None] = deque()  # None: close the socket without an answer
         self._current: queue.Queue | None = None
@@ -167,6 +168,7 @@ class XStreamServer:
                 query = parse_qs(parts.query)
                 with server._changed:
                     server.requests.append(("GET", parts.path, query))
+                    server.user_agents.add(self.headers.get("User-Agent", ""))
                 if parts.path == "/2/tweets/search/stream":
                     self._stream()
                 elif not self._authorised():

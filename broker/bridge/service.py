@@ -169,14 +169,16 @@ def follow_stream(bridge: Bridge, client: XClient, usernames: list[str], rule_ta
                   backoff: Backoff, stop: threading.Event) -> int:
     """Resolve accounts, sync rules, and keep the stream open until `stop`; returns the exit code."""
     rules: list[str] | None = None
+    unresolved = list(usernames)
     while not stop.is_set():
         connected_at: float | None = None
         try:
-            if rules is None:
-                users = client.lookup_users(usernames) if usernames else {}
-                for name, user in users.items():
+            if unresolved:  # once: ids never change, usernames may
+                for user in client.lookup_users(unresolved).values():
                     log.info("account @%s is id %s", user.username, user.id)
-                bridge.allowed_ids |= {u.id for u in users.values()}
+                    bridge.allowed_ids.add(user.id)
+                unresolved = []
+            if rules is None:
                 try:
                     wanted = matching.build_rules(sorted(bridge.allowed_ids), rule_max_length)
                 except ValueError as exc:
@@ -222,7 +224,13 @@ def follow_stream(bridge: Bridge, client: XClient, usernames: list[str], rule_ta
             reason = f"network error: {exc or type(exc).__name__}"
         if stop.is_set():
             return 0
-        delay = backoff.dropped(time.monotonic() - connected_at) if connected_at is not None else backoff.network()
+        if connected_at is None:
+            delay = backoff.network()
+        else:
+            lasted = time.monotonic() - connected_at
+            delay = backoff.dropped(lasted)
+            if lasted >= backoff.healthy_after:
+                log.info("stream: was healthy (%.0f s): back-off reset", lasted)
         _log_reconnect(reason, delay, connected_at)
         stop.wait(delay)
     return 0
