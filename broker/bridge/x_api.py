@@ -9,7 +9,6 @@ decoded-text line splitting would cut posts in half).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ import httpx
 
 from node import __version__
 
-log = logging.getLogger(__name__)
 
 USER_AGENT = f"edison-bridge/{__version__}"
 MAX_LINE = 1 << 20  # 1 MiB: far above any real post, small enough to never exhaust memory
