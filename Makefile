@@ -10,7 +10,7 @@ PORT ?= 1883
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[broker,test]'
+	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,test]'
 	touch $@
 
 # The embedded broker on 127.0.0.1:$(PORT) and the node with simulated pins,

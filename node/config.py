@@ -108,6 +108,8 @@ class BridgeConfig(_Strict):
     rate_limit: int = Field(6, ge=1, description="commands per account per minute")
     include_replies: bool = False
     include_quotes: bool = False
+    rule_max_length: int = Field(512, ge=64, le=2048, description="characters per stream rule (512 Basic, 1024 Pro)")
+    stall_timeout: float = Field(30.0, gt=0, description="seconds without data or keep-alive before reconnecting")
 
 
 class Config(_Strict):
