@@ -116,8 +116,8 @@ def test_allowed_trigger_blinks_the_pin(broker, probe, nodes, bridges, xserver):
         assert 0 < command.properties.MessageExpiryInterval <= 300
         assert ("x_username", "k_yone") in command.properties.UserProperty
     assert probe.result(DEVICE, "x:2001")["ok"] is True
-    for _ in range(3):  # the output's blink pattern: 3 times on and off
-        probe.wait_for(f"edison/{DEVICE}/led/state", "OFF")
+    for state in ["ON", "OFF"] * 3:  # the output's blink pattern: 3 times on and off
+        probe.wait_for(f"edison/{DEVICE}/led/state", state)
     assert [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20] == [1, 0] * 3
     bridge.wait_for_line(r"post 2001 from @k_yone \(1001\) accepted: 'L Chika' -> edison/edison-t/led/set")
 
