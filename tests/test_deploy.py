@@ -98,7 +98,7 @@ def test_systemd_accepts_the_unit(name, systemd_analyze, tmp_path):
 
 
 @pytest.mark.parametrize("name", UNITS)
-def test_unit_restarts_is_hardened_and_stops_gracefully(name):
+def test_unit_restarts_on_failure_is_hardened_and_stops_gracefully(name):
     service = unit(name)["Service"]
     assert service["Restart"] == "on-failure"
     assert service["EnvironmentFile"].startswith("/etc/edison/")
