@@ -78,7 +78,7 @@ class Node:
 
     def stop(self) -> None:
         """Safe state, `offline`, clean disconnect; bounded so the process exits within 2 s."""
-        self._cancel_announce()
+        self._stop_announcing()
         for output in self.outputs.values():
             output.safe()
         flushed = self.link.stop([Message(self.topics.status, "offline", retain=True)], timeout=1.0)
@@ -187,7 +187,7 @@ class Node:
             self.link.publish(self.topics.status, "online", retain=True)
             self._on_connect(session_present=True)
 
-    def _cancel_announce(self) -> None:
+    def _stop_announcing(self) -> None:
         with self._announce_lock:
             self._stopping = True
             if self._announce_timer is not None:
