@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 
-from tests.conftest import DEVICE
-from tests.helpers import Proc, python_cmd, read_trace
+from tests.conftest import DEVICE, start_amqtt, start_mosquitto
+from tests.helpers import Probe, Proc, python_cmd, read_trace
 from tests.test_homeassistant_discovery import ha_turn_on
 
 LIGHT = f"homeassistant/light/{DEVICE}/led/config"
@@ -109,3 +110,27 @@ def test_forget_removes_the_entities(broker, probe_factory, nodes, tmp_path):
     for topic in ENTITIES:
         assert ha.wait_for(topic, "")  # Home Assistant removes an entity on an empty config
     assert retained_configs(probe_factory) == {}
+
+
+def test_a_restarted_broker_gets_discovery_and_state_again(broker, probe, nodes, tmp_path):
+    """A broker without persistence forgets every retained message: the node's reconnect puts them back."""
+    nodes.start(wait_online=probe)
+    probe.close()
+    broker.proc.stop()  # killed: a crash, or a restart without persistence
+    if broker.kind == "amqtt":
+        again = start_amqtt(tmp_path, port=broker.port)
+    else:
+        again = start_mosquitto(tmp_path, broker.proc.argv[0], port=broker.port)
+    try:
+        ha = Probe(again)
+        ha.subscribe("homeassistant/#", f"edison/{DEVICE}/#")
+        ha.wait_for(f"edison/{DEVICE}/status", "online")
+        for topic in ENTITIES:
+            assert ha.wait_for(topic).payload
+        ha.wait_for(LED_STATE, "OFF")
+        ha.close()
+    finally:
+        nodes.stop_all()  # first: amqtt 0.12 can hang on SIGINT while a client is connected
+        again.proc.signal(signal.SIGINT)
+        again.proc.wait()
+        again.proc.stop()
