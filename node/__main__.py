@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
     p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
                    help="with simulated pins: append one JSON line per level change to this file")
+    p.add_argument("--forget", action="store_true",
+                   help="remove the device's entities from Home Assistant (empty retained discovery configs) and exit")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p.parse_args(argv)
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             keepalive=args.keepalive,
             session_expiry=args.session_expiry,
         )
+        if args.forget:
+            from node.service import forget
+
+            return 0 if forget(device_id, device, config.prefix, config.discovery_prefix, settings) else 1
         if args.trace and args.pins != "sim":
             raise PinError("--trace records simulated pins: use it with --pins sim")
         names = {out.pin: out.name or name for name, out in device.outputs.items()}
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
         from node.service import Node  # after validation: keeps a bad start fast
 
-        node = Node(device_id, device, config.prefix, pins, settings)
+        node = Node(device_id, device, config.prefix, pins, settings, discovery_prefix=config.discovery_prefix)
     except (ConfigError, LinkError, PinError) as exc:
         log.error("%s", exc)
         return 2
