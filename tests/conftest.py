@@ -34,7 +34,9 @@ def mosquitto_bin() -> str:
 
 
 def start_amqtt(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
+    """The embedded broker; without `extra` in trial mode (anonymous test probes accepted)."""
     port = port or free_port()
+    extra = extra or ("--allow-anonymous",)
     proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}", *extra), tmp_path / f"amqtt-{port}.log")
     proc.wait_for_line(r"listening on")
     return Broker("amqtt", port, proc)
