@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_amqtt
-from tests.helpers import TIMEOUT, Broker, Proc, free_port, python_cmd
+from tests.conftest import _mosquitto_binary, start_amqtt
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
 
 TOPICS = """\
 prefix: edison
@@ -85,3 +87,23 @@ def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], bina
     proc = Proc([binary, "-c", str(conf)], tmp_path / "mosquitto.log")
     proc.wait_for_line(r"mosquitto version \S+ running", timeout=TIMEOUT)
     return Secured(Broker("mosquitto", port, proc), topics, passwd)
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def secured(request, tmp_path, user_files) -> Iterator[Secured]:
+    if request.param == "amqtt":
+        s = start_secured_amqtt(tmp_path, user_files)
+    else:
+        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary())
+    yield s
+    s.broker.proc.signal(signal.SIGTERM)
+    try:
+        assert s.broker.proc.wait(TIMEOUT) == 0
+    finally:
+        s.broker.proc.stop()
+
+
+def login(s: Secured, user: str, **kwargs) -> Probe:
+    return Probe(s.broker, username=user, password=USERS[user], **kwargs)
+
+

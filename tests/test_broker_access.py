@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
 from broker.access import amqtt_plugin_config, mosquitto_acl, rules
 from node.config import parse
-from tests.broker_setup import (TOPICS, USERS, Secured, start_exported_mosquitto, start_secured_amqtt,  # noqa: F401
-                                user_files)
-from tests.conftest import _mosquitto_binary
-from tests.helpers import TIMEOUT, Probe
-
-
-@pytest.fixture(params=["amqtt", "mosquitto"])
-def secured(request, tmp_path, user_files) -> Iterator[Secured]:
-    if request.param == "amqtt":
-        s = start_secured_amqtt(tmp_path, user_files)
-    else:
-        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary())
-    yield s
-    s.broker.proc.signal(signal.SIGTERM)
-    try:
-        assert s.broker.proc.wait(TIMEOUT) == 0
-    finally:
-        s.broker.proc.stop()
-
-
-def login(s: Secured, user: str, **kwargs) -> Probe:
-    return Probe(s.broker, username=user, password=USERS[user], **kwargs)
+from tests.broker_setup import TOPICS, USERS, login, secured, start_secured_amqtt, user_files  # noqa: F401
+from tests.helpers import Probe
 
 
 # (publisher, topic, delivered to a controller?)
