@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from tests.broker_setup import USERS, login, secured, start_secured_amqtt, user_files  # noqa: F401
 from tests.conftest import NodeRunner
-from tests.helpers import TIMEOUT, read_trace
+from tests.helpers import TIMEOUT, Probe, read_trace
 
 SET = "edison/edison-t/led/set"
 
@@ -84,5 +86,34 @@ def test_without_data_the_log_says_state_is_in_memory(tmp_path, user_files):
         s.broker.proc.wait_for_line(r"listening on .*state is in memory")
         s.broker.proc.signal(signal.SIGINT)
         assert s.broker.proc.wait(TIMEOUT) == 0
+    finally:
+        s.broker.proc.stop()
+
+
+def test_wrong_password_leaves_the_device_session_alone(secured):
+    d = device(secured)
+    d.subscribe("edison/edison-t/+/set")
+    d.close()
+    laptop = login(secured, "laptop")
+    laptop.publish(SET, "OFF")
+    for clean in (True, False):  # amqtt would drop (clean) or take over the session before checking the password
+        with pytest.raises(ConnectionRefusedError):
+            Probe(secured.broker, client_id="edison-t", username="edison-t", password="wrong", mqtt5=False,
+                  clean_session=clean)
+    d = device(secured)
+    try:
+        assert d.wait_for(SET, "OFF")
+    finally:
+        d.close()
+        laptop.close()
+
+
+def test_another_user_cannot_take_a_device_session(tmp_path, user_files):
+    s = start_secured_amqtt(tmp_path, user_files)
+    try:
+        device(s).close()
+        with pytest.raises(ConnectionRefusedError):
+            login(s, "laptop", client_id="edison-t", mqtt5=False, clean_session=False)
+        s.broker.proc.wait_for_line(r"refused login: user=laptop client=edison-t: client id in use by user edison-t")
     finally:
         s.broker.proc.stop()
