@@ -22,7 +22,8 @@ def _host_port(value: str) -> str:
 def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="topics.yaml: devices and `access:` give the access rules")
     p.add_argument("--passwd", type=Path, help="password file made with `edison-broker passwd`")
-    p.add_argument("--bind", type=_host_port, default="127.0.0.1:1883", help="plain MQTT HOST:PORT (default: %(default)s)")
+    p.add_argument("--bind", type=_host_port, default="127.0.0.1:1883",
+                   help="plain MQTT HOST:PORT (default: %(default)s)")
     p.add_argument("--tls-bind", type=_host_port, help="MQTT over TLS HOST:PORT, e.g. 0.0.0.0:8883")
     p.add_argument("--tls-cert", type=Path, help="certificate chain (PEM) of the TLS listener")
     p.add_argument("--tls-key", type=Path, help="private key (PEM) of the TLS listener")
@@ -30,7 +31,8 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ws-bind", type=_host_port, help="MQTT over WebSocket HOST:PORT")
     p.add_argument("--data", type=Path, help="directory that keeps retained messages, sessions and queues")
     p.add_argument("--max-connections", type=int, default=100, help="refuse clients beyond this (default: %(default)s)")
-    p.add_argument("--max-message-size", type=int, default=65536, help="drop larger publishes, bytes (default: %(default)s)")
+    p.add_argument("--max-message-size", type=int, default=65536,
+                   help="drop larger publishes, bytes (default: %(default)s)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False):
@@ -40,7 +42,8 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False):
 
     rules = access.rules(load(args.config)) if args.config else None
     listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
-    return Options(listeners, args.passwd, rules, allow_anonymous, args.data, args.max_connections, args.max_message_size)
+    return Options(listeners, args.passwd, rules, allow_anonymous, args.data,
+                   args.max_connections, args.max_message_size)
 
 
 def _serve(argv: list[str]) -> int:
@@ -52,24 +55,24 @@ def _serve(argv: list[str]) -> int:
     args = p.parse_args(argv)
     logging.getLogger("edison-broker").setLevel(args.log_level)
     try:
-        from broker.server import check, serve
+        import amqtt  # noqa: F401
     except ImportError as exc:
         log.error("the broker needs amqtt: pip install 'edison-mqtt[broker]' (%s)", exc)
         return 2
-    from broker.server import SetupError
+    from broker.passwords import PasswordFileError
+    from broker.server import SetupError, check, serve
     from node.config import ConfigError
 
     try:
         options = _options(args, args.allow_anonymous)
         check(options)
-        if options.passwd and not options.passwd.is_file():
-            raise SetupError(f"{options.passwd}: no such password file (create users with `edison-broker passwd`)")
-        asyncio.run(serve(options))
-    except (SetupError, ConfigError) as exc:
+    except (SetupError, ConfigError, PasswordFileError) as exc:
         log.error("%s", exc)
         return 2
+    try:
+        asyncio.run(serve(options))
     except OSError as exc:
-        log.error("cannot listen on %s: %s", ", ".join(options.listeners.binds), exc)
+        log.error("cannot start on %s: %s", ", ".join(options.listeners.binds), exc)
         return 1
     return 0
 

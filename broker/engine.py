@@ -55,7 +55,8 @@ class EdisonBroker(Broker):
             self._connections -= 1
 
     async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter,
-                                         remote_address: str, remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
+                                         remote_address: str, remote_port: int,
+                                         ) -> tuple[BrokerProtocolHandler, Session]:
         """amqtt's version, with the login checked first and sessions kept per user."""
         try:
             handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
@@ -82,8 +83,8 @@ class EdisonBroker(Broker):
             incoming.parent = 0
             session = incoming
         elif existing is not None:
-            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive", "is_anonymous",
-                         "username", "password"):
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                         "is_anonymous", "username", "password"):
                 setattr(existing, name, getattr(incoming, name))
             existing.parent = 1
             session = existing
@@ -106,7 +107,8 @@ class EdisonBroker(Broker):
                         session.username or "(none)", session.client_id, topic)
         return ok
 
-    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: asyncio.Future) -> bool:
+    async def _handle_message_delivery(self, client_session: Session, handler: Any,
+                                       wait_deliver: asyncio.Future) -> bool:
         message = wait_deliver.result()
         size = len(message.data or b"") if message is not None else 0
         if self.max_message_size and size > self.max_message_size:
@@ -135,7 +137,8 @@ class EdisonBroker(Broker):
             if self._persistence:
                 self._persistence.delivered(session.client_id)
 
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
         topic_filter = subscription[0]
         granted = [qos for s, qos in self._subscriptions.get(topic_filter, []) if s.client_id == session.client_id]
         if granted:

@@ -43,7 +43,8 @@ def conf_text(o: Options, out: Path) -> str:
 
 def export(o: Options, out: Path) -> list[Path]:
     """Write mosquitto.conf, acl and passwd into `out`; the written paths."""
-    assert o.passwd and o.rules
+    if not (o.passwd and o.rules):
+        raise ValueError("the export needs the password file and the access rules")
     hashes = passwords.read(passwords.mosquitto_path(o.passwd))
     missing = sorted(set(passwords.read(o.passwd)) - set(hashes))
     if missing:

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker import passwords
 from broker.access import Rules, amqtt_plugin_config
 
 log = logging.getLogger("edison-broker")
@@ -66,8 +67,15 @@ def check(o: Options) -> None:
     elif not (o.passwd and o.rules):
         raise SetupError("give --passwd FILE (users) and --config topics.yaml (access rules), "
                          "or --allow-anonymous for a local trial")
-    if o.listeners.tls_bind and not (o.listeners.tls_cert and o.listeners.tls_key):
+    ls = o.listeners
+    if ls.tls_bind and not (ls.tls_cert and ls.tls_key):
         raise SetupError("--tls-bind needs --tls-cert and --tls-key")
+    for option, path in (("--tls-cert", ls.tls_cert), ("--tls-key", ls.tls_key), ("--tls-ca", ls.tls_ca),
+                         ("--passwd", o.passwd)):
+        if path and not path.is_file():
+            raise SetupError(f"{option} {path}: no such file")
+    if o.passwd and not passwords.read(o.passwd):
+        raise SetupError(f"{o.passwd}: no users (add them with `edison-broker passwd --passwd {o.passwd} add NAME`)")
 
 
 def listener_config(ls: Listeners) -> dict[str, dict]:

@@ -85,8 +85,8 @@ class Store:
 
     def delivered(self, client_id: str, count: int) -> None:
         """The oldest `count` queued messages of a client reached it."""
-        self.db.execute("DELETE FROM queued WHERE id IN (SELECT id FROM queued WHERE client_id = ? ORDER BY id LIMIT ?)",
-                        (client_id, count))
+        self.db.execute("DELETE FROM queued WHERE id IN "
+                        "(SELECT id FROM queued WHERE client_id = ? ORDER BY id LIMIT ?)", (client_id, count))
 
     def sessions(self) -> list[StoredSession]:
         found = [StoredSession(c, u, [], []) for c, u in self.db.execute("SELECT client_id, username FROM sessions")]

@@ -13,6 +13,9 @@ import pytest
 
 from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
 
+# Fixtures of the secured broker (users, access rules, the Mosquitto export).
+pytest_plugins = ["tests.broker_setup"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -7,7 +7,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from broker.access import amqtt_plugin_config, mosquitto_acl, rules
 from node.config import parse
-from tests.broker_setup import TOPICS, USERS, login, secured, start_secured_amqtt, user_files  # noqa: F401
+from tests.broker_setup import TOPICS, login, start_secured_amqtt
 from tests.helpers import Probe
 
 

@@ -10,8 +10,7 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from tests.broker_setup import (USERS, edison_broker, login, start_exported_mosquitto,  # noqa: F401
-                                start_secured_amqtt, user_files)
+from tests.broker_setup import USERS, edison_broker, login, start_exported_mosquitto, start_secured_amqtt
 from tests.conftest import _mosquitto_binary
 from tests.helpers import TIMEOUT, free_port
 

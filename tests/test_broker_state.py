@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.broker_setup import USERS, login, secured, start_secured_amqtt, user_files  # noqa: F401
+from tests.broker_setup import USERS, login, start_secured_amqtt
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Probe, read_trace
 

@@ -8,7 +8,7 @@ import ssl
 import pytest
 import trustme
 
-from tests.broker_setup import login, start_exported_mosquitto, start_secured_amqtt, user_files  # noqa: F401
+from tests.broker_setup import login, start_exported_mosquitto, start_secured_amqtt
 from tests.conftest import _mosquitto_binary
 from tests.helpers import TIMEOUT, Probe, free_port
 
