@@ -13,10 +13,10 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,test]'
 	touch $@
 
-# The embedded broker on 127.0.0.1:$(PORT) and the node with simulated pins,
+# The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,
 # printing the LED as it changes. Ctrl-C stops both.
 run: $(BIN)/.installed
-	@$(BIN)/edison-broker --bind 127.0.0.1:$(PORT) & broker=$$!; \
+	@$(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
 	trap 'kill -INT $$broker 2>/dev/null; wait $$broker' EXIT INT TERM; \
 	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
 		--broker mqtt://127.0.0.1:$(PORT) --pins sim

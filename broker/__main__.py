@@ -1,11 +1,15 @@
-"""edison-broker: command-line entry point."""
+"""edison-broker: serve (the default), `passwd` to manage users, `mosquitto-config` to export."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
+from pathlib import Path
+
+log = logging.getLogger("edison-broker")
 
 
 def _host_port(value: str) -> str:
@@ -15,24 +19,134 @@ def _host_port(value: str) -> str:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (amqtt).")
-    p.add_argument("--bind", type=_host_port, default="127.0.0.1:1883", help="HOST:PORT (default: %(default)s)")
+def _listener_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="topics.yaml: devices and `access:` give the access rules")
+    p.add_argument("--passwd", type=Path, help="password file made with `edison-broker passwd`")
+    p.add_argument("--bind", type=_host_port, default="127.0.0.1:1883",
+                   help="plain MQTT HOST:PORT (default: %(default)s)")
+    p.add_argument("--tls-bind", type=_host_port, help="MQTT over TLS HOST:PORT, e.g. 0.0.0.0:8883")
+    p.add_argument("--tls-cert", type=Path, help="certificate chain (PEM) of the TLS listener")
+    p.add_argument("--tls-key", type=Path, help="private key (PEM) of the TLS listener")
+    p.add_argument("--tls-ca", type=Path, help="CA (PEM) that signs client certificates, if clients present one")
+    p.add_argument("--ws-bind", type=_host_port, help="MQTT over WebSocket HOST:PORT")
+    p.add_argument("--data", type=Path, help="directory that keeps retained messages, sessions and queues")
+    p.add_argument("--max-connections", type=int, default=100, help="refuse clients beyond this (default: %(default)s)")
+    p.add_argument("--max-message-size", type=int, default=65536,
+                   help="drop larger publishes, bytes (default: %(default)s)")
+
+
+def _options(args: argparse.Namespace, allow_anonymous: bool = False):
+    from broker import access
+    from broker.server import Listeners, Options
+    from node.config import load
+
+    rules = access.rules(load(args.config)) if args.config else None
+    listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
+    return Options(listeners, args.passwd, rules, allow_anonymous, args.data,
+                   args.max_connections, args.max_message_size)
+
+
+def _serve(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (amqtt). "
+                                "Subcommands: `passwd` (users), `mosquitto-config` (export).")
+    _listener_args(p)
+    p.add_argument("--allow-anonymous", action="store_true", help="accept every client: local trials on loopback only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("edison-broker").setLevel(args.log_level)
     try:
-        from broker.server import serve
+        import amqtt  # noqa: F401
     except ImportError as exc:
-        logging.getLogger("edison-broker").error("the broker needs amqtt: pip install 'edison-mqtt[broker]' (%s)", exc)
+        log.error("the broker needs amqtt: pip install 'edison-mqtt[broker]' (%s)", exc)
+        return 2
+    from broker.passwords import PasswordFileError
+    from broker.server import SetupError, check, serve
+    from node.config import ConfigError
+
+    try:
+        options = _options(args, args.allow_anonymous)
+        check(options)
+    except (SetupError, ConfigError, PasswordFileError) as exc:
+        log.error("%s", exc)
         return 2
     try:
-        asyncio.run(serve(args.bind))
+        asyncio.run(serve(options))
     except OSError as exc:
-        logging.getLogger("edison-broker").error("cannot listen on %s: %s", args.bind, exc)
+        log.error("cannot start on %s: %s", ", ".join(options.listeners.binds), exc)
         return 1
     return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _passwd(argv: list[str]) -> int:
+    from broker import passwords
+
+    p = argparse.ArgumentParser(prog="edison-broker passwd", description="Manage broker users.")
+    p.add_argument("--passwd", type=Path, required=True, help="the password file (created if missing)")
+    sub = p.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="add a user or set its password")
+    add.add_argument("name")
+    add.add_argument("--stdin", action="store_true", help="read the password as one line from stdin")
+    sub.add_parser("delete", help="remove a user").add_argument("name")
+    sub.add_parser("list", help="print the user names")
+    args = p.parse_args(argv)
+    try:
+        if args.action == "add":
+            passwords.check_name(args.name)
+            existed = passwords.add(args.passwd, args.name, _read_password(args.stdin))
+            print(f"{'updated' if existed else 'added'} {args.name} in {args.passwd}", file=sys.stderr)
+        elif args.action == "delete":
+            passwords.delete(args.passwd, args.name)
+            print(f"deleted {args.name} from {args.passwd}", file=sys.stderr)
+        else:
+            for name in passwords.names(args.passwd):
+                print(name)
+    except (passwords.PasswordFileError, ValueError, OSError) as exc:
+        print(f"edison-broker passwd: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, EOFError):
+        return 130
+    return 0
+
+
+def _mosquitto_config(argv: list[str]) -> int:
+    from broker import mosquitto, passwords
+    from node.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="edison-broker mosquitto-config",
+                                description="Write mosquitto.conf, acl and passwd with the same users and rules.")
+    _listener_args(p)
+    p.add_argument("--out", type=Path, required=True, help="directory for the three files")
+    args = p.parse_args(argv)
+    if not (args.config and args.passwd):
+        p.error("--config and --passwd are required")
+    try:
+        options = _options(args)
+        written = mosquitto.export(options, args.out)
+        for name in mosquitto.unknown_users(options.rules, passwords.names(args.passwd)):
+            print(f"warning: user {name} has a password but no access rule in {args.config}", file=sys.stderr)
+    except (ConfigError, passwords.PasswordFileError, OSError) as exc:
+        print(f"edison-broker mosquitto-config: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(w) for w in written)}; run: mosquitto -c {written[0]}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"passwd": _passwd, "mosquitto-config": _mosquitto_config}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return _serve(argv)
 
 
 if __name__ == "__main__":

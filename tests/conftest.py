@@ -13,6 +13,9 @@ import pytest
 
 from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
 
+# Fixtures of the secured broker (users, access rules, the Mosquitto export).
+pytest_plugins = ["tests.broker_setup"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -34,7 +37,9 @@ def mosquitto_bin() -> str:
 
 
 def start_amqtt(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
+    """The embedded broker; without `extra` in trial mode (anonymous test probes accepted)."""
     port = port or free_port()
+    extra = extra or ("--allow-anonymous",)
     proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}", *extra), tmp_path / f"amqtt-{port}.log")
     proc.wait_for_line(r"listening on")
     return Broker("amqtt", port, proc)

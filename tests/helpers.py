@@ -125,32 +125,49 @@ class Probe:
     """A test's own MQTT client: subscribe, publish, and wait for what arrives."""
 
     def __init__(self, broker: Broker, client_id: str = "", username: str | None = "probe",
-                 password: str | None = None, mqtt5: bool | None = None) -> None:
+                 password: str | None = None, mqtt5: bool | None = None, clean_session: bool | None = None,
+                 port: int | None = None, tls_ca: Path | None = None, transport: str = "tcp") -> None:
         self.mqtt5 = broker.mqtt5 if mqtt5 is None else mqtt5
         self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id,
-            protocol=paho.MQTTv5 if self.mqtt5 else paho.MQTTv311,
+            CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport,
+            protocol=paho.MQTTv5 if self.mqtt5 else paho.MQTTv311, clean_session=clean_session,
         )
+        if tls_ca:
+            self.client.tls_set(ca_certs=str(tls_ca))
         if username:
             self.client.username_pw_set(username, password)
         self.seen: list[Received] = []
         self._arrived = threading.Condition()
         self._cursor: dict[str, int] = {}  # per topic: index of the last message wait_for returned
+        self._floor = 0  # messages before this index were handed out by barrier()
         self._subscribed: queue.Queue[list] = queue.Queue()
         self._connected: queue.Queue = queue.Queue()
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda c, u, mid, codes, p: self._subscribed.put(codes)
         self.client.on_connect = lambda c, u, f, rc, p: self._connected.put(rc)
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(broker.host, port or broker.port)
         self.client.loop_start()
         rc = self._connected.get(timeout=TIMEOUT)
-        assert not rc.is_failure, f"probe could not connect: {rc}"
+        if rc.is_failure:
+            self.close()
+            raise ConnectionRefusedError(f"probe could not connect: {rc}")
 
-    def subscribe(self, *topics: str) -> None:
+    def subscribe(self, *topics: str, check: bool = True) -> list:
+        """Subscribe at QoS 1; with check=False a refusal is returned instead of failing."""
+        codes: list = []
         for topic in topics:
             self.client.subscribe(topic, qos=1)
-            codes = self._subscribed.get(timeout=TIMEOUT)
-            assert not any(c.is_failure for c in codes), f"subscribe {topic} refused: {codes}"
+            codes += self._subscribed.get(timeout=TIMEOUT)
+            assert not check or not any(c.is_failure for c in codes), f"subscribe {topic} refused: {codes}"
+        return codes
+
+    def barrier(self) -> list[Received]:
+        """Everything the broker sent this client before now (a SUBSCRIBE round trip orders it), then forgets it."""
+        self.subscribe("barrier/never-published", check=False)
+        with self._arrived:
+            got = self.seen[self._floor:]
+            self._floor = len(self.seen)
+        return got
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False, qos: int = 1, properties=None) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
@@ -165,7 +182,7 @@ class Probe:
         """The first message on `topic` after the one last returned for it, with `payload` and satisfying `where`."""
         deadline = time.monotonic() + timeout
         with self._arrived:
-            start = self._cursor.get(topic, -1) + 1
+            start = max(self._cursor.get(topic, -1) + 1, self._floor)
             while True:
                 for i in range(start, len(self.seen)):
                     msg = self.seen[i]

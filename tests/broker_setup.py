@@ -1,0 +1,109 @@
+"""A secured broker for the tests: users, access rules and (for Mosquitto) the exported configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _mosquitto_binary, start_amqtt
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
+
+TOPICS = """\
+prefix: edison
+devices:
+  edison-t:
+    outputs:
+      led: {pin: 20, blink: {count: 2, on_time: 0.05, off_time: 0.05}}
+  edison-u:
+    outputs:
+      led: {pin: 20}
+access:
+  laptop: controller
+  watcher: controller
+  bridge: bridge
+"""
+# "stranger" has a password but no access rule.
+USERS = {name: f"pw-{name}-{i}" for i, name in enumerate(["edison-t", "edison-u", "laptop", "watcher", "bridge",
+                                                            "stranger"])}
+
+
+@dataclass
+class Secured:
+    broker: Broker
+    topics: Path
+    passwd: Path
+
+
+def edison_broker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(python_cmd("broker", *args), input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def make_users(tmp_path: Path) -> tuple[Path, Path]:
+    topics, passwd = tmp_path / "topics.yaml", tmp_path / "passwd"
+    topics.write_text(TOPICS)
+    for name, password in USERS.items():
+        done = edison_broker("passwd", "--passwd", str(passwd), "add", name, "--stdin", stdin=password + "\n")
+        assert done.returncode == 0, done.stderr
+    return topics, passwd
+
+
+@pytest.fixture(scope="session")
+def user_files(tmp_path_factory) -> tuple[Path, Path]:
+    """topics.yaml and a password file made once with `edison-broker passwd` (argon2 is slow on purpose)."""
+    return make_users(tmp_path_factory.mktemp("users"))
+
+
+def copy_users(user_files: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    topics, passwd = user_files
+    for f in (topics, passwd, passwd.with_name(passwd.name + ".mosquitto")):
+        shutil.copy2(f, tmp_path / f.name)
+    return tmp_path / topics.name, tmp_path / passwd.name
+
+
+def start_secured_amqtt(tmp_path: Path, user_files: tuple[Path, Path], *extra: str,
+                        port: int | None = None) -> Secured:
+    topics, passwd = user_files
+    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), *extra, port=port)
+    return Secured(broker, topics, passwd)
+
+
+def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], binary: str, *extra: str) -> Secured:
+    topics, passwd = copy_users(user_files, tmp_path)
+    port = free_port()
+    out = tmp_path / "mosquitto"
+    done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
+                         "--bind", f"127.0.0.1:{port}", "--out", str(out), *extra)
+    assert done.returncode == 0, done.stderr
+    conf = out / "mosquitto.conf"
+    if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files
+        conf.write_text(conf.read_text() + "user root\n")
+    proc = Proc([binary, "-c", str(conf)], tmp_path / "mosquitto.log")
+    proc.wait_for_line(r"mosquitto version \S+ running", timeout=TIMEOUT)
+    return Secured(Broker("mosquitto", port, proc), topics, passwd)
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def secured(request, tmp_path, user_files) -> Iterator[Secured]:
+    if request.param == "amqtt":
+        s = start_secured_amqtt(tmp_path, user_files)
+    else:
+        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary())
+    yield s
+    s.broker.proc.signal(signal.SIGTERM)
+    try:
+        assert s.broker.proc.wait(TIMEOUT) == 0
+    finally:
+        s.broker.proc.stop()
+
+
+def login(s: Secured, user: str, **kwargs) -> Probe:
+    return Probe(s.broker, username=user, password=USERS[user], **kwargs)
+
+

@@ -1,0 +1,140 @@
+"""Access rules: the same matrix on the embedded broker and on Mosquitto with the exported configuration."""
+
+from __future__ import annotations
+
+import pytest
+from paho.mqtt.client import topic_matches_sub
+
+from broker.access import amqtt_plugin_config, mosquitto_acl, rules
+from node.config import parse
+from tests.broker_setup import TOPICS, login, start_secured_amqtt
+from tests.helpers import Probe
+
+
+# (publisher, topic, delivered to a controller?)
+PUBLISHES = [
+    ("edison-t", "edison/edison-t/led/state", True),
+    ("edison-t", "edison/edison-t/status", True),
+    ("edison-t", "edison/edison-t/result", True),
+    ("edison-t", "homeassistant/light/edison-t/led/config", True),
+    ("edison-t", "edison/edison-u/led/state", False),
+    ("edison-t", "edison/edison-u/led/set", False),
+    ("edison-t", "homeassistant/light/edison-u/led/config", False),
+    ("edison-t", "homeassistant/status", False),
+    ("bridge", "edison/edison-t/led/set", True),
+    ("bridge", "edison/edison-t/led/state", False),
+    ("bridge", "edison/edison-t/status", False),
+    ("bridge", "edison/edison-t/result", False),
+    ("laptop", "edison/edison-t/led/set", True),
+    ("laptop", "homeassistant/status", True),
+    ("laptop", "edison/edison-t/led/state", False),
+    ("laptop", "edison/edison-t/status", False),
+    ("laptop", "edison/edison-t/result", False),
+    ("stranger", "edison/edison-t/led/set", False),
+]
+
+# (subscriber, filter, publisher, topic, delivered?)
+SUBSCRIBES = [
+    ("edison-t", "edison/edison-t/+/set", "laptop", "edison/edison-t/led/set", True),
+    ("edison-t", "homeassistant/status", "laptop", "homeassistant/status", True),
+    ("edison-t", "edison/edison-u/+/set", "laptop", "edison/edison-u/led/set", False),
+    ("edison-t", "edison/+/led/state", "edison-u", "edison/edison-u/led/state", False),
+    ("edison-t", "edison/edison-u/result", "edison-u", "edison/edison-u/result", False),
+    ("bridge", "edison/+/result", "edison-u", "edison/edison-u/result", True),
+    ("bridge", "edison/+/+/set", "laptop", "edison/edison-u/led/set", False),
+    ("bridge", "edison/+/status", "edison-u", "edison/edison-u/status", False),
+    ("laptop", "edison/#", "edison-u", "edison/edison-u/status", True),
+    ("laptop", "homeassistant/#", "edison-u", "homeassistant/light/edison-u/led/config", True),
+    ("stranger", "#", "edison-u", "edison/edison-u/status", False),
+    ("stranger", "edison/#", "laptop", "edison/edison-t/led/set", False),
+]
+
+
+def settle(watcher: Probe, sender: Probe) -> None:
+    """Wait until the broker has handled everything published so far (a last publish comes through)."""
+    sender.publish("edison/edison-t/led/set", "sentinel")
+    watcher.wait_for("edison/edison-t/led/set", "sentinel")
+
+
+def test_rules_are_generated_from_topics_yaml():
+    r = rules(parse(TOPICS))
+    assert r.subscribe["edison-t"] == ["edison/edison-t/+/set", "homeassistant/status"]
+    assert r.publish["bridge"] == ["edison/+/+/set"]
+    assert "stranger" not in r.users
+    cfg = amqtt_plugin_config(r)
+    assert set(cfg) == {"acl", "publish_acl"} and cfg["acl"]["laptop"] == ["edison/#", "homeassistant/#"]
+    acl = mosquitto_acl(r)
+    assert "user edison-u\ntopic read edison/edison-u/+/set\n" in acl
+    assert "topic write homeassistant/+/edison-u/#" in acl
+
+
+def test_publish_matrix(secured):
+    watcher = login(secured, "watcher")
+    watcher.subscribe("edison/#", "homeassistant/#")
+    clients = {user: login(secured, user) for user in {p for p, _, _ in PUBLISHES}}
+    try:
+        for n, (user, topic, _) in enumerate(PUBLISHES):
+            clients[user].publish(topic, f"m{n}")
+        settle(watcher, clients["laptop"])
+        got = {(m.topic, m.text) for m in watcher.seen + watcher.barrier()}
+        expected = {(topic, f"m{n}") for n, (_, topic, ok) in enumerate(PUBLISHES) if ok}
+        refused = {(topic, f"m{n}") for n, (_, topic, ok) in enumerate(PUBLISHES) if not ok}
+        assert expected <= got, f"allowed publishes missing: {expected - got}"
+        assert not refused & got, f"refused publishes delivered: {refused & got}"
+    finally:
+        for c in [watcher, *clients.values()]:
+            c.close()
+
+
+def test_subscribe_matrix_live_and_retained(secured):
+    publishers = {user: login(secured, user) for user in {p for _, _, p, _, _ in SUBSCRIBES}}
+    watcher = login(secured, "watcher")
+    watcher.subscribe("edison/#", "homeassistant/#")  # amqtt used to leak retained messages of this filter
+    subscribers: list[tuple[Probe, int]] = []
+    try:
+        for n, (_, _, publisher, topic, _) in enumerate(SUBSCRIBES):  # retained, before anyone subscribes
+            publishers[publisher].publish(topic, f"r{n}", retain=True)
+        settle(watcher, publishers["laptop"])
+        for n, (user, topic_filter, _, _, _) in enumerate(SUBSCRIBES):
+            client = login(secured, user)
+            client.subscribe(topic_filter, check=False)
+            subscribers.append((client, n))
+        for n, (_, _, publisher, topic, _) in enumerate(SUBSCRIBES):  # live
+            publishers[publisher].publish(topic, f"l{n}")
+        settle(watcher, publishers["laptop"])
+        retained = {topic: f"r{n}" for n, (_, _, _, topic, _) in enumerate(SUBSCRIBES)}  # the last one counts
+        for client, n in subscribers:
+            user, topic_filter, _, topic, ok = SUBSCRIBES[n]
+            got = [(m.topic, m.text) for m in client.barrier()]
+            if not ok:
+                assert got == [], f"{user} refused {topic_filter} yet received {got}"
+                continue
+            assert (topic, retained[topic]) in got and (topic, f"l{n}") in got, f"{user} on {topic_filter}: {got}"
+            leaked = [m for m in got if not topic_matches_sub(topic_filter, m[0])]
+            assert not leaked, f"{user} subscribed to {topic_filter} only, yet received {leaked}"
+    finally:
+        for c in [watcher, *publishers.values(), *(c for c, _ in subscribers)]:
+            c.close()
+
+
+@pytest.mark.parametrize("user,password", [(None, None), ("laptop", "wrong"), ("nobody", "pw")])
+def test_anonymous_and_wrong_password_refused(secured, user, password):
+    with pytest.raises(ConnectionRefusedError):
+        Probe(secured.broker, username=user, password=password)
+
+
+def test_refusals_are_logged_without_password(tmp_path, user_files):
+    s = start_secured_amqtt(tmp_path, user_files)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            Probe(s.broker, client_id="intruder-1", username="laptop", password="hunter2-secret")
+        s.broker.proc.wait_for_line(r"refused login: user=laptop client=intruder-1")
+        bridge = login(s, "bridge", client_id="bridge-1")
+        bridge.subscribe("edison/+/status", check=False)
+        s.broker.proc.wait_for_line(r"refused subscribe: user=bridge client=bridge-1 topic=edison/\+/status")
+        bridge.publish("edison/edison-t/status", "online")
+        s.broker.proc.wait_for_line(r"refused publish: user=bridge client=bridge-1 topic=edison/edison-t/status")
+        bridge.close()
+        assert "hunter2-secret" not in s.broker.proc.output
+    finally:
+        s.broker.proc.stop()

@@ -1,0 +1,103 @@
+"""edison-broker's commands: users, refusals at start, limits, signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+
+import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from tests.broker_setup import USERS, edison_broker, login, start_exported_mosquitto, start_secured_amqtt
+from tests.conftest import _mosquitto_binary
+from tests.helpers import TIMEOUT, free_port
+
+
+def test_passwd_round_trip(tmp_path):
+    pw = tmp_path / "passwd"
+    for name, secret in (("edison-1", "s3cret one"), ("laptop", "other")):
+        done = edison_broker("passwd", "--passwd", str(pw), "add", name, "--stdin", stdin=secret + "\n")
+        assert done.returncode == 0, done.stderr
+        assert secret not in done.stdout + done.stderr
+    assert edison_broker("passwd", "--passwd", str(pw), "list").stdout.split() == ["edison-1", "laptop"]
+    for f in (pw, tmp_path / "passwd.mosquitto"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        assert "s3cret" not in f.read_text()
+    users = dict(line.split(":", 1) for line in pw.read_text().splitlines())
+    assert PasswordHash((Argon2Hasher(),)).verify("s3cret one", users["edison-1"])
+    assert (tmp_path / "passwd.mosquitto").read_text().startswith("edison-1:$7$101$")
+
+    assert edison_broker("passwd", "--passwd", str(pw), "delete", "edison-1").returncode == 0
+    assert edison_broker("passwd", "--passwd", str(pw), "list").stdout.split() == ["laptop"]
+    assert "edison-1" not in (tmp_path / "passwd.mosquitto").read_text()
+    missing = edison_broker("passwd", "--passwd", str(pw), "delete", "edison-1")
+    assert missing.returncode == 2 and "no user 'edison-1'" in missing.stderr
+    bad = edison_broker("passwd", "--passwd", str(pw), "add", "a:b", "--stdin", stdin="x\n")
+    assert bad.returncode == 2 and "user name" in bad.stderr
+    empty = edison_broker("passwd", "--passwd", str(pw), "add", "someone", "--stdin", stdin="\n")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--allow-anonymous", "--bind", "0.0.0.0:1883"], "refusing to listen on 0.0.0.0:1883"),
+    (["--allow-anonymous", "--ws-bind", "192.0.2.1:9001"], "refusing to listen on 192.0.2.1:9001"),
+    ([], "give --passwd FILE"),
+])
+def test_unsafe_start_is_refused(args, message):
+    done = edison_broker(*args)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_sigterm_and_sigint_exit_cleanly(tmp_path, user_files):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        s = start_secured_amqtt(tmp_path, user_files)
+        client = login(s, "laptop")  # a connected client does not hold the shutdown up
+        s.broker.proc.signal(signum)
+        assert s.broker.proc.wait(TIMEOUT) == 0
+        s.broker.proc.wait_for_line("stopped")
+        client.close()
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_big_publish_is_dropped(kind, tmp_path, user_files):
+    extra = ("--max-message-size", "100")
+    s = (start_secured_amqtt(tmp_path, user_files, *extra) if kind == "amqtt"
+         else start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(), *extra))
+    try:
+        # MQTT 3.1.1 on both (Mosquitto disconnects an MQTT 5 client that sends too much)
+        watcher, laptop = login(s, "watcher", mqtt5=False), login(s, "laptop", client_id="laptop-1", mqtt5=False)
+        watcher.subscribe("edison/#")
+        laptop.publish("edison/edison-t/led/set", "x" * 101)
+        laptop.publish("edison/edison-t/led/set", "y" * 100)
+        watcher.wait_for("edison/edison-t/led/set", "y" * 100)
+        assert ("edison/edison-t/led/set", "x" * 101) not in [(m.topic, m.text) for m in watcher.seen]
+        if kind == "amqtt":
+            s.broker.proc.wait_for_line(r"refused publish: user=laptop client=laptop-1 topic=edison/edison-t/led/set: "
+                                        r"101 bytes")
+        watcher.close()
+        laptop.close()
+    finally:
+        s.broker.proc.stop()
+
+
+def test_connections_beyond_the_limit_are_refused(tmp_path, user_files):
+    s = start_secured_amqtt(tmp_path, user_files, "--max-connections", "1")
+    try:
+        first = login(s, "laptop")
+        with socket.create_connection(("127.0.0.1", s.broker.port), timeout=TIMEOUT) as extra:
+            assert extra.recv(1) == b"", "the broker should close a connection beyond the limit"
+        s.broker.proc.wait_for_line(r"refused connection from .*already 1 connections")
+        first.close()
+    finally:
+        s.broker.proc.stop()
+
+
+def test_mosquitto_config_needs_the_mosquitto_hashes(tmp_path, user_files):
+    topics, passwd = user_files
+    (tmp_path / "passwd").write_text(passwd.read_text())  # amqtt hashes only
+    done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(tmp_path / "passwd"),
+                         "--bind", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "no Mosquitto hash" in done.stderr
+    assert all(u in done.stderr for u in USERS)

@@ -1,0 +1,59 @@
+"""TLS and WebSocket listeners share users and rules; a client that does not trust the CA cannot connect."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+
+import pytest
+import trustme
+
+from tests.broker_setup import login, start_exported_mosquitto, start_secured_amqtt
+from tests.conftest import _mosquitto_binary
+from tests.helpers import TIMEOUT, Probe, free_port
+
+
+@pytest.fixture(params=["amqtt", "mosquitto"])
+def tls_broker(request, tmp_path, user_files):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    tls_port, ws_port = free_port(), free_port()
+    extra = ("--tls-bind", f"127.0.0.1:{tls_port}", "--tls-cert", str(paths["cert"]), "--tls-key", str(paths["key"]),
+             "--ws-bind", f"127.0.0.1:{ws_port}")
+    if request.param == "amqtt":
+        s = start_secured_amqtt(tmp_path, user_files, *extra)
+    else:
+        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(), *extra)
+    yield s, paths["ca"], tls_port, ws_port
+    s.broker.proc.signal(signal.SIGTERM)
+    try:
+        assert s.broker.proc.wait(TIMEOUT) == 0
+    finally:
+        s.broker.proc.stop()
+
+
+def test_tls_client_trusting_the_ca_connects_and_others_fail(tls_broker, tmp_path):
+    s, ca, tls_port, _ = tls_broker
+    watcher = login(s, "watcher", port=tls_port, tls_ca=ca)
+    watcher.subscribe("edison/#")
+    laptop = login(s, "laptop", port=tls_port, tls_ca=ca)
+    laptop.publish("edison/edison-t/led/set", "ON")
+    assert watcher.wait_for("edison/edison-t/led/set", "ON")
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        login(s, "laptop", port=tls_port, tls_ca=other_ca)
+    for c in (watcher, laptop):
+        c.close()
+
+
+def test_websocket_listener_has_the_same_users(tls_broker):
+    s, _, _, ws_port = tls_broker
+    with pytest.raises(ConnectionRefusedError):
+        Probe(s.broker, username="laptop", password="wrong", port=ws_port, transport="websockets")
+    ws = login(s, "laptop", port=ws_port, transport="websockets")
+    ws.close()
