@@ -33,17 +33,19 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections", type=int, default=100, help="refuse clients beyond this (default: %(default)s)")
     p.add_argument("--max-message-size", type=int, default=65536,
                    help="drop larger publishes, bytes (default: %(default)s)")
+    p.add_argument("--max-queued", type=int, default=1000,
+                   help="messages kept for one offline client; newer ones are dropped (default: %(default)s)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False):
     from broker import access
-    from broker.server import Listeners, Options
+    from broker.server import Limits, Listeners, Options
     from node.config import load
 
     rules = access.rules(load(args.config)) if args.config else None
     listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
-    return Options(listeners, args.passwd, rules, allow_anonymous, args.data,
-                   args.max_connections, args.max_message_size)
+    limits = Limits(args.max_connections, args.max_message_size, args.max_queued)
+    return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits)
 
 
 def _serve(argv: list[str]) -> int:
@@ -54,6 +56,8 @@ def _serve(argv: list[str]) -> int:
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
     logging.getLogger("edison-broker").setLevel(args.log_level)
+    if args.log_level == "DEBUG":
+        logging.getLogger("amqtt").setLevel(logging.DEBUG)
     try:
         import amqtt  # noqa: F401
     except ImportError as exc:

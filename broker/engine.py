@@ -11,8 +11,13 @@
   persistent session belongs to another user is refused.
 - A login, subscribe or publish that is refused gets a log line naming user,
   client id and topic (never a password).
-- Connections beyond `max_connections` are refused (amqtt makes them wait), and
-  publishes larger than `max_message_size` are dropped.
+- Shutdown first lets the messages already acknowledged to their publishers
+  reach their subscribers or offline queues (amqtt drops what it has not yet
+  broadcast).
+- Connections beyond `max_connections` are refused (amqtt makes them wait),
+  publishes larger than `max_message_size` are dropped, and an offline
+  client's queue stops at `max_queued` (amqtt's grows without bound); each
+  with a log line.
 """
 
 from __future__ import annotations
@@ -30,20 +35,48 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
 from broker.persistence import PersistencePlugin
+from broker.server import Limits
 
 log = logging.getLogger("edison-broker")
 
+DRAIN_SECONDS = 3.0
+
 
 class EdisonBroker(Broker):
-    def __init__(self, config: dict[str, Any], *, max_connections: int = 0, max_message_size: int = 0) -> None:
+    def __init__(self, config: dict[str, Any], limits: Limits) -> None:
         super().__init__(config)
-        self.max_connections = max_connections
-        self.max_message_size = max_message_size
+        self.limits = limits
         self._connections = 0
+        self._broadcasts_queued = self._broadcasts_done = self._in_delivery = 0
         self._persistence = next((p for p in self.plugins_manager.plugins if isinstance(p, PersistencePlugin)), None)
 
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
+        quiet = 0
+        while quiet < 2 and loop.time() < deadline:  # twice in a row: a message may be between two steps
+            quiet = quiet + 1 if not self._undelivered() else 0
+            await asyncio.sleep(0.01)
+        if self._undelivered():
+            log.warning("shutting down with %d message(s) not yet passed on", self._undelivered())
+        await super().shutdown()
+
+    def _undelivered(self) -> int:
+        """Acknowledged publishes not yet handed to subscribers or offline queues."""
+        incoming = sum(session.delivered_message_queue.qsize() for session, _ in self._sessions.values())
+        return self._in_delivery + self._broadcasts_queued - self._broadcasts_done + incoming
+
+    async def _broadcast_message(self, *args: Any, **kwargs: Any) -> None:
+        self._broadcasts_queued += 1
+        await super()._broadcast_message(*args, **kwargs)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        """Takes one message off the broadcast queue and hands it on; counted once done."""
+        await super()._run_broadcast(running_tasks)
+        self._broadcasts_done += 1
+
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
-        if self.max_connections and self._connections >= self.max_connections:
+        if self.limits.max_connections and self._connections >= self.limits.max_connections:
             log.warning("refused connection from %s: already %d connections (--max-connections)",
                         writer.get_peer_info(), self._connections)
             await writer.close()
@@ -111,12 +144,23 @@ class EdisonBroker(Broker):
                                        wait_deliver: asyncio.Future) -> bool:
         message = wait_deliver.result()
         size = len(message.data or b"") if message is not None else 0
-        if self.max_message_size and size > self.max_message_size:
+        if self.limits.max_message_size and size > self.limits.max_message_size:
             log.warning("refused publish: user=%s client=%s topic=%s: %d bytes, over the limit of %d",
                         client_session.username or "(none)", client_session.client_id, message.topic,
-                        size, self.max_message_size)
+                        size, self.limits.max_message_size)
             return True
-        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        self._in_delivery += 1
+        try:
+            return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        finally:
+            self._in_delivery -= 1
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        if self.limits.max_queued and target_session.retained_messages.qsize() >= self.limits.max_queued:
+            log.warning("dropped message on %s for offline client=%s user=%s: already %d queued (--max-queued)",
+                        broadcast["topic"], target_session.client_id, target_session.username, self.limits.max_queued)
+            return
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         handler = self._get_handler(session)

@@ -22,9 +22,9 @@ def conf_text(o: Options, out: Path) -> str:
         "allow_anonymous false",
         f"password_file {out / 'passwd'}",
         f"acl_file {out / 'acl'}",
-        f"max_connections {o.max_connections or -1}",
-        f"message_size_limit {o.max_message_size}",
-        "max_queued_messages 1000",
+        f"max_connections {o.limits.max_connections or -1}",
+        f"message_size_limit {o.limits.max_message_size}",
+        f"max_queued_messages {o.limits.max_queued}",
     ]
     if o.data:
         lines += ["persistence true", f"persistence_location {o.data}/", "autosave_interval 60"]

@@ -36,14 +36,22 @@ class Listeners:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """0 means no limit."""
+
+    max_connections: int = 100
+    max_message_size: int = 65536  # bytes of payload; commands are a few bytes
+    max_queued: int = 1000  # messages kept for one offline client (Mosquitto's default)
+
+
+@dataclass(frozen=True)
 class Options:
     listeners: Listeners
     passwd: Path | None = None
     rules: Rules | None = None
     allow_anonymous: bool = False
     data: Path | None = None
-    max_connections: int = 100
-    max_message_size: int = 65536
+    limits: Limits = Limits()
 
 
 def is_loopback(bind: str) -> bool:
@@ -114,7 +122,7 @@ async def serve(o: Options) -> None:
         loop.add_signal_handler(signum, stop.set)
     if o.data:
         o.data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    broker = EdisonBroker(broker_config(o), max_connections=o.max_connections, max_message_size=o.max_message_size)
+    broker = EdisonBroker(broker_config(o), o.limits)
     await broker.start()
     mode = "trial mode: every client is accepted" if o.allow_anonymous else f"users from {o.passwd}"
     state = f"state in {o.data}" if o.data else "state is in memory (lost on restart; use --data DIR to keep it)"

@@ -43,9 +43,11 @@ def test_restart_with_data_keeps_retained_state_and_queued_command(tmp_path, use
     watcher.subscribe("edison/#")
     try:
         nodes.start(env=node_env, wait_online=watcher, device="edison-t")
+        laptop = login(s, "laptop")
+        laptop.publish(SET, '{"state": "OFF", "id": "first"}')  # answered: the node's subscription is in place
+        assert watcher.result("edison-t", "first")["ok"] is True
         nodes.stop_all()
         watcher.wait_for("edison/edison-t/status", "offline")
-        laptop = login(s, "laptop")
         laptop.publish(SET, '{"state": "ON", "id": "while-away"}')
         laptop.close()
         watcher.close()
@@ -115,5 +117,25 @@ def test_another_user_cannot_take_a_device_session(tmp_path, user_files):
         with pytest.raises(ConnectionRefusedError):
             login(s, "laptop", client_id="edison-t", mqtt5=False, clean_session=False)
         s.broker.proc.wait_for_line(r"refused login: user=laptop client=edison-t: client id in use by user edison-t")
+    finally:
+        s.broker.proc.stop()
+
+
+def test_an_offline_queue_stops_at_its_limit(tmp_path, user_files):
+    s = start_secured_amqtt(tmp_path, user_files, "--max-queued", "2")
+    try:
+        d = device(s)
+        d.subscribe("edison/edison-t/+/set")
+        d.close()
+        laptop = login(s, "laptop")
+        for n in range(3):
+            laptop.publish(SET, f"c{n}")
+        s.broker.proc.wait_for_line(r"dropped message on edison/edison-t/led/set for offline client=edison-t "
+                                    r"user=edison-t: already 2 queued")
+        d = device(s)
+        d.wait_for(SET, "c1")
+        assert [m.text for m in d.seen + d.barrier()] == ["c0", "c1"]
+        d.close()
+        laptop.close()
     finally:
         s.broker.proc.stop()
