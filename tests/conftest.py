@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-    )
+    found = mosquitto_binary()
     if found:
         return found
     reason = "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)"
