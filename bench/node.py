@@ -350,6 +350,7 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 probe.wait_for(state_topic, "OFF", timeout=WAIT)  # its state on connect: the safe state
                 rss_online = rss_mib(node.pid)
                 sent_at: list[float] = []
+                traced_before = len(read_trace(node.trace))
                 payloads = alternating("ON")
                 cpu_before = cpu_ns(node.pid)
                 node_rtt = {1: round_trips(probe, set_topic, state_topic, payloads, n, 1, sent_at)}
@@ -359,7 +360,7 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 latency_rows(report, floor, node_rtt)
                 if not full:
                     return
-                changes = [c for c in read_trace(node.trace) if c["pin"] == 20][:n]
+                changes = read_trace(node.trace)[traced_before:traced_before + n]  # one level change per command
                 pin = Timings([c["t"] - sent for c, sent in zip(changes, sent_at, strict=True)])
                 report.row("/set -> pin change p50 / p99", f"{pin.p50:.2f} / {pin.p99:.2f} ms",
                            "(trace, time.time())", f"{pin.p50 / floor[1].p50:.2f}x floor")
