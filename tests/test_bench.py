@@ -14,6 +14,7 @@ FIGURES = [
     "/set -> /state p50 / p99",
     "/set -> /state, QoS 0 request",
     "/set -> /state, QoS 0, 100 ms apart",
+    "/set -> result p50 / p99",
     "/set -> pin change p50 / p99",
     "node CPU per command",
     "RSS after 100 commands",
@@ -39,7 +40,7 @@ def test_quick_bench_prints_every_figure_with_a_verdict(mosquitto_bin):
     missing = [figure for figure in FIGURES if figure not in out]
     assert not missing, f"figures missing from the output: {missing}\n{out}"
     verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("PASS", "MISS"))]
-    assert len(verdicts) == 6, out  # 3 round trips, RSS, idle CPU, start -> online
+    assert len(verdicts) == 6, out  # 3 round trips to /state, RSS, idle CPU, start -> online
     assert "target(s) missed" in out or "all targets met" in out
 
 
