@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
 # Fixtures of the secured broker (users, access rules, the Mosquitto export).
 pytest_plugins = ["tests.broker_setup"]
@@ -20,9 +19,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-    )
+    found = mosquitto_binary()
     if found:
         return found
     reason = "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)"

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 15.0  # generous: the suite must pass on a busy 2-core machine
+
+
+def mosquitto_binary() -> str | None:
+    """Debian's mosquitto, also where it lives when sbin is not on PATH; None when it is not installed."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
 
 
 def free_port() -> int:

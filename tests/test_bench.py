@@ -1,0 +1,49 @@
+"""The benchmark script runs and reports every figure (its timings are for people to read, not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+FIGURES = [
+    "transport floor p50 / p99",
+    "/set -> /state p50 / p99",
+    "/set -> /state, QoS 0 request",
+    "/set -> /state, QoS 0, 100 ms apart",
+    "/set -> result p50 / p99",
+    "/set -> pin change p50 / p99",
+    "node CPU per command",
+    "RSS after 100 commands",
+    "idle CPU over 2 s",
+    "threads at idle",
+    "start -> online, median of 2",
+    "with --protocol given",
+    "interpreter start",
+    "from pydantic import BaseModel",
+]
+
+
+def run_bench(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "node.py"), "--quick", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.mosquitto
+def test_quick_bench_prints_every_figure_with_a_verdict(mosquitto_bin):
+    out = run_bench()
+    missing = [figure for figure in FIGURES if figure not in out]
+    assert not missing, f"figures missing from the output: {missing}\n{out}"
+    verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("PASS", "MISS"))]
+    assert len(verdicts) == 6, out  # 3 round trips to /state, RSS, idle CPU, start -> online
+    assert "target(s) missed" in out or "all targets met" in out
+
+
+def test_quick_bench_runs_on_the_embedded_broker():
+    out = run_bench("--broker", "amqtt")
+    assert "broker: amqtt" in out and "start -> online" in out, out
