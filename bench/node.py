@@ -78,7 +78,7 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
     """
     port = free_port()
     if kind == "amqtt":
-        proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}"), workdir / f"amqtt-{port}.log")
+        proc = Proc(python_cmd("broker", "--allow-anonymous", "--bind", f"127.0.0.1:{port}"), workdir / f"amqtt-{port}.log")
         ready = r"listening on"
     else:
         conf = workdir / f"{kind}-{port}.conf"

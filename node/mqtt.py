@@ -322,10 +322,12 @@ class Link:
             "5" if self.mqtt5 else "3.1.1",
             "session resumed" if resumed else "new session",
         )
-        if self._birth:
-            self._fence_mid = self.publish(self._birth.topic, self._birth.payload, retain=self._birth.retain)
+        # Subscribe before announcing: the broker handles our packets in order,
+        # so whoever sees `online` can send a command that will reach us.
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
+        if self._birth:
+            self._fence_mid = self.publish(self._birth.topic, self._birth.payload, retain=self._birth.retain)
         self._on_connect_cb(resumed)
 
     @_guarded
