@@ -9,7 +9,12 @@ from broker.access import Rules, mosquitto_acl
 from broker.server import Listeners, Options
 
 
-def _listener(bind: str) -> str:
+def _listener(bind: str, o: Options) -> list[str]:
+    """A listener block; max_connections is a listener option (before any listener it would open 1883)."""
+    return [_listener_line(bind), f"max_connections {o.limits.max_connections or -1}"]
+
+
+def _listener_line(bind: str) -> str:
     host, _, port = bind.rpartition(":")
     return f"listener {port} {host.strip('[]')}"
 
@@ -22,7 +27,6 @@ def conf_text(o: Options, out: Path) -> str:
         "allow_anonymous false",
         f"password_file {out / 'passwd'}",
         f"acl_file {out / 'acl'}",
-        f"max_connections {o.limits.max_connections or -1}",
         f"message_size_limit {o.limits.max_message_size}",
         f"max_queued_messages {o.limits.max_queued}",
     ]
@@ -31,13 +35,13 @@ def conf_text(o: Options, out: Path) -> str:
     else:
         lines += ["persistence false"]
     lines += ["log_dest stderr", "log_type error", "log_type warning", "log_type notice", "log_type information",
-              "connection_messages true", "", _listener(ls.bind)]
+              "connection_messages true", "", *_listener(ls.bind, o)]
     if ls.tls_bind:
-        lines += ["", _listener(ls.tls_bind), f"certfile {ls.tls_cert}", f"keyfile {ls.tls_key}"]
+        lines += ["", *_listener(ls.tls_bind, o), f"certfile {ls.tls_cert}", f"keyfile {ls.tls_key}"]
         if ls.tls_ca:
             lines += [f"cafile {ls.tls_ca}", "require_certificate false"]
     if ls.ws_bind:
-        lines += ["", _listener(ls.ws_bind), "protocol websockets"]
+        lines += ["", *_listener(ls.ws_bind, o), "protocol websockets"]
     return "\n".join(lines) + "\n"
 
 
