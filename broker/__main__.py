@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
 import sys
@@ -19,7 +20,15 @@ def _host_port(value: str) -> str:
     return value
 
 
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0: no limit), got {value!r}")
+    return int(value)
+
+
 def _listener_args(p: argparse.ArgumentParser) -> None:
+    from broker.server import Limits
+
     p.add_argument("--config", type=Path, help="topics.yaml: devices and `access:` give the access rules")
     p.add_argument("--passwd", type=Path, help="password file made with `edison-broker passwd`")
     p.add_argument("--bind", type=_host_port, default="127.0.0.1:1883",
@@ -30,11 +39,17 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", type=Path, help="CA (PEM) that signs client certificates, if clients present one")
     p.add_argument("--ws-bind", type=_host_port, help="MQTT over WebSocket HOST:PORT")
     p.add_argument("--data", type=Path, help="directory that keeps retained messages, sessions and queues")
-    p.add_argument("--max-connections", type=int, default=100, help="refuse clients beyond this (default: %(default)s)")
-    p.add_argument("--max-message-size", type=int, default=65536,
+    d = Limits()
+    p.add_argument("--max-connections", type=_count, default=d.max_connections,
+                   help="logged-in clients; more are refused (default: %(default)s)")
+    p.add_argument("--max-pending", type=_count, default=d.max_pending,
+                   help="connections waiting to log in, a quarter of them from one address (default: %(default)s)")
+    p.add_argument("--connect-timeout", type=float, default=d.connect_timeout,
+                   help="seconds a new connection may take to send CONNECT (default: %(default)s)")
+    p.add_argument("--max-message-size", type=_count, default=d.max_message_size,
                    help="drop larger publishes, bytes (default: %(default)s)")
-    p.add_argument("--max-queued", type=int, default=1000,
-                   help="messages kept for one offline client; newer ones are dropped (default: %(default)s)")
+    p.add_argument("--max-queued", type=_count, default=d.max_queued,
+                   help="messages kept for one client; newer ones are dropped and logged (default: %(default)s)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False):
@@ -44,7 +59,8 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False):
 
     rules = access.rules(load(args.config)) if args.config else None
     listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
-    limits = Limits(args.max_connections, args.max_message_size, args.max_queued)
+    limits = Limits(args.max_connections, args.max_pending, args.connect_timeout, args.max_message_size,
+                    args.max_queued)
     return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits)
 
 
@@ -59,9 +75,13 @@ def _serve(argv: list[str]) -> int:
     if args.log_level == "DEBUG":
         logging.getLogger("amqtt").setLevel(logging.DEBUG)
     try:
-        import amqtt  # noqa: F401
+        from broker.engine import amqtt_problem
     except ImportError as exc:
         log.error("the broker needs amqtt: pip install 'edison-mqtt[broker]' (%s)", exc)
+        return 2
+    problem = amqtt_problem()
+    if problem:
+        log.error("%s", problem)
         return 2
     from broker.passwords import PasswordFileError
     from broker.server import SetupError, check, serve
@@ -76,7 +96,9 @@ def _serve(argv: list[str]) -> int:
     try:
         asyncio.run(serve(options))
     except OSError as exc:
-        log.error("cannot start on %s: %s", ", ".join(options.listeners.binds), exc)
+        log.error("cannot listen on %s: %s%s", ", ".join(options.listeners.binds), exc.strerror or exc,
+                  " (another broker? choose another port with --bind, or `make run PORT=1884`)"
+                  if exc.errno == errno.EADDRINUSE else "")
         return 1
     return 0
 

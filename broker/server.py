@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import passwords
-from broker.access import Rules, amqtt_plugin_config
+from broker.access import Rules
 
 log = logging.getLogger("edison-broker")
 
@@ -39,9 +39,11 @@ class Listeners:
 class Limits:
     """0 means no limit."""
 
-    max_connections: int = 100
+    max_connections: int = 100  # logged-in clients
+    max_pending: int = 64  # connections not yet logged in (a quarter of them from one address)
+    connect_timeout: float = 5.0  # seconds from accept to CONNECT
     max_message_size: int = 65536  # bytes of payload; commands are a few bytes
-    max_queued: int = 1000  # messages kept for one offline client (Mosquitto's default)
+    max_queued: int = 10_000  # messages kept for one client
 
 
 @dataclass(frozen=True)
@@ -99,35 +101,48 @@ def listener_config(ls: Listeners) -> dict[str, dict]:
     return listeners
 
 
-def broker_config(o: Options) -> dict:
-    # An explicit "plugins" mapping replaces amqtt's defaults (which would allow
-    # anonymous sessions without an offline queue, and publish $SYS topics).
-    plugins: dict[str, dict] = {}
-    if o.allow_anonymous:
-        plugins["broker.plugins.TrialAuthPlugin"] = {}
-    else:
-        plugins["amqtt.plugins.authentication.FileAuthPlugin"] = {"password_file": str(o.passwd)}
-        plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = amqtt_plugin_config(o.rules)
-    if o.data:
-        plugins["broker.persistence.PersistencePlugin"] = {"file": str(o.data / DATA_FILE)}
-    return {"listeners": listener_config(o.listeners), "plugins": plugins}
-
-
-async def serve(o: Options) -> None:
+async def serve(o: Options, grace: float = 2.0) -> None:
+    """Run until SIGINT or SIGTERM; then clients get `grace` seconds to take what was sent to them."""
+    from broker.access import Access
+    from broker.connection import Connections
+    from broker.core import Core
     from broker.engine import EdisonBroker
+    from broker.login import Passwords
+    from broker.store import Store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    store = None
     if o.data:
         o.data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    broker = EdisonBroker(broker_config(o), o.limits)
-    await broker.start()
-    mode = "trial mode: every client is accepted" if o.allow_anonymous else f"users from {o.passwd}"
-    state = f"state in {o.data}" if o.data else "state is in memory (lost on restart; use --data DIR to keep it)"
-    log.info("listening on %s (%s; %s)", ", ".join(o.listeners.binds), mode, state)
-    await stop.wait()
-    log.info("shutting down")
-    await broker.shutdown()
+        store = Store(o.data / DATA_FILE)
+    users = None if o.allow_anonymous else Passwords(o.passwd)  # type: ignore[arg-type]
+    access = Access(None if o.allow_anonymous else o.rules, users.users if users else ())
+    core = Core(access, store, o.limits.max_queued, o.limits.max_message_size)
+    if store:
+        state = store.load()
+        core.restore(state, loop)
+        log.info("state restored from %s: %d retained message(s), %d session(s), %d queued message(s)", store.path,
+                 len(state.retained), len(state.sessions), sum(len(s.queued) for s in state.sessions))
+        store.start(loop)
+    broker = EdisonBroker(listener_config(o.listeners), Connections(core, access, users, o.limits))
+    try:
+        await broker.start()
+        mode = "trial mode: every client is accepted" if o.allow_anonymous else f"users from {o.passwd}"
+        kept = f"state in {o.data}" if o.data else "state is in memory (lost on restart; use --data DIR to keep it)"
+        log.info("listening on %s (%s; %s)", ", ".join(o.listeners.binds), mode, kept)
+        await stop.wait()
+        log.info("shutting down")
+        await broker.stop(grace)
+        left = core.unacknowledged()
+        if left:
+            log.warning("%d message(s) for connected clients not acknowledged by them: %s", left,
+                        f"kept in {o.data} for the next start" if o.data else "lost (no --data)")
+    finally:
+        if store:
+            store.close()
+        if users:
+            users.close()
     log.info("stopped")

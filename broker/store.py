@@ -1,16 +1,25 @@
-"""The broker's state on disk (SQLite): retained messages, persistent sessions, queues.
+"""The broker's state on disk (SQLite): retained messages, persistent sessions, their queues.
 
-Each change is committed at once, so a crash loses at most the change being
-written. Only sessions worth keeping are stored: clean_session=0 and logged in
-with a user name (amqtt keeps no queue for anonymous sessions anyway).
+The event loop never waits for the disk: changes are handed to one writer
+thread, which commits whatever has gathered in one transaction (WAL, fsync on
+commit). `committed()` resolves once everything handed over before it is on
+disk; the broker acknowledges a QoS 1 publish only then, so a SIGKILL or a
+power cut after the PUBACK loses nothing. Concurrent publishers share one
+fsync, which keeps the cost per message small.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger("edison-broker")
+
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, data BLOB NOT NULL, qos INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, username TEXT NOT NULL);
@@ -22,6 +31,18 @@ CREATE TABLE IF NOT EXISTS queued (
     client_id TEXT NOT NULL REFERENCES sessions(client_id) ON DELETE CASCADE,
     topic TEXT NOT NULL, data BLOB NOT NULL, qos INTEGER NOT NULL);
 """
+# Version 2: a session remembers its keep-alive, its Last Will and whether its client was connected,
+# so a client that was connected when the broker stopped gets its will published if it does not return.
+MIGRATIONS = {2: ["ALTER TABLE sessions ADD COLUMN keepalive INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE sessions ADD COLUMN will_topic TEXT",
+                  "ALTER TABLE sessions ADD COLUMN will_data BLOB",
+                  "ALTER TABLE sessions ADD COLUMN will_qos INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE sessions ADD COLUMN will_retain INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE sessions ADD COLUMN connected INTEGER NOT NULL DEFAULT 0"]}
+
+
+class StoreError(Exception):
+    """The data directory cannot be written: nothing more may be acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -29,70 +50,190 @@ class StoredMessage:
     topic: str
     data: bytes
     qos: int
+    id: int = 0  # row id of a queued message
+
+
+@dataclass(frozen=True)
+class StoredWill:
+    topic: str
+    data: bytes
+    qos: int
+    retain: bool
 
 
 @dataclass
 class StoredSession:
     client_id: str
     username: str
-    subscriptions: list[tuple[str, int]]
-    queued: list[StoredMessage]
+    keepalive: int = 0
+    will: StoredWill | None = None
+    connected: bool = False
+    subscriptions: list[tuple[str, int]] = field(default_factory=list)
+    queued: list[StoredMessage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class State:
+    retained: list[StoredMessage]
+    sessions: list[StoredSession]
+
+
+Op = tuple[str, tuple]
 
 
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = FULL")
-        self.db.executescript(SCHEMA)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._migrate()
+        self._ops: list[Op] = []
+        self._submitted = 0  # ops handed over so far
+        self._done = 0  # ops committed so far
+        self._failed: BaseException | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._write_loop, name="store", daemon=True)
+        self.next_id = 1 + (self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0])
 
-    def close(self) -> None:
-        self.db.close()
+    def _migrate(self) -> None:
+        version = max(1, self._db.execute("PRAGMA user_version").fetchone()[0])  # 0: the first layout, unnumbered
+        self._db.executescript(SCHEMA)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    # -- retained messages --------------------------------------------------
+    def load(self) -> State:
+        """Everything on disk, read once at start before the writer runs."""
+        q = self._db.execute
+        retained = [StoredMessage(t, bytes(d), n) for t, d, n in q("SELECT topic, data, qos FROM retained")]
+        sessions = []
+        for row in q("SELECT client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected "
+                     "FROM sessions"):
+            client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected = row
+            will = StoredWill(will_topic, bytes(will_data), will_qos, bool(will_retain)) if will_topic else None
+            s = StoredSession(client_id, username, keepalive, will, bool(connected))
+            s.subscriptions = list(q("SELECT filter, qos FROM subscriptions WHERE client_id = ? ORDER BY filter",
+                                     (client_id,)))
+            s.queued = [StoredMessage(t, bytes(d), n, i) for i, t, d, n in q(
+                "SELECT id, topic, data, qos FROM queued WHERE client_id = ? ORDER BY id", (client_id,))]
+            sessions.append(s)
+        return State(retained, sessions)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+
+    # -- changes (called on the event loop; applied in order by the writer) ---------
+
     def set_retained(self, topic: str, data: bytes, qos: int) -> None:
         if data:
-            self.db.execute("INSERT OR REPLACE INTO retained VALUES (?, ?, ?)", (topic, bytes(data), qos))
+            self._submit("INSERT OR REPLACE INTO retained VALUES (?, ?, ?)", (topic, bytes(data), qos))
         else:
-            self.db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+            self._submit("DELETE FROM retained WHERE topic = ?", (topic,))
 
-    def retained(self) -> list[StoredMessage]:
-        rows = self.db.execute("SELECT topic, data, qos FROM retained ORDER BY topic")
-        return [StoredMessage(t, bytes(d), q) for t, d, q in rows]
-
-    # -- sessions -----------------------------------------------------------
-    def keep_session(self, client_id: str, username: str) -> None:
-        self.db.execute("INSERT INTO sessions VALUES (?, ?) ON CONFLICT(client_id) DO UPDATE SET username = ?",
-                        (client_id, username, username))
+    def keep_session(self, s: StoredSession) -> None:
+        """Create or update a session (its user, keep-alive, will and connected flag)."""
+        w = s.will
+        self._submit(
+            "INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, "
+            "connected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, "
+            "keepalive = excluded.keepalive, will_topic = excluded.will_topic, will_data = excluded.will_data, "
+            "will_qos = excluded.will_qos, will_retain = excluded.will_retain, connected = excluded.connected",
+            (s.client_id, s.username, s.keepalive, w.topic if w else None, bytes(w.data) if w else None,
+             w.qos if w else 0, int(w.retain) if w else 0, int(s.connected)))
 
     def drop_session(self, client_id: str) -> None:
-        self.db.execute("DELETE FROM sessions WHERE client_id = ?", (client_id,))
-
-    def has_session(self, client_id: str) -> bool:
-        return self.db.execute("SELECT 1 FROM sessions WHERE client_id = ?", (client_id,)).fetchone() is not None
+        self._submit("DELETE FROM sessions WHERE client_id = ?", (client_id,))
 
     def subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?)", (client_id, topic_filter, qos))
+        self._submit("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?)", (client_id, topic_filter, qos))
 
     def unsubscribe(self, client_id: str, topic_filter: str) -> None:
-        self.db.execute("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?", (client_id, topic_filter))
+        self._submit("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?", (client_id, topic_filter))
 
-    def queue(self, client_id: str, topic: str, data: bytes, qos: int) -> None:
-        self.db.execute("INSERT INTO queued (client_id, topic, data, qos) VALUES (?, ?, ?, ?)",
-                        (client_id, topic, bytes(data), qos))
+    def queue(self, client_id: str, topic: str, data: bytes, qos: int) -> int:
+        """Keep a message for a client; its id, for `delivered`."""
+        message_id, self.next_id = self.next_id, self.next_id + 1
+        self._submit("INSERT INTO queued (id, client_id, topic, data, qos) VALUES (?, ?, ?, ?, ?)",
+                     (message_id, client_id, topic, bytes(data), qos))
+        return message_id
 
-    def delivered(self, client_id: str, count: int) -> None:
-        """The oldest `count` queued messages of a client reached it."""
-        self.db.execute("DELETE FROM queued WHERE id IN "
-                        "(SELECT id FROM queued WHERE client_id = ? ORDER BY id LIMIT ?)", (client_id, count))
+    def delivered(self, message_id: int) -> None:
+        self._submit("DELETE FROM queued WHERE id = ?", (message_id,))
 
-    def sessions(self) -> list[StoredSession]:
-        found = [StoredSession(c, u, [], []) for c, u in self.db.execute("SELECT client_id, username FROM sessions")]
-        for s in found:
-            s.subscriptions = list(self.db.execute(
-                "SELECT filter, qos FROM subscriptions WHERE client_id = ? ORDER BY filter", (s.client_id,)))
-            s.queued = [StoredMessage(t, bytes(d), q) for t, d, q in self.db.execute(
-                "SELECT topic, data, qos FROM queued WHERE client_id = ? ORDER BY id", (s.client_id,))]
-        return found
+    def _submit(self, sql: str, args: tuple) -> None:
+        with self._cond:
+            self._ops.append((sql, args))
+            self._submitted += 1
+            self._cond.notify()
+
+    # -- durability -------------------------------------------------------------
+
+    async def committed(self) -> None:
+        """Wait until every change handed over so far is on disk; StoreError if the disk refused it."""
+        assert self._loop is not None, "start() the store first"
+        with self._cond:
+            if self._failed is not None:
+                raise StoreError(str(self._failed))
+            if self._done >= self._submitted:
+                return
+            future = self._loop.create_future()
+            self._waiters.append((self._submitted, future))
+        await future
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._ops or self._closing)
+                ops, self._ops = self._ops, []
+                upto = self._submitted
+                if not ops and self._closing:
+                    return
+            error: BaseException | None = None
+            try:
+                self._db.execute("BEGIN")
+                for sql, args in ops:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                error = exc
+                log.error("cannot write the data directory %s: %s; no further publish is acknowledged",
+                          self.path.parent, exc)
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            with self._cond:
+                self._done = upto
+                if error is not None:
+                    self._failed = error
+                ready = [w for w in self._waiters if w[0] <= upto or error is not None]
+                self._waiters = [w for w in self._waiters if w not in ready]
+            if ready and self._loop is not None:
+                self._loop.call_soon_threadsafe(_resolve, [f for _, f in ready], error)
+
+    def close(self) -> None:
+        """Commit what is pending and close (blocks: call it once the broker stops)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._db.close()
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for f in futures:
+        if f.done():
+            continue
+        if error is None:
+            f.set_result(None)
+        else:
+            f.set_exception(StoreError(str(error)))
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
-from broker.access import amqtt_plugin_config, mosquitto_acl, rules
+from broker.access import Access, mosquitto_acl, rules
 from node.config import parse
 from tests.broker_setup import TOPICS, login, start_secured_amqtt
 from tests.helpers import Probe
@@ -61,11 +61,24 @@ def test_rules_are_generated_from_topics_yaml():
     assert r.subscribe["edison-t"] == ["edison/edison-t/+/set", "homeassistant/status"]
     assert r.publish["bridge"] == ["edison/+/+/set"]
     assert "stranger" not in r.users
-    cfg = amqtt_plugin_config(r)
-    assert set(cfg) == {"acl", "publish_acl"} and cfg["acl"]["laptop"] == ["edison/#", "homeassistant/#"]
     acl = mosquitto_acl(r)
     assert "user edison-u\ntopic read edison/edison-u/+/set\n" in acl
     assert "topic write homeassistant/+/edison-u/#" in acl
+
+
+def test_access_checks_filters_inside_the_rules_and_client_id_owners():
+    a = Access(rules(parse(TOPICS)), ["stranger"])
+    assert a.may_subscribe("laptop", "edison/+/led/state") and a.may_subscribe("laptop", "edison/#")
+    assert not a.may_subscribe("laptop", "#") and not a.may_subscribe("laptop", "+/edison-t/status")
+    assert a.may_subscribe("edison-t", "edison/edison-t/+/set") and not a.may_subscribe("edison-t", "edison/+/+/set")
+    assert not a.may_subscribe("edison-t", "edison/edison-t/#") and not a.may_subscribe("stranger", "edison/#")
+    assert a.may_publish("bridge", "edison/edison-u/led/set") and not a.may_publish("bridge", "edison/x/led/state")
+    assert not a.may_publish(None, "edison/edison-t/led/set")
+    assert a.client_id_owner("edison-t") == "edison-t" and a.client_id_owner("edison-t-probe") == "edison-t"
+    assert a.client_id_owner("stranger-1") == "stranger" and a.client_id_owner("edison-tt") is None
+    trial = Access(None)
+    assert trial.may_subscribe(None, "#") and trial.client_id_owner("edison-t") is None
+    assert not trial.may_publish(None, "$SYS/x")
 
 
 def test_publish_matrix(secured):

@@ -110,13 +110,14 @@ def test_wrong_password_leaves_the_device_session_alone(secured):
         laptop.close()
 
 
-def test_another_user_cannot_take_a_device_session(tmp_path, user_files):
+def test_another_user_cannot_take_a_persistent_session(tmp_path, user_files):
     s = start_secured_amqtt(tmp_path, user_files)
     try:
-        device(s).close()
-        with pytest.raises(ConnectionRefusedError):
-            login(s, "laptop", client_id="edison-t", mqtt5=False, clean_session=False)
-        s.broker.proc.wait_for_line(r"refused login: user=laptop client=edison-t: client id in use by user edison-t")
+        login(s, "laptop", client_id="shared-1", mqtt5=False, clean_session=False).close()
+        for clean in (False, True):
+            with pytest.raises(ConnectionRefusedError):
+                login(s, "watcher", client_id="shared-1", mqtt5=False, clean_session=clean)
+        s.broker.proc.wait_for_line(r"refused login: user=watcher client=shared-1: client id in use by user laptop")
     finally:
         s.broker.proc.stop()
 
@@ -130,8 +131,8 @@ def test_an_offline_queue_stops_at_its_limit(tmp_path, user_files):
         laptop = login(s, "laptop")
         for n in range(3):
             laptop.publish(SET, f"c{n}")
-        s.broker.proc.wait_for_line(r"dropped message on edison/edison-t/led/set for offline client=edison-t "
-                                    r"user=edison-t: already 2 queued")
+        s.broker.proc.wait_for_line(r"dropped message on edison/edison-t/led/set for user=edison-t "
+                                    r"client=edison-t: already 2 queued")
         d = device(s)
         d.wait_for(SET, "c1")
         assert [m.text for m in d.barrier()] == ["c0", "c1"]

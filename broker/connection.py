@@ -1,0 +1,374 @@
+"""One client connection: its login, then its packets, read one at a time and answered in order.
+
+What a stranger can do to a connection slot is bounded: CONNECT must arrive
+within `connect_timeout`, at most `max_pending` connections (a quarter of
+them from one address) may be waiting to log in, a packet's size is checked
+before its body is read, and a malformed packet closes the connection as
+MQTT 3.1.1 prescribes. After the login a connection that sends nothing for
+1.5 times its keep-alive is closed and its will published.
+
+A QoS 1 publish is routed as soon as it is read; its PUBACK follows once the
+data directory has it (when there is one), in the order the publishes came,
+while the next packets are already being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+from broker import wire
+from broker.access import Access
+from broker.core import Core, Session
+from broker.filters import topic_problem
+from broker.login import Passwords, Throttle
+from broker.server import Limits
+from broker.store import StoreError
+
+log = logging.getLogger("edison-broker")
+T = TypeVar("T")
+
+MAX_WRITE_BUFFER = 4 * 1024 * 1024  # bytes a client may leave unread before it is dropped as not reading
+MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement still waits for the disk
+
+
+class Closed(Exception):
+    """The client's side of the connection is gone."""
+
+
+class Transport(Protocol):
+    """A byte stream to one client (TCP, TLS or WebSocket)."""
+
+    peer: tuple[str, int]
+
+    async def read_exactly(self, n: int) -> bytes:
+        """n bytes, or Closed."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the network."""
+
+    async def flush(self) -> None: ...
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent."""
+
+    async def close(self) -> None:
+        """Send what is buffered, then close; bounded by the caller."""
+
+
+class Squelch:
+    """One warning per kind of event every `every` seconds, counting those not logged: floods must not flood the log."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last, hidden = self._seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self._seen[key] = (last, hidden + 1)
+            return
+        self._seen[key] = (now, 0)
+        log.warning(message + (f" (and {hidden} more in the last {self.every:g} s)" if hidden else ""), *args)
+
+
+class Connections:
+    """What all connections share: the core, the logins, the limits and the counts they keep."""
+
+    def __init__(self, core: Core, access: Access, passwords: Passwords | None, limits: Limits) -> None:
+        self.core = core
+        self.access = access
+        self.passwords = passwords
+        self.limits = limits
+        self.throttle = Throttle()
+        self.squelch = Squelch()
+        self.pending: Counter[str] = Counter()
+        self.logged_in = 0
+        self.live: set[Connection] = set()
+        self.stopping = False
+        # a packet may carry the largest message, a topic of up to 64 KiB and its headers
+        self.max_packet = (limits.max_message_size + 65_600) if limits.max_message_size else 268_435_455
+
+    async def serve(self, transport: Transport) -> None:
+        connection = Connection(self, transport)
+        self.live.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.live.discard(connection)
+
+    async def close_all(self, grace: float) -> None:
+        """Stop reading from every client, give them `grace` seconds to take what is theirs, then close."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.core.unacknowledged() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for c in list(self.live):
+            c.end("the broker is stopping")
+        tasks = [asyncio.ensure_future(c.finished.wait()) for c in list(self.live)]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.5, deadline - loop.time()))
+        for c in list(self.live):
+            c.transport.abort()
+
+
+class Connection:
+    def __init__(self, hub: Connections, transport: Transport) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.address, port = transport.peer
+        self.peer = f"{self.address}:{port}"
+        self.finished = asyncio.Event()
+        self._ended: str | None = None
+        self._stopped = asyncio.Event()
+        self._graceful = False
+        self._flush_wanted = asyncio.Event()
+        self._acks: asyncio.Queue[bytes] = asyncio.Queue(MAX_UNACKNOWLEDGED)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- Outlet -----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self._ended is not None:
+            return
+        self.transport.write(data)
+        if self.transport.buffered() > MAX_WRITE_BUFFER:
+            self.end(f"it left {self.transport.buffered()} bytes unread")
+            return
+        self._flush_wanted.set()
+
+    def close(self, reason: str) -> None:
+        self.end(reason)
+
+    def end(self, reason: str) -> None:
+        """Stop this connection at once (its reader sees the connection closed)."""
+        if self._ended is None:
+            self._ended = reason
+            self._stopped.set()
+            self.transport.abort()
+
+    async def _unless_ended(self, awaitable: Awaitable[T]) -> T:
+        """The result of `awaitable`, or Closed as soon as the connection is ended meanwhile."""
+        task = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            raise Closed
+        return task.result()
+
+    # -- the connection's life ----------------------------------------------------
+
+    async def run(self) -> None:
+        session: Session | None = None
+        try:
+            session = await self._login()
+            if session is None:
+                return
+            self._tasks = [asyncio.create_task(self._flusher()), asyncio.create_task(self._acknowledger())]
+            await self._serve(session)
+        except Closed:
+            pass
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("connection from %s ended by an internal error", self.peer)
+        finally:
+            if session is not None:
+                self.hub.logged_in -= 1
+                if not self.hub.stopping:  # a stopping broker keeps the will for the next start
+                    self.hub.core.detach(session, self, self._graceful)
+                if self._ended and not self.hub.stopping:
+                    log.info("%s: connection closed: %s", session.who(), self._ended)
+            for task in self._tasks:
+                task.cancel()
+            await self._close()
+            self.finished.set()
+
+    async def _close(self) -> None:
+        try:
+            await asyncio.wait_for(self.transport.close(), 1.0)
+        except (TimeoutError, OSError, Closed):
+            pass
+        finally:
+            self.transport.abort()
+
+    async def _read(self, timeout: float | None) -> tuple[int, int, bytes]:
+        return await asyncio.wait_for(wire.read_packet(self.transport.read_exactly, self.hub.max_packet), timeout)
+
+    async def _login(self) -> Session | None:
+        hub = self.hub
+        limit = hub.limits.max_pending
+        if limit and (sum(hub.pending.values()) >= limit or hub.pending[self.address] >= max(1, limit // 4)):
+            hub.squelch.warning("pending", "refused connection from %s: %d connections are waiting to log in "
+                                "(--max-pending)", self.peer, sum(hub.pending.values()))
+            return None
+        hub.pending[self.address] += 1
+        try:
+            return await self._handshake()
+        finally:
+            hub.pending[self.address] -= 1
+            if not hub.pending[self.address]:
+                del hub.pending[self.address]
+
+    async def _handshake(self) -> Session | None:
+        hub = self.hub
+        try:
+            connect = wire.parse_connect(*await self._read(hub.limits.connect_timeout or None))
+        except TimeoutError:
+            log.info("closed connection from %s: no CONNECT within %g s", self.peer, hub.limits.connect_timeout)
+            return None
+        except wire.UnsupportedProtocol as exc:
+            log.info("refused client %s: %s", self.peer, exc)
+            await self._answer(wire.UNACCEPTABLE_PROTOCOL)
+            return None
+        except wire.Malformed as exc:
+            log.warning("closed connection from %s: %s", self.peer, exc)
+            return None
+        except Closed:
+            log.debug("connection from %s closed before its CONNECT", self.peer)
+            return None
+        user, client_id = connect.username, connect.client_id
+        if not client_id:
+            if not connect.clean_session:
+                log.warning("refused client %s: empty client id needs clean session [MQTT-3.1.3-8]", self.peer)
+                await self._answer(wire.IDENTIFIER_REJECTED)
+                return None
+            client_id = f"auto-{uuid.uuid4().hex[:16]}"
+            connect = wire.Connect(client_id, True, connect.keepalive, connect.will, user, connect.password)
+        who = f"user={user or '(none)'} client={client_id} from {self.peer}"
+        if hub.passwords is not None:
+            if user is None or not await self._unless_ended(hub.passwords.check(user, connect.password)):
+                why = ("no user name" if user is None else
+                       "wrong password" if hub.passwords.known(user) else "unknown user")
+                by_address, by_user = hub.throttle.failed(self.address, user)
+                delay = max(by_address, by_user)
+                log.warning("refused login: %s: %s; failed logins from %s: next answer in %.1f s%s", who, why,
+                            self.address, by_address, f", as {user}: {by_user:.1f} s" if user else "")
+                await self._unless_ended(asyncio.sleep(delay))
+                await self._answer(wire.NOT_AUTHORIZED)
+                return None
+            hub.throttle.succeeded(self.address, user)
+        refusal = self._client_id_refusal(client_id, user)
+        if refusal:
+            log.warning("refused login: user=%s client=%s: %s", user or "(none)", client_id, refusal)
+            await self._answer(wire.NOT_AUTHORIZED)
+            return None
+        if hub.limits.max_connections and hub.logged_in >= hub.limits.max_connections:
+            hub.squelch.warning("full", "refused connection from %s: already %d connections (--max-connections)",
+                                self.peer, hub.logged_in)
+            await self._answer(wire.SERVER_UNAVAILABLE)
+            return None
+        if hub.stopping:
+            return None
+        hub.logged_in += 1
+        session, present = hub.core.attach(connect, user, self)
+        self.send(wire.connack(present, wire.ACCEPTED))
+        hub.core.resume(session)
+        log.debug("%s logged in (%s session)", who, "resumed" if present else "new")
+        return session
+
+    def _client_id_refusal(self, client_id: str, user: str | None) -> str | None:
+        owner = self.hub.access.client_id_owner(client_id)
+        if owner is not None and owner != user:
+            return f"client id belongs to user {owner}"
+        holder = self.hub.core.owner_of(client_id)
+        if self.hub.passwords is not None and holder is not None and holder != (user or ""):
+            return f"client id in use by user {holder}"
+        return None
+
+    async def _answer(self, code: int) -> None:
+        self.transport.write(wire.connack(False, code))
+        with contextlib.suppress(OSError, Closed):
+            await asyncio.wait_for(self.transport.flush(), 1.0)
+
+    async def _serve(self, s: Session) -> None:
+        core, timeout = self.hub.core, 1.5 * s.keepalive or None
+        while True:
+            try:
+                packet = wire.parse(*await self._read(timeout))
+            except TimeoutError:
+                self.end(f"nothing received for {timeout:g} s (keep-alive {s.keepalive} s)")
+                return
+            except wire.Malformed as exc:
+                self.end(f"{exc}")
+                return
+            if self._ended is not None:
+                return  # taken over or stopped: what is still buffered belongs to no session any more
+            if isinstance(packet, wire.Publish):
+                await self._publish(s, packet)
+            elif isinstance(packet, wire.Ack):
+                if packet.kind == wire.PUBACK:
+                    core.acked(s, packet.packet_id)
+                elif packet.kind == wire.PUBREL:
+                    s.awaiting_release.discard(packet.packet_id)
+                    await self._unless_ended(self._acks.put(wire.ack(wire.PUBCOMP, packet.packet_id)))
+                else:
+                    self.end(f"it sent packet type {packet.kind}, but nothing was sent to it at QoS 2")
+                    return
+            elif isinstance(packet, wire.Subscribe):
+                codes = core.subscribe(s, packet)
+                await self._committed()
+                core.subscribed(s, packet, codes)
+            elif isinstance(packet, wire.Unsubscribe):
+                core.unsubscribe(s, packet)
+            elif isinstance(packet, wire.Control) and packet.kind == wire.PINGREQ:
+                self.send(wire.PINGRESP_PACKET)
+            elif isinstance(packet, wire.Control):  # DISCONNECT
+                self._graceful = True
+                return
+
+    async def _publish(self, s: Session, p: wire.Publish) -> None:
+        problem = topic_problem(p.topic)
+        if problem:
+            self.end(f"PUBLISH to {p.topic[:80]!r}: {problem}")
+            raise Closed
+        if self.hub.stopping:
+            return  # not acknowledged: the client sends it again once the broker is back
+        if p.qos == 2 and p.packet_id in s.awaiting_release:
+            pass  # sent again before its PUBREL: routed already, only the PUBREC is repeated
+        else:
+            self.hub.core.publish(s, p)
+        if p.qos == 1:
+            await self._unless_ended(self._acks.put(wire.ack(wire.PUBACK, p.packet_id or 0)))
+        elif p.qos == 2:
+            s.awaiting_release.add(p.packet_id or 0)
+            await self._unless_ended(self._acks.put(wire.ack(wire.PUBREC, p.packet_id or 0)))
+
+    async def _committed(self) -> None:
+        store = self.hub.core.store
+        if store is not None:
+            try:
+                await self._unless_ended(store.committed())
+            except StoreError:
+                self.end("the data directory cannot be written")
+                raise Closed from None
+
+    async def _acknowledger(self) -> None:
+        """Acknowledge publishes in the order they came, each once what it changed is on disk."""
+        while True:
+            ack = await self._acks.get()
+            try:
+                await self._committed()
+            except Closed:
+                return
+            self.send(ack)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self.transport.flush()
+            except (OSError, Closed):
+                self.transport.abort()  # the reader sees the connection closed, as when the client drops it
+                return

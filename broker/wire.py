@@ -1,0 +1,300 @@
+"""MQTT 3.1.1 packets on the wire: strict decoding of what clients send, encoding of what the broker sends.
+
+The broker reads every packet whole (its size known from the fixed header
+before a byte of the body is read) and decodes it here, refusing what
+MQTT 3.1.1 calls malformed: ill-formed UTF-8 or U+0000 in a string [MQTT-1.5.3],
+non-zero reserved flags, QoS 3, a body longer or shorter than its fields. The
+connection is then closed, as the standard prescribes; nothing here raises
+anything but `Malformed` for bad input.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+
+PROTOCOL_LEVEL = 4  # MQTT 3.1.1
+# CONNACK return codes
+ACCEPTED, UNACCEPTABLE_PROTOCOL, IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 0, 1, 2, 3, 5
+SUBSCRIBE_FAILURE = 0x80
+
+# The fixed-header flags each client packet must carry [MQTT-2.2.2-1]; PUBLISH carries its own.
+_FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2, PINGREQ: 0,
+          DISCONNECT: 0}
+
+
+class Malformed(Exception):
+    """The bytes are not a valid MQTT 3.1.1 packet from a client; the message says why."""
+
+
+class UnsupportedProtocol(Malformed):
+    """A well-formed CONNECT of another MQTT version: answered with CONNACK 1 before closing."""
+
+    def __init__(self, level: int) -> None:
+        name = {3: "MQTT 3.1", 5: "MQTT 5"}.get(level, f"protocol level {level}")
+        super().__init__(f"{name} is not supported (MQTT 3.1.1 only)")
+        self.level = level
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Connect:
+    client_id: str
+    clean_session: bool
+    keepalive: int
+    will: Will | None
+    username: str | None
+    password: bytes | None
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool = False
+    packet_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    packet_id: int
+    requests: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    packet_id: int
+    filters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP: a packet type and the id it acknowledges."""
+
+    kind: int
+    packet_id: int
+
+
+@dataclass(frozen=True)
+class Control:
+    """PINGREQ or DISCONNECT."""
+
+    kind: int
+
+
+Packet = Connect | Publish | Subscribe | Unsubscribe | Ack | Control
+
+
+# -- reading ----------------------------------------------------------------------
+
+Read = Callable[[int], Awaitable[bytes]]
+
+
+class TooLarge(Malformed):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"packet of {size} bytes is over the limit of {limit}")
+        self.size = size
+
+
+async def read_packet(read_exactly: Read, max_size: int) -> tuple[int, int, bytes]:
+    """(type, flags, body) of the next packet; TooLarge before reading a body over `max_size` bytes."""
+    first = (await read_exactly(1))[0]
+    size, shift = 0, 0
+    for _ in range(4):
+        byte = (await read_exactly(1))[0]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise Malformed("remaining length longer than 4 bytes")
+    if size > max_size:
+        raise TooLarge(size, max_size)
+    body = await read_exactly(size) if size else b""
+    return first >> 4, first & 0x0F, body
+
+
+class _Body:
+    """A cursor over a packet body that refuses to read past its end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise Malformed(f"{what} runs past the end of the packet")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def byte(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return int(struct.unpack("!H", self.take(2, what))[0])
+
+    def binary(self, what: str) -> bytes:
+        return self.take(self.u16(what), what)
+
+    def text(self, what: str) -> str:
+        raw = self.binary(what)
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Malformed(f"{what} is not UTF-8") from None
+        if "\x00" in value:
+            raise Malformed(f"{what} contains U+0000")
+        return value
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def end(self, what: str) -> None:
+        if self.left:
+            raise Malformed(f"{self.left} unexpected byte(s) after the {what}")
+
+
+def parse_connect(kind: int, flags: int, body: bytes) -> Connect:
+    """The first packet of a connection: a CONNECT, or UnsupportedProtocol/Malformed."""
+    if kind != CONNECT:
+        raise Malformed(f"first packet is of type {kind}, not CONNECT")
+    if flags != _FLAGS[CONNECT]:
+        raise Malformed("CONNECT with non-zero fixed-header flags")
+    b = _Body(body)
+    name = b.binary("protocol name")
+    level = b.byte("protocol level")
+    if (name, level) == (b"MQIsdp", 3) or (name == b"MQTT" and level != PROTOCOL_LEVEL):
+        raise UnsupportedProtocol(level)
+    if name != b"MQTT":
+        raise Malformed(f"protocol name {name[:20]!r} is not MQTT")
+    cflags = b.byte("connect flags")
+    keepalive = b.u16("keep-alive")
+    if cflags & 0x01:
+        raise Malformed("reserved connect flag set [MQTT-3.1.2-3]")
+    will_flag, will_qos, will_retain = bool(cflags & 0x04), (cflags >> 3) & 0x03, bool(cflags & 0x20)
+    has_user, has_password = bool(cflags & 0x80), bool(cflags & 0x40)
+    if will_qos == 3:
+        raise Malformed("will QoS 3 [MQTT-3.1.2-14]")
+    if not will_flag and (will_qos or will_retain):
+        raise Malformed("will QoS or retain set without a will [MQTT-3.1.2-13]")
+    if has_password and not has_user:
+        raise Malformed("password without a user name [MQTT-3.1.2-22]")
+    client_id = b.text("client id")
+    will = None
+    if will_flag:
+        topic = b.text("will topic")
+        will = Will(topic, b.binary("will message"), will_qos, will_retain)
+    username = b.text("user name") if has_user else None
+    password = b.binary("password") if has_password else None
+    b.end("CONNECT payload")
+    return Connect(client_id, bool(cflags & 0x02), keepalive, will, username, password)
+
+
+def parse(kind: int, flags: int, body: bytes) -> Packet:
+    """A packet after CONNECT, or Malformed (a second CONNECT and server-only packets included)."""
+    if kind == PUBLISH:
+        return _publish(flags, body)
+    if kind not in _FLAGS or kind == CONNECT:
+        raise Malformed("a second CONNECT [MQTT-3.1.0-2]" if kind == CONNECT
+                        else f"packet type {kind} is not one a client may send")
+    if flags != _FLAGS[kind]:
+        raise Malformed(f"packet type {kind} with fixed-header flags {flags:#x}")
+    b = _Body(body)
+    if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        packet_id = b.u16("packet id")
+        b.end("packet id")
+        return Ack(kind, packet_id)
+    if kind in (PINGREQ, DISCONNECT):
+        b.end("packet")
+        return Control(kind)
+    packet_id = b.u16("packet id")
+    if kind == SUBSCRIBE:
+        requests = []
+        while b.left:
+            topic_filter = b.text("topic filter")
+            options = b.byte("requested QoS")
+            if options & 0xFC or options == 3:
+                raise Malformed(f"SUBSCRIBE asks QoS {options} [MQTT-3.8.3-4]")
+            requests.append((topic_filter, options))
+        if not requests:
+            raise Malformed("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
+        return Subscribe(packet_id, tuple(requests))
+    filters = []
+    while b.left:
+        filters.append(b.text("topic filter"))
+    if not filters:
+        raise Malformed("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
+    return Unsubscribe(packet_id, tuple(filters))
+
+
+def _publish(flags: int, body: bytes) -> Publish:
+    qos = (flags >> 1) & 0x03
+    if qos == 3:
+        raise Malformed("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+    dup = bool(flags & 0x08)
+    if dup and qos == 0:
+        raise Malformed("PUBLISH with DUP set at QoS 0 [MQTT-3.3.1-2]")
+    b = _Body(body)
+    topic = b.text("topic name")
+    packet_id = b.u16("packet id") if qos else None
+    if packet_id == 0:
+        raise Malformed("packet id 0 [MQTT-2.3.1-1]")
+    return Publish(topic, b.take(b.left, "payload"), qos, bool(flags & 0x01), dup, packet_id)
+
+
+# -- writing ----------------------------------------------------------------------
+
+def _packet(first: int, body: bytes) -> bytes:
+    size, header = len(body), bytearray([first])
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        header.append(byte | 0x80 if size else byte)
+        if not size:
+            return bytes(header) + body
+
+
+def _string(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    return struct.pack("!H", len(raw)) + raw
+
+
+def connack(session_present: bool, code: int) -> bytes:
+    return _packet(CONNACK << 4, bytes([1 if session_present and code == ACCEPTED else 0, code]))
+
+
+def publish(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int | None = None,
+            dup: bool = False) -> bytes:
+    first = PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (0x01 if retain else 0)
+    body = _string(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"") + payload
+    return _packet(first, body)
+
+
+def ack(kind: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC or PUBCOMP for `packet_id`."""
+    return _packet(kind << 4, struct.pack("!H", packet_id))
+
+
+def suback(packet_id: int, codes: list[int]) -> bytes:
+    return _packet(SUBACK << 4, struct.pack("!H", packet_id) + bytes(codes))
+
+
+def unsuback(packet_id: int) -> bytes:
+    return _packet(UNSUBACK << 4, struct.pack("!H", packet_id))
+
+
+PINGRESP_PACKET = bytes([PINGRESP << 4, 0])

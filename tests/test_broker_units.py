@@ -1,0 +1,281 @@
+"""The broker's parts without sockets: the wire format, topic filters, routing, the store and login throttling."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker import wire
+from broker.access import Access
+from broker.core import MAX_INFLIGHT, Core
+from broker.filters import RetainedTree, SubscriptionTree, covers, filter_problem, matches
+from broker.login import Throttle
+from broker.store import Store
+
+# -- wire -----------------------------------------------------------------------
+
+def connect_body(flags: int = 0x02, client_id: bytes = b"id", rest: bytes = b"") -> bytes:
+    return b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id + rest
+
+
+def test_connect_decodes_every_field():
+    rest = b"\x00\x01t\x00\x02wm\x00\x04user\x00\x02pw"
+    c = wire.parse_connect(wire.CONNECT, 0, connect_body(0xEC, b"dev", rest))  # user, password, will QoS 1 retained
+    assert c == wire.Connect("dev", False, 60, wire.Will("t", b"wm", 1, True), "user", b"pw")
+
+
+@pytest.mark.parametrize("body,reason", [
+    (connect_body(client_id=b"\xff\xfe"), "not UTF-8"),
+    (connect_body(client_id=b"a\x00"), r"U\+0000"),
+    (connect_body(flags=0x03), "reserved"),
+    (connect_body(flags=0x1E, rest=b"\x00\x01t\x00\x01m"), "will QoS 3"),
+    (connect_body(flags=0x42, rest=b"\x00\x02pw"), "password without a user name"),
+    (connect_body() + b"zz", "unexpected byte"),
+    (b"\x00\x04MQTX\x04\x02\x00\x3c\x00\x02id", "not MQTT"),
+])
+def test_malformed_connects_say_why(body, reason):
+    with pytest.raises(wire.Malformed, match=reason):
+        wire.parse_connect(wire.CONNECT, 0, body)
+
+
+def test_other_protocol_versions_are_told_apart_from_garbage():
+    with pytest.raises(wire.UnsupportedProtocol, match="MQTT 5"):
+        wire.parse_connect(wire.CONNECT, 0, b"\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02id")
+    with pytest.raises(wire.UnsupportedProtocol, match="MQTT 3.1"):
+        wire.parse_connect(wire.CONNECT, 0, b"\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02id")
+
+
+def test_subscribe_refuses_qos_3_and_reserved_bits():
+    assert wire.parse(wire.SUBSCRIBE, 2, b"\x00\x07\x00\x01a\x01") == wire.Subscribe(7, (("a", 1),))
+    for options in (3, 4, 0x81):
+        with pytest.raises(wire.Malformed):
+            wire.parse(wire.SUBSCRIBE, 2, b"\x00\x07\x00\x01a" + bytes([options]))
+
+
+def test_publish_round_trip():
+    data = wire.publish("a/b", b"payload", 1, True, 42, dup=True)
+    kind, flags = data[0] >> 4, data[0] & 0x0F
+    assert wire.parse(kind, flags, data[2:]) == wire.Publish("a/b", b"payload", 1, True, True, 42)
+
+
+def test_packet_size_is_refused_before_the_body_is_read():
+    async def read_size_only():
+        data = iter([b"\x30", b"\xff", b"\xff", b"\x7f"])
+
+        async def read(n: int) -> bytes:
+            return next(data)  # a body read would raise StopIteration
+
+        return await wire.read_packet(read, 1000)
+
+    with pytest.raises(wire.TooLarge):
+        asyncio.run(read_size_only())
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(0, 15), st.integers(0, 15), st.binary(max_size=80))
+def test_decoding_any_bytes_gives_a_packet_or_malformed(kind, flags, body):
+    for decode in (wire.parse_connect, wire.parse):
+        try:
+            decode(kind, flags, body)
+        except wire.Malformed:
+            pass
+
+
+# -- filters ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("allowed,requested,inside", [
+    ("edison/#", "edison/+/led/set", True), ("edison/#", "edison", True), ("edison/#", "#", False),
+    ("edison/+/+/set", "edison/d/led/set", True), ("edison/+/+/set", "edison/+/+/set", True),
+    ("edison/+/+/set", "edison/+/+/#", False), ("edison/d/+/set", "edison/+/led/set", False),
+    ("a/b", "a/b", True), ("a/b", "a/+", False), ("+", "a", True), ("+", "a/b", False),
+])
+def test_covers(allowed, requested, inside):
+    assert covers(allowed, requested) is inside
+
+
+def test_filters_and_matching():
+    assert filter_problem("a/#/b") and filter_problem("a/b+") and filter_problem("") and not filter_problem("+/+/#")
+    assert matches("a/#", "a") and matches("+/b", "a/b") and not matches("#", "$SYS/x") and matches("$SYS/#", "$SYS/x")
+
+
+topic_levels = st.lists(st.sampled_from(["a", "b", "c", "$s"]), min_size=1, max_size=4)
+filter_levels = st.lists(st.sampled_from(["a", "b", "+", "$s"]), min_size=1, max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(filter_levels, st.booleans(), st.integers(0, 1)), max_size=12), topic_levels)
+def test_subscription_tree_agrees_with_matching_one_by_one(subs, levels):
+    tree, expected = SubscriptionTree(), {}
+    topic = "/".join(levels)
+    for i, (f_levels, hash_end, qos) in enumerate(subs):
+        topic_filter = "/".join(f_levels + (["#"] if hash_end else []))
+        tree.add(topic_filter, f"c{i}", qos)
+        if matches(topic_filter, topic):
+            expected[f"c{i}"] = qos
+    assert tree.match(topic) == expected
+    for i, (f_levels, hash_end, _) in enumerate(subs):
+        tree.remove("/".join(f_levels + (["#"] if hash_end else [])), f"c{i}")
+    assert tree.match(topic) == {} and not tree._root.children and not tree._root.rest
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(topic_levels, max_size=10), filter_levels, st.booleans())
+def test_retained_tree_finds_exactly_the_matching_topics(topics, f_levels, hash_end):
+    tree: RetainedTree[int] = RetainedTree()
+    for levels in topics:
+        tree.set("/".join(levels), 1)
+    topic_filter = "/".join(f_levels + (["#"] if hash_end else []))
+    found = sorted(t for t, _ in tree.matching(topic_filter))
+    assert found == sorted({"/".join(t) for t in topics if matches(topic_filter, "/".join(t))})
+    for levels in topics:
+        tree.delete("/".join(levels))
+    assert len(tree) == 0 and tree._root == {}
+
+
+# -- routing ----------------------------------------------------------------------
+
+class Wire:
+    """A connection as the core sees it: collects what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed: str | None = None
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+    def publishes(self) -> list[wire.Publish]:
+        return [p for p in (wire.parse(d[0] >> 4, d[0] & 15, d[2:] if d[1] < 128 else d[3:]) for d in self.sent
+                            if d[0] >> 4 == wire.PUBLISH)]
+
+
+def login(core: Core, client_id: str, clean: bool = False, will: wire.Will | None = None) -> tuple:
+    w = Wire()
+    session, present = core.attach(wire.Connect(client_id, clean, 60, will, client_id, b""), client_id, w)
+    core.resume(session)
+    return session, w, present
+
+
+def test_a_queue_is_sent_in_order_with_at_most_the_inflight_window():
+    core = Core(Access(None))
+    device, w, _ = login(core, "dev")
+    core.subscribe(device, wire.Subscribe(1, (("cmd/#", 1),)))
+    for n in range(MAX_INFLIGHT + 5):
+        core.route("cmd/x", f"{n}".encode(), 1, False)
+    got = w.publishes()
+    assert [p.payload for p in got] == [f"{n}".encode() for n in range(MAX_INFLIGHT)]
+    core.acked(device, got[0].packet_id or 0)
+    assert [p.payload for p in w.publishes()][-1] == f"{MAX_INFLIGHT}".encode()
+
+
+def test_offline_persistent_session_keeps_qos1_and_gets_it_again_marked_dup_if_unacknowledged():
+    core = Core(Access(None))
+    device, w, _ = login(core, "dev")
+    core.subscribe(device, wire.Subscribe(1, (("cmd", 1),)))
+    core.detach(device, w, graceful=True)
+    core.route("cmd", b"queued", 1, False)
+    core.route("cmd", b"qos0 is not kept", 0, False)
+    device, w, present = login(core, "dev")
+    assert present and [(p.payload, p.dup, p.retain) for p in w.publishes()] == [(b"queued", False, False)]
+    core.detach(device, w, graceful=False)
+    device, w, _ = login(core, "dev")
+    assert [(p.payload, p.dup) for p in w.publishes()] == [(b"queued", True)]
+
+
+def test_takeover_closes_the_old_connection_without_its_will_and_keeps_routing():
+    core = Core(Access(None))
+    will = wire.Will("status", b"offline", 1, True)
+    s1, w1, _ = login(core, "dev", will=will)
+    core.subscribe(s1, wire.Subscribe(1, (("cmd", 1),)))
+    s2, w2, present = login(core, "dev", will=will)
+    assert w1.closed and present and s2 is s1
+    core.detach(s1, w1, graceful=False)  # the old connection ends after the takeover: no will, no harm
+    assert core.retained.get("status") is None
+    core.route("cmd", b"x", 1, False)
+    assert [p.payload for p in w2.publishes()] == [b"x"]
+
+
+def test_clean_session_takeover_and_late_end_of_the_old_connection_leave_routing_consistent():
+    core = Core(Access(None))
+    s1, w1, _ = login(core, "c", clean=True)
+    core.subscribe(s1, wire.Subscribe(1, (("t", 1),)))
+    s2, w2, _ = login(core, "c", clean=True)
+    core.detach(s1, w1, graceful=False)
+    core.subscribe(s2, wire.Subscribe(2, (("u", 0),)))
+    core.route("t", b"gone with the old session", 1, False)
+    core.route("u", b"new", 0, False)
+    assert [p.payload for p in w2.publishes()] == [b"new"]
+    core.detach(s2, w2, graceful=True)
+    assert not core.sessions and core.subscribers.match("t") == {}
+
+
+def test_unclean_end_publishes_the_will_and_a_clean_one_does_not():
+    core = Core(Access(None))
+    watcher, ww, _ = login(core, "w")
+    core.subscribe(watcher, wire.Subscribe(1, (("status", 1),)))
+    for graceful in (True, False):
+        s, w, _ = login(core, "dev", will=wire.Will("status", b"offline", 1, True))
+        core.detach(s, w, graceful=graceful)
+    assert [p.payload for p in ww.publishes()] == [b"offline"] and core.retained.get("status") == (b"offline", 1)
+
+
+def test_queue_limit_drops_and_counts():
+    core = Core(Access(None), max_queued=2)
+    s, w, _ = login(core, "dev")
+    core.subscribe(s, wire.Subscribe(1, (("cmd", 1),)))
+    core.detach(s, w, graceful=True)
+    for n in range(3):
+        core.route("cmd", b"%d" % n, 1, False)
+    assert core.dropped == 1 and [m.payload for m in s.queue] == [b"0", b"1"]
+
+
+# -- store ------------------------------------------------------------------------
+
+def test_store_commits_before_answering_and_migrates_the_first_layout(tmp_path):
+    path = tmp_path / "broker.sqlite3"
+    old = sqlite3.connect(path)  # the layout of the first release, without keep-alive and will columns
+    old.executescript("CREATE TABLE sessions (client_id TEXT PRIMARY KEY, username TEXT NOT NULL);"
+                      "INSERT INTO sessions VALUES ('dev', 'dev');")
+    old.commit()
+    old.close()
+
+    async def write() -> None:
+        store = Store(path)
+        assert [s.client_id for s in store.load().sessions] == ["dev"]
+        store.start(asyncio.get_running_loop())
+        message_id = store.queue("dev", "cmd", b"x", 1)
+        store.set_retained("t", b"r", 1)
+        await store.committed()
+        reader = sqlite3.connect(path)  # another connection sees it: it is on disk
+        assert reader.execute("SELECT id, data FROM queued").fetchall() == [(message_id, b"x")]
+        reader.close()
+        store.delivered(message_id)
+        store.close()
+
+    asyncio.run(write())
+    store = Store(path)
+    state = store.load()
+    assert [s.queued for s in state.sessions] == [[]] and [(m.topic, m.data) for m in state.retained] == [("t", b"r")]
+    store.close()
+
+
+# -- login ------------------------------------------------------------------------
+
+def test_throttle_doubles_per_address_and_user_and_forgets():
+    now = [0.0]
+    t = Throttle(clock=lambda: now[0])
+    assert t.failed("1.2.3.4", "dev") == (0.5, 0.5)
+    assert t.failed("1.2.3.4", "other") == (1.0, 0.5)
+    assert t.failed("5.6.7.8", "dev") == (0.5, 1.0)
+    for _ in range(10):
+        t.failed("1.2.3.4", None)
+    assert t.failed("1.2.3.4", None) == (30.0, 0.0)
+    now[0] = 1000.0
+    assert t.failed("1.2.3.4", "dev") == (0.5, 0.5)
