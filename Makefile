@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`.
 # Both create .venv on first use (only Python 3.10+ with venv and pip needed).
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,12 +15,16 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,
-# printing the LED as it changes. Ctrl-C stops both.
+# printing the LED as it changes. Ctrl-C stops both, the node first (its `offline` reaches the broker); either of
+# them ending (a port already taken, say) stops the other. The broker has its own session, so Ctrl-C reaches it last.
 run: $(BIN)/.installed
-	@$(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
-	trap 'kill -INT $$broker 2>/dev/null; wait $$broker' EXIT INT TERM; \
+	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT)))' 2>/dev/null || \
+		{ echo "make run: port $(PORT) is taken (another MQTT broker?): try make run PORT=1884" >&2; exit 1; }
+	@setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
 	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
-		--broker mqtt://127.0.0.1:$(PORT) --pins sim
+		--broker mqtt://127.0.0.1:$(PORT) --pins sim & node=$$!; \
+	trap 'kill -INT $$node 2>/dev/null; wait $$node; kill -INT $$broker 2>/dev/null; wait' EXIT INT TERM; \
+	wait -n $$broker $$node
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

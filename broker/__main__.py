@@ -157,12 +157,21 @@ def _mosquitto_config(argv: list[str]) -> int:
     try:
         options = _options(args)
         written = mosquitto.export(options, args.out)
+        readable = [*written[1:], *([args.data] if args.data else [])]
+        owner = mosquitto.hand_over(readable)
         for name in mosquitto.unknown_users(options.rules, passwords.names(args.passwd)):
             print(f"warning: user {name} has a password but no access rule in {args.config}", file=sys.stderr)
     except (ConfigError, passwords.PasswordFileError, OSError) as exc:
         print(f"edison-broker mosquitto-config: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(str(w) for w in written)}; run: mosquitto -c {written[0]}", file=sys.stderr)
+    print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)
+    if owner:
+        print(f"gave {', '.join(str(p) for p in readable)} to user {owner}, as which Mosquitto started by root "
+              "reads and writes them", file=sys.stderr)
+    else:
+        print(f"if Mosquitto is started as root it runs as user {mosquitto.MOSQUITTO_USER}: "
+              f"sudo chown {mosquitto.MOSQUITTO_USER}: {' '.join(str(p) for p in readable)}", file=sys.stderr)
+    print(f"run: mosquitto -c {written[0]}", file=sys.stderr)
     return 0
 
 

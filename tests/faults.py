@@ -44,11 +44,11 @@ class BrokerUnderTest:
     """A broker process that a fault may kill or stop and start again, on the same port and data folder."""
 
     def __init__(self, kind: str, workdir: Path, user_files: tuple[Path, Path], mosquitto_bin: str | None = None,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), persistent: bool = True) -> None:
         self.kind = kind
         self.workdir = workdir
         self.user_files = user_files
-        self.data = workdir / f"{kind}-data"
+        self.data = workdir / f"{kind}-data" if persistent else None
         self.port = free_port()
         self.extra = extra
         self.starts = 0
@@ -62,9 +62,9 @@ class BrokerUnderTest:
     def _export(self) -> Path:
         topics, passwd = self.user_files
         out = self.workdir / "mosquitto"
+        data = ("--data", str(self.data)) if self.data else ()
         done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                             "--bind", f"127.0.0.1:{self.port}", "--data", str(self.data), "--out", str(out),
-                             *self.extra)
+                             "--bind", f"127.0.0.1:{self.port}", *data, "--out", str(out), *self.extra)
         assert done.returncode == 0, done.stderr
         conf = out / "mosquitto.conf"
         if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files
@@ -74,8 +74,8 @@ class BrokerUnderTest:
     def _start(self) -> Broker:
         self.starts += 1
         if self.kind == "amqtt":
-            return start_secured_amqtt(self.workdir, self.user_files, "--data", str(self.data), *self.extra,
-                                       port=self.port).broker
+            data = ("--data", str(self.data)) if self.data else ()
+            return start_secured_amqtt(self.workdir, self.user_files, *data, *self.extra, port=self.port).broker
         assert self._conf is not None
         proc = Proc([self._binary, "-c", str(self._conf)], self.workdir / f"mosquitto-{self.starts}.log")
         proc.wait_for_line(r"mosquitto version \S+ running")
@@ -544,3 +544,79 @@ def send_raw(port: int, data: bytes, timeout: float = TIMEOUT) -> bytes:
             if not chunk:
                 return answer
             answer += chunk
+
+
+CONNACK = {code: bytes([0x20, 2, 0, code]) for code in (1, 2, 5)}
+# What MQTT 3.1.1 prescribes for each: CONNACK with this code then close; all others: close without an answer.
+ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "protocol level 5 (MQTT 5)": CONNACK[1],
+           "protocol level 9": CONNACK[1], "empty client id, clean session 0": CONNACK[2],
+           "two CONNECTs in a row": CONNACK[5]}
+
+
+def misanswered(port: int, timeout: float = TIMEOUT) -> dict[str, bytes]:
+    """Each malformed packet on its own connection; the ones answered otherwise than MQTT 3.1.1 prescribes."""
+    wrong = {}
+    for name, data in MALFORMED:
+        try:
+            answer = send_raw(port, data, timeout)
+        except TimeoutError:
+            answer = b"<connection kept open>"
+        if answer != ANSWERS.get(name, b""):
+            wrong[name] = answer
+    return wrong
+
+
+def malformed_packets(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """Every malformed packet of MALFORMED, each on its own connection, while commands flow."""
+    tally = Tally(f"{len(MALFORMED)} malformed packets", broker.kind)
+    with bystander(broker, tally):
+        sender = Client(broker, "laptop")
+        send(sender, tally, toggles("malformed", count // 2))
+        wrong = misanswered(broker.port, timeout=10.0)
+        send(sender, tally, toggles("malformed-after", count - count // 2))
+        settle(tally, sender, device)
+        sender.close()
+    tally.note = (f"{len(MALFORMED) - len(wrong)} of {len(MALFORMED)} answered as MQTT 3.1.1 prescribes"
+                  + (f"; not: {', '.join(wrong)}" if wrong else ""))
+    return tally
+
+
+def squatting(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """Another user logs in again and again with the device's client id (a clean session) while commands flow."""
+    tally = Tally("client id squatting", broker.kind)
+    stop = threading.Event()
+    admitted = Counter[str]()
+
+    def squat() -> None:
+        while not stop.wait(0.2):
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=paho.MQTTv311, clean_session=True)
+            c.username_pw_set("stranger", USERS["stranger"])
+            c.on_connect = lambda client, u, f, rc, p: admitted.update(["refused" if rc.is_failure else "admitted"])
+            try:
+                c.connect("127.0.0.1", broker.port, keepalive=10)
+                c.loop(timeout=2)
+            except OSError:
+                pass
+            finally:
+                c.disconnect()
+                c.socket() and c.socket().close()
+
+    squatter = threading.Thread(target=squat, daemon=True)
+    with bystander(broker, tally):
+        squatter.start()
+        sender = Client(broker, "laptop")
+        for chunk in range(10):
+            send(sender, tally, toggles(f"squat{chunk}", count // 10))
+            time.sleep(0.2)  # a stream spread over the squatter's attempts
+        settle(tally, sender, device)
+        sender.close()
+        stop.set()
+    squatter.join(TIMEOUT)
+    tally.note = f"squatter admitted {admitted['admitted']} time(s), refused {admitted['refused']}"
+    return tally
+
+
+MATRIX: list[tuple[Fault, int]] = [
+    (publisher_leaves, 100), (broker_killed_after_pubacks, 20), (broker_restarts, 100), (node_killed, 20),
+    (churn, 200), (login_flood, 100), (idle_sockets, 50), (malformed_packets, 50), (squatting, 50),
+]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from tests.broker_setup import USERS, edison_broker, login, start_exported_mosquitto, start_secured_amqtt
+from tests.broker_setup import (USERS, Secured, copy_users, edison_broker, login, start_exported_mosquitto,
+                                start_secured_amqtt)
 from tests.conftest import _mosquitto_binary
-from tests.helpers import TIMEOUT, free_port
+from tests.helpers import TIMEOUT, Broker, Proc, free_port
 
 
 def test_passwd_round_trip(tmp_path):
@@ -91,6 +95,32 @@ def test_connections_beyond_the_limit_are_refused(tmp_path, user_files):
         first.close()
     finally:
         s.broker.proc.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks what happens when Mosquitto is started by root")
+def test_exported_mosquitto_started_by_root_runs_as_written(tmp_path, user_files, mosquitto_bin):
+    # outside pytest's private tmp folder: Mosquitto's own user must be able to reach the files
+    with tempfile.TemporaryDirectory(prefix="edison-export-", dir="/tmp") as where:
+        base = Path(where)
+        base.chmod(0o755)
+        topics, passwd = copy_users(user_files, base)
+        port = free_port()
+        done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
+                             "--bind", f"127.0.0.1:{port}", "--data", str(base / "data"), "--out", str(base / "out"))
+        assert done.returncode == 0 and "to user mosquitto" in done.stderr, done.stderr
+        conf = (base / "out" / "mosquitto.conf").read_text()
+        assert "set_tcp_nodelay true" in conf and "autosave_on_changes true" in conf
+        proc = Proc([mosquitto_bin, "-c", str(base / "out" / "mosquitto.conf")], tmp_path / "mosquitto.log")
+        try:
+            proc.wait_for_line(r"mosquitto version \S+ running")
+            laptop = login(Secured(Broker("mosquitto", port, proc), topics, passwd), "laptop")
+            laptop.publish("edison/edison-t/led/set", "kept", retain=True)
+            laptop.close()
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(TIMEOUT) == 0
+            assert (base / "data" / "mosquitto.db").stat().st_size > 0, "the mosquitto user could not save"
+        finally:
+            proc.stop()
 
 
 def test_mosquitto_config_needs_the_mosquitto_hashes(tmp_path, user_files):

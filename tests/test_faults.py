@@ -77,22 +77,9 @@ def test_idle_sockets_beyond_the_limit_do_not_lock_users_out(embedded, device):
     embedded.broker.proc.wait_for_line(r"closed connection from 127\.0\.0\.1:\d+: no CONNECT within 2 s")
 
 
-CONNACK = {1: b"\x20\x02\x00\x01", 2: b"\x20\x02\x00\x02", 5: b"\x20\x02\x00\x05"}
-ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "protocol level 5 (MQTT 5)": CONNACK[1],
-           "protocol level 9": CONNACK[1], "empty client id, clean session 0": CONNACK[2],
-           "two CONNECTs in a row": CONNACK[5]}
-
-
 def test_malformed_packets_get_the_answer_mqtt_3_1_1_prescribes(embedded):
     assert len(faults.MALFORMED) >= 30
-    wrong = {}
-    for name, data in faults.MALFORMED:
-        try:
-            answer = faults.send_raw(embedded.port, data)
-        except TimeoutError:
-            answer = b"<connection kept open>"
-        if answer != ANSWERS.get(name, b""):
-            wrong[name] = answer
+    wrong = faults.misanswered(embedded.port)
     assert not wrong, f"answered against MQTT 3.1.1 (expected close, or CONNACK with a code): {wrong}"
     laptop = faults.Client(embedded, "laptop")  # still serving
     laptop.close()
@@ -127,6 +114,12 @@ def test_mqtt5_client_gets_unsupported_protocol_quietly(embedded):
     assert codes and codes[0].value == 132, codes  # Unsupported Protocol Version
     embedded.broker.proc.wait_for_line(r"refused client .*: MQTT 5 is not supported \(MQTT 3\.1\.1 only\)")
     assert "Traceback" not in embedded.log()
+
+
+def test_squatting_the_device_client_id_is_refused_while_commands_flow(embedded, device):
+    tally = faults.squatting(embedded, device, 30)
+    no_loss(tally)
+    assert tally.note.startswith("squatter admitted 0 time(s)"), tally.note
 
 
 def test_another_user_cannot_squat_the_device_client_id(tmp_path, user_files):
