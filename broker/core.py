@@ -156,6 +156,7 @@ class Core:
     def resume(self, s: Session) -> None:
         """After CONNACK: what was sent and not acknowledged goes again (DUP), then the queue."""
         assert s.outlet is not None
+        log.debug("%s: sending again %d unacknowledged message(s); %d queued", s.who(), len(s.inflight), len(s.queue))
         for packet_id, m in s.inflight.items():
             s.outlet.send(wire.publish(m.topic, m.payload, m.qos, m.retain, packet_id, dup=True))
         self.pump(s)

@@ -260,11 +260,30 @@ class Device:
         self.broker = broker
         self.runner = NodeRunner(broker.broker, workdir, topics)
         self.env = {"MQTT_PASSWORD": USERS[DEVICE]}
+        self._online = threading.Condition()
+        self._onlines = 0
+        self._watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher-status", protocol=paho.MQTTv311)
+        self._watcher.username_pw_set("watcher", USERS["watcher"])
+        self._watcher.reconnect_delay_set(0.1, 0.5)
+        self._watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(f"edison/{DEVICE}/status", qos=1)
+        self._watcher.on_message = self._on_status
+        self._watcher.connect_async("127.0.0.1", broker.port, keepalive=10)
+        self._watcher.loop_start()
+
+    def _on_status(self, client, userdata, msg) -> None:
+        if msg.payload == b"online" and not msg.retain:
+            with self._online:
+                self._onlines += 1
+                self._online.notify_all()
 
     def start(self) -> Proc:
+        """Start the node and wait for its `online`: it is subscribed then (it announces only after subscribing)."""
+        with self._online:
+            before = self._onlines
         self.runner.broker = self.broker.broker
         proc = self.runner.start("--keepalive", "5", env=self.env, device=DEVICE)
-        proc.wait_for_line(r"connected to ")
+        with self._online:
+            assert self._online.wait_for(lambda: self._onlines > before, TIMEOUT), f"no online:\n{proc.output}"
         return proc
 
     def kill(self) -> None:
@@ -280,15 +299,17 @@ class Device:
         return found
 
     def wait_carried(self, ids: set[str], timeout: float = SETTLE) -> Counter[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.carried()
-            if ids <= set(found) or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)  # polling the node's output: it has no event to wait on from here
+        """What was carried out once `ids` all were, or after `timeout` (each command logs a line: wait on those)."""
+        found = self.carried()
+        if ids <= set(found) or not self.runner.procs:
+            return found
+        self.runner.procs[-1].wait_until(lambda: ids <= set(self.carried()), timeout)
+        return self.carried()
 
     def stop(self) -> None:
         self.runner.stop_all()
+        self._watcher.disconnect()
+        self._watcher.loop_stop()
 
 
 def toggles(prefix: str, count: int) -> Iterator[tuple[str, str]]:

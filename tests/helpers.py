@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,17 @@ class Proc:
                 if remaining <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(f"no line matching {pattern!r} from {self.argv[:3]}; output:\n{self.output}")
                 self._new_line.wait(remaining)
+
+    def wait_until(self, done: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+        """Wait until `done()` holds, checking it at each new line of output; whether it held in time."""
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
+                    return done()
+                self._new_line.wait(remaining)
+            return True
 
     def line_count(self) -> int:
         with self._new_line:
