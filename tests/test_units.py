@@ -64,6 +64,22 @@ def test_json_command_with_every_key():
     (b'{"state": "ON", "colour": "red"}', "colour: unknown key"),
     (b'{"on": true}', "on: unknown key"),
     (b'{"state": "ON", "expires": "soon"}', "expires"),
+    (b'{"state": "ON", "expires": NaN}', "NaN is not a JSON number"),
+    (b'{"state": "ON", "expires": -Infinity}', "-Infinity is not a JSON number"),
+    (b'{"state": "ON", "expires": 1e999}', "number 1e999 is out of range"),
+    (b'{"state": "ON", "expires": true}', "expires: Input should be a valid number"),
+    (b'{"effect": "blink", "on_time": true}', "on_time: Input should be a valid number"),
+    (b'{"effect": "blink", "count": true}', "count"),
+    (b'{"state": "BAD", "state": "ON"}', "key 'state' is given more than once"),
+    (b'{"state": "ON", "source": {"a": 1, "a": 2}}', "key 'a' is given more than once"),
+    (b"[" * 999 + b"]" * 999, "JSON nested more than 8 levels deep"),
+    (b'{"state": "ON", "source": ' + b"[" * 999 + b"]" * 999 + b"}", "nested more than"),
+    ("o\ufb00".encode(), "unknown command 'oﬀ'"),  # a ligature: upper() makes it OFF
+    ("bl\u0131nk".encode(), "ASCII words"),  # a dotless i: upper() makes it BLINK
+    ("\u212aON".encode(), "ASCII words"),
+    ('{"effect": "\u212a"}'.encode(), "effect: '\u212a' is not an ASCII word"),
+    ('{"state": "o\ufb00"}'.encode(), "not an ASCII word"),
+    (b'{"state": "ON", "id": "a\\u0000b"}', "id: has control characters"),
 ])
 def test_bad_payloads_get_a_clear_error(payload, error):
     with pytest.raises(CommandError, match=error.replace("(", r"\(")):
@@ -74,6 +90,11 @@ def test_error_keeps_the_commands_id_for_the_result():
     with pytest.raises(CommandError) as info:
         commands.parse(b'{"id": "abc", "state": "MAYBE"}', DEFAULT)
     assert info.value.command_id == "abc"
+
+
+def test_json_strings_do_not_count_towards_nesting():
+    deep_text = json.dumps({"state": "ON", "id": "[{" * 60})
+    assert commands.parse(deep_text.encode(), DEFAULT).id == "[{" * 60
 
 
 # -- topics.yaml ---------------------------------------------------------------
