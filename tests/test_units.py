@@ -15,7 +15,7 @@ from node.commands import CommandError
 from node.config import BlinkPattern, ConfigError, OutputConfig
 from node.outputs import Output
 from node.pins import PinError, make_factory
-from node.pins.sim import SimFactory
+from node.pins.sim import Change, SimFactory
 from node.topics import DeviceTopics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def test_topics_of_a_device():
 # -- outputs on simulated pins ---------------------------------------------------
 
 def _output(factory: SimFactory, **cfg) -> tuple[Output, list]:
-    levels: list[tuple[str, bool]] = []
+    levels: list[bool] = []
     out = Output("led", factory.pin(20), OutputConfig(pin=20, **cfg), on_level=lambda o, on: levels.append(on))
     return out, levels
 
@@ -175,7 +175,12 @@ def test_active_low_inverts_levels_and_starts_in_safe_state():
 
 def _wait_blink_end(factory: SimFactory, changes: int) -> None:
     done = threading.Event()
-    factory._listeners.append(lambda c: len(factory.history) >= changes and done.set())
+
+    def count(change: Change) -> None:
+        if len(factory.history) >= changes:
+            done.set()
+
+    factory._listeners.append(count)
     if len(factory.history) >= changes:
         done.set()
     assert done.wait(10), factory.history
@@ -189,6 +194,45 @@ def test_blink_pattern_then_restores_prior_state():
     _wait_blink_end(factory, 5)  # ON, (on) off on off, restore on
     assert [c.value for c in factory.history] == [1, 0, 1, 0, 1]
     assert out.state == "ON"
+
+
+def test_a_failed_write_leaves_state_level_and_listener_untouched():
+    factory = SimFactory()
+    out, levels = _output(factory)
+    factory.pin(20).fault = PinError("gone")
+    with pytest.raises(PinError, match="gone"):
+        out.set("ON")
+    assert (out.state, out.level, levels) == ("OFF", "OFF", [])
+    factory.pin(20).fault = None
+    assert out.set("TOGGLE") == "ON"  # toggles from the state the pin really has
+
+
+def test_each_change_records_the_command_that_caused_it(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    with open(trace, "a", encoding="utf-8") as f:
+        factory = SimFactory(trace=f)
+        out, _ = _output(factory, active_low=True)  # the safe state at start: no command
+        out.set("ON", cause="c1")
+        out.safe()
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(c["value"], c.get("id")) for c in lines] == [(1, None), (0, "c1"), (1, None)]
+    assert set(lines[1]) == {"t", "pin", "value", "id"}
+
+
+def test_the_listener_is_called_without_the_lock_and_ends_on_the_newest_level():
+    factory = SimFactory()
+    reported: list[bool] = []
+
+    def listener(output: Output, on: bool) -> None:
+        assert output._lock.acquire(blocking=False), "listener called with the output's lock held"
+        output._lock.release()
+        if not reported:
+            output.set("OFF")  # a change while the first report is under way: reported after it, in order
+        reported.append(on)
+
+    out = Output("led", factory.pin(20), OutputConfig(pin=20), on_level=listener)
+    out.set("ON")
+    assert reported == [True, False] and out.level == "OFF"
 
 
 def test_newer_command_cancels_blink_at_once():
