@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import topic_matches_sub as topic_matches
 
 from node import commands, config
 from node.commands import CommandError
@@ -16,7 +17,7 @@ from node.config import BlinkPattern, ConfigError, OutputConfig
 from node.outputs import Output
 from node.pins import PinError, make_factory
 from node.pins.sim import Change, SimFactory
-from node.topics import DeviceTopics
+from node.topics import DeviceTopics, Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = BlinkPattern(count=10, on_time=0.3, off_time=0.3)
@@ -145,6 +146,17 @@ def test_topics_of_a_device():
     for other in ("edison/edison-1/led/state", "edison/edison-2/led/set", "x/edison/edison-1/led/set",
                   "edison/edison-1//set", "edison/edison-1/led/set/x"):
         assert t.output_of_set(other) is None
+
+
+def test_every_topic_the_device_uses_falls_under_its_own_rules():
+    """The node's subscriptions and publishes, and the broker's rules for it, come from the same layout."""
+    layout = Layout("site/a", "ha")
+    t = layout.device("d1")
+    assert t.subscriptions == ("site/a/d1/+/set", "ha/status")
+    published = [t.status, t.result, t.state("led"), t.discovery("light", "led"), t.discovery("button", "led_blink")]
+    assert all(topic_matches(t.everything, p) or topic_matches(t.discovery_filter, p) for p in published)
+    assert topic_matches(layout.every_set, t.set("led")) and topic_matches(layout.every_result, t.result)
+    assert not topic_matches(t.everything, layout.device("d2").status)
 
 
 # -- outputs on simulated pins ---------------------------------------------------
