@@ -36,9 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # its name would shadow the `node` package; the project root must win.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-import paho.mqtt.client as paho  # noqa: E402
-
-from node.mqtt import BrokerAddress, Link, LinkSettings  # noqa: E402
+from node.link import Incoming, Message, Session  # noqa: E402
+from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
 from tests.helpers import Broker, Probe, Proc, Received, free_port, mosquitto_binary, python_cmd, read_trace  # noqa: E402
 
 DEVICE = "edison-bench"
@@ -166,14 +165,13 @@ def alternating(first: str) -> Iterator[str]:
 def transport_floor(broker: Broker, probe: Probe, n: int) -> dict[int, Timings]:
     """The same exchange without the node, per request QoS: echoed by the node's own Link as a retained QoS 1 reply."""
     request, reply = "bench/echo/request", "bench/echo/reply"
-    link: Link
+    link = MqttLink(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
+                    client_id="bench-echo")
 
-    def echo(msg: paho.MQTTMessage) -> None:
-        link.publish(reply, msg.payload, retain=True)
+    def echo(msg: Incoming) -> None:
+        link.publish(Message(reply, msg.payload, retain=True))
 
-    link = Link(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
-                client_id="bench-echo", subscriptions=[request], on_message=echo)
-    link.start()
+    link.start(Session(subscriptions=(request,), on_message=echo))
     probe.subscribe(reply)
     try:
         _until_answered(lambda: probe.client.publish(request, "warm-up", qos=1),

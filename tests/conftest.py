@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd
+from tests.helpers import TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
 # Fixtures of the secured broker (users, access rules, the Mosquitto export).
 pytest_plugins = ["tests.broker_setup"]
@@ -26,6 +27,19 @@ def _mosquitto_binary() -> str:
     if IN_CI:
         pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogLines]:
+    """What the node's modules log, from every thread (blinks, the announcer)."""
+    handler = LogLines()
+    logger = logging.getLogger("node")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Property: a `/set` payload is a command as written, or a clear CommandError, never anything else (hypothesis).
+"""Property: every `/set` message gets exactly one result, and a refused one changes no pin (hypothesis).
 
 The payloads mix what senders get wrong on purpose and by accident: random
 bytes and text, JSON of every shape (deep, duplicate keys, NaN, booleans
@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node import commands
 from node.config import BlinkPattern
+from tests.node_rig import TOPICS, Rig
 
 KEYS = ["state", "effect", "count", "on_time", "off_time", "id", "expires", "source"]
 WORDS = ["ON", "OFF", "TOGGLE", "BLINK", " on\n", "Blink", "o\ufb00", "bl\u0131nk", "\u212aON", "\uff2f\uff2e",
@@ -62,3 +63,26 @@ def test_parse_returns_a_command_or_a_command_error_and_nothing_else(payload):
                 assert type(value) in (int, float) and math.isfinite(value), (key, value)
             if key in ("state", "effect"):
                 assert value.isascii(), (key, value)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(payloads, st.sampled_from(["led", "relay", "lamp"]), st.booleans(), st.booleans()),
+                min_size=1, max_size=4))
+def test_every_message_gets_exactly_one_result_and_refusals_change_no_pin(messages):
+    rig = Rig()
+    accepted: set[str] = set()  # ids whose blinks may still be changing pins
+    try:
+        for n, (payload, output, retain, dup) in enumerate(messages, 1):
+            before = len(rig.pins.history)
+            rig.link.deliver(TOPICS.set(output), payload, retain=retain, dup=dup)
+            results = rig.link.on(TOPICS.result)
+            assert len(results) == n
+            result = json.loads(results[-1].payload)
+            assert result["output"] == output and isinstance(result["id"], str) and result["id"]
+            assert "internal error" not in result.get("error", "")
+            if result["ok"]:
+                accepted.add(result["id"])
+            elif result["id"] not in accepted:  # every change carries the id of the command that made it
+                assert not [c for c in rig.pins.history[before:] if c.id == result["id"]], result
+    finally:
+        rig.close()
