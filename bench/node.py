@@ -208,7 +208,7 @@ class NodeProcess:
         if not self.config.exists():
             self.config.write_text(TOPICS_YAML)
         argv = python_cmd("node", "--config", str(self.config), "--device", DEVICE, "--broker", broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), *extra)
+                          "--pins", "sim", "--trace", str(self.trace), "--state", str(workdir / "state"), *extra)
         self.spawned_wall, self.spawned = time.time(), time.perf_counter()
         self.proc = Proc(argv, workdir / f"node-{index}.log", env={"MQTT_USERNAME": DEVICE})
 

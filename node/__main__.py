@@ -9,10 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from node import __version__
 from node.config import ConfigError, load
+from node.journal import Journal, JournalError, default_directory
 from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink
 from node.pins import BACKENDS, PinError, make_factory
 from node.pins.sim import Change
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
     p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
                    help="with simulated pins: append one JSON line per level change to this file")
+    p.add_argument("--state", type=Path,
+                   help="directory for the ids of commands carried out, so a repeat is never carried out twice "
+                   "(default: $STATE_DIRECTORY under systemd, else ~/.local/state/edison-node/DEVICE)")
     p.add_argument("--forget", action="store_true",
                    help="remove the device's entities from Home Assistant (empty retained discovery configs) and exit")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -87,21 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         names = {out.pin: out.name or name for name, out in device.outputs.items()}
         listeners = [] if args.trace else [_terminal_printer(names, sys.stdout)]
         pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
+        journal = Journal(args.state or default_directory(device_id))
         from node.service import Node  # after validation: keeps a bad start fast
 
-        node = Node(topics, device, pins, MqttLink(settings, device_id))
-    except (ConfigError, LinkError, PinError) as exc:
+        node = Node(topics, device, pins, MqttLink(settings, device_id), journal)
+    except (ConfigError, LinkError, PinError, JournalError) as exc:
         log.error("%s", exc)
         return 2
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, f: stop.set())
+    log.info("%d command id(s) remembered in %s", len(journal), journal.path)
     node.start()
     stop.wait()
     log.info("stopping: outputs to their safe state, publishing offline")
     node.stop()
     pins.close()
+    journal.close()
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Every `/set` message ends in exactly one result on `<device>/result` (and on
 the MQTT 5 response topic when the request names one), whether it was carried
-out or refused: `_on_set` publishes what `_answer` returns, and `_answer`
-turns every failure into an error result instead of raising. The node
+out, repeated or refused: `_on_set` publishes what `_answer` returns, and
+`_answer` turns every failure into an error result instead of raising. A
+command with an id takes effect at most once (see node.journal). The node
 depends on node.link's Link, so its decisions can be tested in memory.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from node import commands, homeassistant
 from node.commands import Command, CommandError
 from node.config import BlinkPattern, DeviceConfig
+from node.journal import Entry, Journal, JournalError
 from node.link import Incoming, Link, Message, Session
 from node.outputs import Output, state_name
 from node.pins import PinError, PinFactory
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # Seconds to wait before answering Home Assistant's `online`, drawn at random so a fleet does not answer at once.
 ANNOUNCE_DELAY = (0.2, 2.0)
+INTERRUPTED = "interrupted by a restart of the node: not repeated, state may be partial"
 
 
 class Refused(Exception):
@@ -53,11 +56,12 @@ def _describe(command: Command, result: dict[str, Any]) -> str:
 
 
 class Node:
-    def __init__(self, topics: DeviceTopics, device: DeviceConfig, pins: PinFactory, link: Link,
+    def __init__(self, topics: DeviceTopics, device: DeviceConfig, pins: PinFactory, link: Link, journal: Journal,
                  announce_delay: tuple[float, float] = ANNOUNCE_DELAY) -> None:
         self.topics = topics
         self.device = device
         self.link = link
+        self.journal = journal
         self._announce_delay = announce_delay
         self._announce_timer: threading.Timer | None = None
         self._announcing = 0  # announcements publishing right now
@@ -124,16 +128,24 @@ class Node:
             self.link.publish(Message(message.response_topic, payload, correlation_data=message.correlation_data))
 
     def _answer(self, message: Incoming, name: str) -> dict[str, Any]:
-        """The result for `message`: carried out or an error; every failure becomes an error result."""
+        """The result for `message`: carried out, a repeat, or an error; every failure becomes an error result."""
         correlation = message.correlation_data
         head: dict[str, Any] = {"id": _correlation_text(correlation) if correlation else uuid.uuid4().hex[:12],
                                 "output": name}
+        started: str | None = None  # the journal's id once the command is recorded as started
         try:
             output = self.outputs.get(name)
             command = commands.parse(message.payload, output.config.blink if output else BlinkPattern())
             head["id"] = command.id or head["id"]
             output = self._admit(message, output, name)
+            if command.id is not None:
+                known = self.journal.get(command.id)
+                if known is not None:
+                    return self._repeat(message, head, known)
             self._check_age(command, output)
+            if command.id is not None:
+                self.journal.start(command.id)  # on disk before the effect: never carried out twice
+                started = command.id
             result = {**head, **self._apply(command, output, head["id"])}
             self._log_done(message, command, result)
         except (CommandError, Refused) as exc:
@@ -141,12 +153,14 @@ class Node:
                 head["id"] = exc.command_id
             log.warning("%s: command %s refused: %s", message.topic, head["id"], exc)
             result = {**head, "ok": False, "error": str(exc)}
-        except PinError as exc:
+        except (PinError, JournalError) as exc:
             log.error("%s: command %s failed: %s", message.topic, head["id"], exc)
             result = {**head, "ok": False, "error": str(exc)}
         except Exception as exc:  # a bug: still one answer, and the log has the traceback
             log.exception("%s: command %s failed", message.topic, head["id"])
             result = {**head, "ok": False, "error": f"internal error ({type(exc).__name__}): see the node's log"}
+        if started is not None:
+            self.journal.finish(started, result)
         return result
 
     def _admit(self, message: Incoming, output: Output | None, name: str) -> Output:
@@ -156,6 +170,18 @@ class Node:
         if output is None:
             raise Refused(f"unknown output {name!r} (device {self.topics.device} has {', '.join(self.outputs)})")
         return output
+
+    def _repeat(self, message: Incoming, head: dict[str, Any], known: Entry) -> dict[str, Any]:
+        """A command id seen before: its result again, never its effect."""
+        if known.result is None:
+            log.warning("%s: command %s was %s", message.topic, head["id"], INTERRUPTED)
+            result = {**head, "ok": False, "error": INTERRUPTED}
+            self.journal.finish(head["id"], result)
+        else:
+            log.info("%s: command %s is a repeat: answered with its result, not carried out again", message.topic,
+                     head["id"])
+            result = json.loads(known.result)
+        return {**result, "repeat": True}
 
     def _check_age(self, command: Command, output: Output) -> None:
         now = time.time()
@@ -176,7 +202,12 @@ class Node:
 
     def _log_done(self, message: Incoming, command: Command, result: dict[str, Any]) -> None:
         source = f" (from {json.dumps(command.source)})" if command.source else ""
-        log.info("%s: command %s done: %s%s", message.topic, result["id"], _describe(command, result), source)
+        if message.dup and command.id is None:
+            log.warning("%s: command %s done: %s%s; it came again (DUP) without an id, so it may have been carried "
+                        "out before: give commands an id to make resending safe", message.topic, result["id"],
+                        _describe(command, result), source)
+        else:
+            log.info("%s: command %s done: %s%s", message.topic, result["id"], _describe(command, result), source)
 
     # -- Home Assistant -----------------------------------------------------
 

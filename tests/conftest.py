@@ -148,7 +148,8 @@ class NodeRunner:
     def start(self, *extra: str, env: dict[str, str] | None = None, wait_online: Probe | None = None,
               device: str = DEVICE) -> Proc:
         argv = python_cmd("node", "--config", str(self.config), "--device", device, "--broker", self.broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), "--log-level", "DEBUG", *extra)
+                          "--pins", "sim", "--trace", str(self.trace),
+                          "--state", str(self.tmp_path / f"state-{device}"), "--log-level", "DEBUG", *extra)
         env = {"MQTT_USERNAME": device, **(env or {})}
         proc = Proc(argv, self.tmp_path / f"node-{len(self.procs)}.log", env=env)
         self.procs.append(proc)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from node.config import parse
 from node.fakelink import FakeLink
+from node.journal import Journal
 from node.pins.sim import Change, SimFactory
 from node.service import Node
 
@@ -24,12 +26,14 @@ TOPICS = CONFIG.topics(DEVICE)
 
 
 class Rig:
-    """A started Node on a FakeLink and SimFactory; connected unless told otherwise."""
+    """A started Node on a FakeLink and SimFactory, its journal in `state`; connected unless told otherwise."""
 
-    def __init__(self, mqtt5: bool = True, connect: bool = True) -> None:
+    def __init__(self, state: Path, mqtt5: bool = True, connect: bool = True) -> None:
+        self.state = state
         self.pins = SimFactory()
         self.link = FakeLink(mqtt5)
-        self.node = Node(TOPICS, CONFIG.device(DEVICE), self.pins, self.link, announce_delay=(0, 0))
+        self.journal = Journal(state)
+        self.node = Node(TOPICS, CONFIG.device(DEVICE), self.pins, self.link, self.journal, announce_delay=(0, 0))
         self.node.start()
         if connect:
             self.link.connect()
@@ -52,5 +56,6 @@ class Rig:
         return [m.payload.decode() for m in self.link.on(TOPICS.state(output))]
 
     def close(self) -> None:
-        """The node stops (safe state, `offline`), as at the end of the process."""
+        """The node stops (safe state, `offline`) and its journal is released, as at the end of the process."""
         self.node.stop()
+        self.journal.close()

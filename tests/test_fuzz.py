@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -69,20 +71,21 @@ def test_parse_returns_a_command_or_a_command_error_and_nothing_else(payload):
 @given(st.lists(st.tuples(payloads, st.sampled_from(["led", "relay", "lamp"]), st.booleans(), st.booleans()),
                 min_size=1, max_size=4))
 def test_every_message_gets_exactly_one_result_and_refusals_change_no_pin(messages):
-    rig = Rig()
-    accepted: set[str] = set()  # ids whose blinks may still be changing pins
-    try:
-        for n, (payload, output, retain, dup) in enumerate(messages, 1):
-            before = len(rig.pins.history)
-            rig.link.deliver(TOPICS.set(output), payload, retain=retain, dup=dup)
-            results = rig.link.on(TOPICS.result)
-            assert len(results) == n
-            result = json.loads(results[-1].payload)
-            assert result["output"] == output and isinstance(result["id"], str) and result["id"]
-            assert "internal error" not in result.get("error", "")
-            if result["ok"]:
-                accepted.add(result["id"])
-            elif result["id"] not in accepted:  # every change carries the id of the command that made it
-                assert not [c for c in rig.pins.history[before:] if c.id == result["id"]], result
-    finally:
-        rig.close()
+    with tempfile.TemporaryDirectory() as state:
+        rig = Rig(Path(state))
+        accepted: set[str] = set()  # ids whose blinks may still be changing pins
+        try:
+            for n, (payload, output, retain, dup) in enumerate(messages, 1):
+                before = len(rig.pins.history)
+                rig.link.deliver(TOPICS.set(output), payload, retain=retain, dup=dup)
+                results = rig.link.on(TOPICS.result)
+                assert len(results) == n
+                result = json.loads(results[-1].payload)
+                assert result["output"] == output and isinstance(result["id"], str) and result["id"]
+                assert "internal error" not in result.get("error", "")
+                if result["ok"]:
+                    accepted.add(result["id"])
+                elif result["id"] not in accepted:  # every change carries the id of the command that made it
+                    assert not [c for c in rig.pins.history[before:] if c.id == result["id"]], result
+        finally:
+            rig.close()

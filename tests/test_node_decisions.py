@@ -1,4 +1,4 @@
-"""What the node decides, in memory: refuse, apply, reply, expire, announce (no broker, no process).
+"""What the node decides, in memory: refuse, apply, reply, answer a repeat, expire, announce (no broker, no process).
 
 The real-broker tests in test_node.py check the contract between processes;
 these check every decision of the Node through its MQTT link (node.fakelink)
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from node.journal import Journal
 from node.link import Message
 from node.pins import PinError
 from tests.node_rig import DEVICE, TOPICS, Rig
@@ -21,8 +24,8 @@ from tests.test_homeassistant_discovery import ha_turn_on
 
 
 @pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path / "state")
     yield r
     r.close()
 
@@ -149,14 +152,80 @@ def test_mqtt5_response_topic_gets_the_result_with_the_correlation_data(rig):
     assert rig.link.on(TOPICS.result)[-1].payload == reply[0].payload
 
 
-def test_on_mqtt_3_1_1_there_is_no_response_topic():
-    rig = Rig(mqtt5=False)
+def test_on_mqtt_3_1_1_there_is_no_response_topic(tmp_path):
+    rig = Rig(tmp_path / "state", mqtt5=False)
     try:
         rig.link.deliver(TOPICS.set("led"), "ON", response_topic="edison/edison-t/reply/me", correlation_data=b"c")
         assert rig.link.on("edison/edison-t/reply/me") == []
         assert json.loads(rig.link.on(TOPICS.result)[-1].payload)["ok"] is True
     finally:
         rig.close()
+
+
+# -- exactly once ------------------------------------------------------------------
+
+def test_a_repeated_id_is_answered_with_the_first_result_and_not_carried_out(rig, logs):
+    first = rig.send('{"state": "TOGGLE", "id": "t1"}')
+    again = rig.send('{"state": "TOGGLE", "id": "t1"}', dup=True)
+    assert again == {**first, "repeat": True}
+    assert rig.levels() == [1]
+    logs.wait_for(r"command t1 is a repeat")
+    assert rig.send('{"state": "TOGGLE", "id": "t2"}')["state"] == "OFF"  # another id is another command
+
+
+def test_a_repeated_blink_does_not_blink_again(rig, monkeypatch):
+    rig.send('{"effect": "blink", "id": "b"}')
+    wait_levels(rig, 4)
+    started: list[str | None] = []
+    monkeypatch.setattr(rig.node.outputs["led"], "blink", lambda pattern, cause=None: started.append(cause))
+    assert rig.send('{"effect": "blink", "id": "b"}')["repeat"] is True
+    assert started == []
+    rig.send('{"effect": "blink", "id": "c"}')
+    assert started == ["c"]
+
+
+def test_ids_survive_a_restart_of_the_node(tmp_path):
+    first = Rig(tmp_path / "state")
+    result = first.send('{"state": "TOGGLE", "id": "t1"}')
+    first.close()
+    second = Rig(tmp_path / "state")
+    try:
+        assert second.send('{"state": "TOGGLE", "id": "t1"}') == {**result, "repeat": True}
+        assert second.levels() == []
+    finally:
+        second.close()
+
+
+def test_a_command_cut_short_by_a_restart_is_answered_with_an_error_not_repeated(tmp_path):
+    journal = Journal(tmp_path / "state")
+    journal.start("t1")  # on disk before the effect; the node died before recording the result
+    journal.close()
+    rig = Rig(tmp_path / "state")
+    try:
+        result = rig.send('{"state": "TOGGLE", "id": "t1"}')
+        assert result["ok"] is False and result["repeat"] is True
+        assert result["error"] == "interrupted by a restart of the node: not repeated, state may be partial"
+        assert rig.send('{"state": "TOGGLE", "id": "t1"}') == result  # and so on every time
+        assert rig.levels() == []
+    finally:
+        rig.close()
+
+
+def test_a_command_that_cannot_be_recorded_is_not_carried_out(rig, monkeypatch):
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("node.journal.os.fsync", disk_full)
+    result = rig.send('{"state": "ON", "id": "t1"}')
+    assert result["ok"] is False and "cannot record the command" in result["error"]
+    assert rig.levels() == []
+    monkeypatch.undo()
+    assert rig.send('{"state": "ON", "id": "t1"}')["ok"] is True  # not a repeat: it never took effect
+
+
+def test_a_redelivered_command_without_id_says_an_id_makes_it_safe(rig, logs):
+    rig.send("TOGGLE", dup=True)
+    logs.wait_for(r"WARNING .*came again \(DUP\) without an id.*give commands an id")
 
 
 # -- pin failures ----------------------------------------------------------------------
@@ -167,6 +236,7 @@ def test_a_failing_pin_write_gives_an_error_result_and_keeps_the_state(rig):
     assert result["ok"] is False and "mraa result 5" in result["error"]
     assert rig.node.outputs["led"].state == "OFF" and rig.states() == ["OFF"]
     rig.pins.pin(20).fault = None
+    assert rig.send('{"state": "ON", "id": "w"}')["repeat"] is True  # answered as it was, never carried out
     assert rig.send("ON")["state"] == "ON"
 
 
@@ -214,8 +284,8 @@ def test_home_assistant_offline_changes_nothing(rig, logs):
     assert len(rig.link.published) == before
 
 
-def test_stop_goes_to_the_safe_state_and_offline_is_the_last_word():
-    rig = Rig()
+def test_stop_goes_to_the_safe_state_and_offline_is_the_last_word(tmp_path):
+    rig = Rig(tmp_path / "state")
     rig.send('{"effect": "blink", "count": 1000, "on_time": 0.05, "off_time": 0.05}')
     wait_levels(rig, 1)
     rig.close()
