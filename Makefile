@@ -21,11 +21,14 @@ run: $(BIN)/.installed
 	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
 		--broker mqtt://127.0.0.1:$(PORT) --pins sim
 
+# Lint and types first (settings in ruff.toml and setup.cfg): they take seconds and catch what tests miss.
 test: $(BIN)/.installed
+	$(BIN)/ruff check
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/node.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -114,7 +114,8 @@ def test_yaml_1_1_booleans_stay_words():
 
 @pytest.mark.parametrize("text, message", [
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, colour: red}\n", "devices.d.outputs.led.colour: unknown key"),
-    ("devices:\n  d:\n    outputs:\n      led: {pin: -1}\n", "devices.d.outputs.led.pin: Input should be greater than or equal to 0"),
+    ("devices:\n  d:\n    outputs:\n      led: {pin: -1}\n",
+     "devices.d.outputs.led.pin: Input should be greater than or equal to 0"),
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, blink: {count: 0}}\n", "devices.d.outputs.led.blink.count"),
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, safe_state: DIM}\n", "devices.d.outputs.led.safe_state"),
     ("devices:\n  d:\n    outputs:\n      a: {pin: 1}\n      b: {pin: 1}\n", "both use pin 1"),
@@ -122,8 +123,8 @@ def test_yaml_1_1_booleans_stay_words():
     ("devices: {}\n", "devices"),
     ("prefix: a/#\ndevices:\n  d:\n    outputs:\n      a: {pin: 1}\n", "prefix"),
     ("devices:\n  d:\n    outputs: {a: {pin: 1}}\naccess: {d: controller}\n", "is a device id"),
-    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\nbridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n",
-     "no device 'e'"),
+    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\n"
+     "bridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n", "no device 'e'"),
     ("devices: [\n", "not valid YAML"),
     ("- a\n", "expected a mapping"),
 ])
