@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from node import __version__
+
 log = logging.getLogger("edison-broker")
 
 
@@ -54,6 +56,7 @@ def _serve(argv: list[str]) -> int:
     _listener_args(p)
     p.add_argument("--allow-anonymous", action="store_true", help="accept every client: local trials on loopback only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     logging.getLogger("edison-broker").setLevel(args.log_level)
     if args.log_level == "DEBUG":
@@ -84,6 +87,9 @@ def _serve(argv: list[str]) -> int:
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password on: pipe it in with --stdin "
+                         "(echo \"$PASSWORD\" | edison-broker passwd --passwd FILE add NAME --stdin)")
     first = getpass.getpass("Password: ")
     if getpass.getpass("Password again: ") != first:
         raise ValueError("the passwords differ")
