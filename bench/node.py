@@ -429,21 +429,22 @@ def start_rows(report: Report, starts: list[Start], forced: list[Start]) -> None
     report.row("  with --protocol given (no version probe)", f"{forced_online:.0f} ms")
 
 
-def where_it_goes(report: Report) -> None:
+def where_it_goes(report: Report, runs: int) -> None:
     report.section("where start time and memory go: each step of the node's start in a fresh interpreter")
-    for step, seconds, rss in start_steps():
+    for step, seconds, rss in start_steps(runs):
         report.row(step, f"+{seconds * 1000:.0f} ms", f"RSS then {rss:.1f} MiB")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: few commands, 2 s idle, 2 starts")
+    p.add_argument("--quick", action="store_true", help="smoke run: few commands, 1 s idle, 2 starts")
     p.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                    help="the broker for every figure (default: %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="also measure round trips through mosquitto with set_tcp_nodelay true and through amqtt")
     args = p.parse_args(argv)
-    args.commands, args.total, args.idle, args.starts = (50, 100, 2.0, 2) if args.quick else (500, 1000, 10.0, 5)
+    args.commands, args.total, args.idle, args.starts = (20, 50, 1.0, 2) if args.quick else (500, 1000, 10.0, 5)
+    args.import_runs = 1 if args.quick else 3
     return args
 
 
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("mosquitto-nodelay", "amqtt"):
             if kind != args.broker:
                 run(kind, args, report, full=False)
-    where_it_goes(report)
+    where_it_goes(report, args.import_runs)
     print(f"\n{report.misses} target(s) missed" if report.misses else "\nall targets met")
     return 0
 
