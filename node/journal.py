@@ -56,6 +56,8 @@ class Entry:
 
 
 class Journal:
+    """Used from one thread, the link's network thread, which handles one command at a time."""
+
     def __init__(self, directory: Path, limit: int = LIMIT, max_age: float = MAX_AGE,
                  clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
