@@ -26,11 +26,14 @@ run: $(BIN)/.installed
 	trap 'kill -INT $$node 2>/dev/null; wait $$node; kill -INT $$broker 2>/dev/null; wait' EXIT INT TERM; \
 	wait -n $$broker $$node
 
+# Lint and types first (settings in ruff.toml and setup.cfg): they take seconds and catch what tests miss.
 test: $(BIN)/.installed
+	$(BIN)/ruff check
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/node.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -36,9 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # its name would shadow the `node` package; the project root must win.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-import paho.mqtt.client as paho  # noqa: E402
-
-from node.mqtt import BrokerAddress, Link, LinkSettings  # noqa: E402
+from node.link import Incoming, Message, Session  # noqa: E402
+from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
 from tests.helpers import Broker, Probe, Proc, Received, free_port, mosquitto_binary, python_cmd, read_trace  # noqa: E402
 
 DEVICE = "edison-bench"
@@ -52,6 +51,7 @@ devices:
 WAIT = 15.0  # seconds to wait for any single event before giving up
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GAP, GAP_SECONDS = "gap", 0.1  # key and spacing of the QoS 0 round trips sent with a pause before each
+Series = dict[int | str, "Timings"]  # round trips by request QoS (1, 0) or GAP
 
 # Targets from the issue (Performance).
 RTT_RATIO_TARGET = 1.5
@@ -78,7 +78,8 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
     """
     port = free_port()
     if kind == "amqtt":
-        proc = Proc(python_cmd("broker", "--allow-anonymous", "--bind", f"127.0.0.1:{port}"), workdir / f"amqtt-{port}.log")
+        proc = Proc(python_cmd("broker", "--allow-anonymous", "--bind", f"127.0.0.1:{port}"),
+                    workdir / f"amqtt-{port}.log")
         ready = r"listening on"
     else:
         conf = workdir / f"{kind}-{port}.conf"
@@ -123,13 +124,15 @@ class Timings:
 def requester(broker: Broker) -> Probe:
     """The sending side, shared by the floor and the node: it must not add Nagle stalls of its own."""
     probe = Probe(broker, client_id="", username="bench")
-    probe.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = probe.client.socket()
+    assert isinstance(sock, socket.socket), sock
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return probe
 
 
 def round_trips(probe: Probe, request: str, reply: str, payloads: Iterator[str], n: int, qos: int = 1,
                 sent_at: list[float] | None = None, gap: float = 0.0, answers: Answer | None = None) -> Timings:
-    """Publish and wait for the matching reply, one at a time, `gap` seconds apart; `sent_at` gets wall-clock send times.
+    """Publish and wait for the matching reply, one at a time, `gap` seconds apart; `sent_at` gets wall-clock times.
 
     The reply matches when its payload equals the request's, or when `answers(request payload, reply)` holds.
     Back to back (no gap) a reply can wait for the delayed ACK of the previous one's packets where Nagle is on;
@@ -163,23 +166,22 @@ def alternating(first: str) -> Iterator[str]:
         state = "OFF" if state == "ON" else "ON"
 
 
-def transport_floor(broker: Broker, probe: Probe, n: int) -> dict[int, Timings]:
+def transport_floor(broker: Broker, probe: Probe, n: int) -> Series:
     """The same exchange without the node, per request QoS: echoed by the node's own Link as a retained QoS 1 reply."""
     request, reply = "bench/echo/request", "bench/echo/reply"
-    link: Link
+    link = MqttLink(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
+                    client_id="bench-echo")
 
-    def echo(msg: paho.MQTTMessage) -> None:
-        link.publish(reply, msg.payload, retain=True)
+    def echo(msg: Incoming) -> None:
+        link.publish(Message(reply, msg.payload, retain=True))
 
-    link = Link(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
-                client_id="bench-echo", subscriptions=[request], on_message=echo)
-    link.start()
+    link.start(Session(subscriptions=(request,), on_message=echo))
     probe.subscribe(reply)
     try:
         _until_answered(lambda: probe.client.publish(request, "warm-up", qos=1),
                         lambda t: probe.wait_for(reply, "warm-up", timeout=t))
         payloads = alternating("ON")
-        timings = {1: round_trips(probe, request, reply, payloads, n, 1),
+        timings: Series = {1: round_trips(probe, request, reply, payloads, n, 1),
                    0: round_trips(probe, request, reply, payloads, n // 2, 0),
                    GAP: round_trips(probe, request, reply, payloads, n // 5, 0, gap=GAP_SECONDS)}
         return timings
@@ -210,7 +212,7 @@ class NodeProcess:
         if not self.config.exists():
             self.config.write_text(TOPICS_YAML)
         argv = python_cmd("node", "--config", str(self.config), "--device", DEVICE, "--broker", broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), *extra)
+                          "--pins", "sim", "--trace", str(self.trace), "--state", str(workdir / "state"), *extra)
         self.spawned_wall, self.spawned = time.time(), time.perf_counter()
         self.proc = Proc(argv, workdir / f"node-{index}.log", env={"MQTT_USERNAME": DEVICE})
 
@@ -221,7 +223,9 @@ class NodeProcess:
     def seconds_to_connecting(self) -> float:
         """Spawn to the log line `connecting to` (interpreter, imports, topics.yaml, pins), from its asctime."""
         line = self.proc.wait_for_line(r"connecting to ", timeout=WAIT)
-        stamp, millis = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line).groups()
+        found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
+        assert found, f"no time stamp in {line!r}"
+        stamp, millis = found.groups()
         logged = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
         return logged - self.spawned_wall
 
@@ -316,7 +320,7 @@ def start_steps(runs: int = 3) -> list[tuple[str, float, float]]:
         values = [float(v) for v in out]
         values[0] -= spawned  # the interpreter: spawn to its first statement
         samples.append(values)
-    medians = [statistics.median(column) for column in zip(*samples)]
+    medians = [statistics.median(column) for column in zip(*samples, strict=True)]
     labels = ["interpreter start"] + IMPORT_STEPS
     return [(label, medians[2 * i], medians[2 * i + 1]) for i, label in enumerate(labels)]
 
@@ -337,7 +341,7 @@ class Report:
         print(f"  {label:<44} {value:>16}   {target:<20} {ratio:<16} {verdict}".rstrip(), flush=True)
 
 
-def latency_rows(report: Report, floor: dict, node: dict) -> None:
+def latency_rows(report: Report, floor: Series, node: Series) -> None:
     """Keys: the request's QoS 1 (n times) or 0 (n/2 times) back to back, or GAP (QoS 0, n/5 times, a pause
     before each: a lone command)."""
     for qos, note in ((1, ""), (0, ", QoS 0 request"), (GAP, f", QoS 0, {GAP_SECONDS * 1000:.0f} ms apart")):
@@ -371,7 +375,7 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 traced_before = len(read_trace(node.trace))
                 payloads = alternating("ON")
                 cpu_before = cpu_ns(node.pid)
-                node_rtt = {1: round_trips(probe, set_topic, state_topic, payloads, n, 1, sent_at)}
+                node_rtt: Series = {1: round_trips(probe, set_topic, state_topic, payloads, n, 1, sent_at)}
                 cpu_per_command = (cpu_ns(node.pid) - cpu_before) / n / 1000
                 node_rtt[0] = round_trips(probe, set_topic, state_topic, payloads, n // 2, 0)
                 node_rtt[GAP] = round_trips(probe, set_topic, state_topic, payloads, n // 5, 0, gap=GAP_SECONDS)
@@ -421,24 +425,26 @@ def start_rows(report: Report, starts: list[Start], forced: list[Start]) -> None
     report.row("  each start", ", ".join(f"{s.online * 1000:.0f}" for s in starts) + " ms")
     connecting = statistics.median(s.connecting for s in starts) * 1000
     report.row("  of which spawn -> connecting", f"{connecting:.0f} ms", "(imports, topics.yaml)")
-    report.row("  with --protocol given (no version probe)", f"{statistics.median(s.online for s in forced) * 1000:.0f} ms")
+    forced_online = statistics.median(s.online for s in forced) * 1000
+    report.row("  with --protocol given (no version probe)", f"{forced_online:.0f} ms")
 
 
-def where_it_goes(report: Report) -> None:
+def where_it_goes(report: Report, runs: int) -> None:
     report.section("where start time and memory go: each step of the node's start in a fresh interpreter")
-    for step, seconds, rss in start_steps():
+    for step, seconds, rss in start_steps(runs):
         report.row(step, f"+{seconds * 1000:.0f} ms", f"RSS then {rss:.1f} MiB")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: few commands, 2 s idle, 2 starts")
+    p.add_argument("--quick", action="store_true", help="smoke run: few commands, 1 s idle, 2 starts")
     p.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                    help="the broker for every figure (default: %(default)s)")
     p.add_argument("--compare", action="store_true",
                    help="also measure round trips through mosquitto with set_tcp_nodelay true and through amqtt")
     args = p.parse_args(argv)
-    args.commands, args.total, args.idle, args.starts = (50, 100, 2.0, 2) if args.quick else (500, 1000, 10.0, 5)
+    args.commands, args.total, args.idle, args.starts = (20, 50, 1.0, 2) if args.quick else (500, 1000, 10.0, 5)
+    args.import_runs = 1 if args.quick else 3
     return args
 
 
@@ -451,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("mosquitto-nodelay", "amqtt"):
             if kind != args.broker:
                 run(kind, args, report, full=False)
-    where_it_goes(report)
+    where_it_goes(report, args.import_runs)
     print(f"\n{report.misses} target(s) missed" if report.misses else "\nall targets met")
     return 0
 

@@ -9,6 +9,12 @@ import getpass
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from node import __version__
+
+if TYPE_CHECKING:
+    from broker.server import Options
 
 log = logging.getLogger("edison-broker")
 
@@ -52,7 +58,7 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
                    help="messages kept for one client; newer ones are dropped and logged (default: %(default)s)")
 
 
-def _options(args: argparse.Namespace, allow_anonymous: bool = False):
+def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options:
     from broker import access
     from broker.server import Limits, Listeners, Options
     from node.config import load
@@ -70,6 +76,7 @@ def _serve(argv: list[str]) -> int:
     _listener_args(p)
     p.add_argument("--allow-anonymous", action="store_true", help="accept every client: local trials on loopback only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     logging.getLogger("edison-broker").setLevel(args.log_level)
     if args.log_level == "DEBUG":
@@ -106,6 +113,9 @@ def _serve(argv: list[str]) -> int:
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password on: pipe it in with --stdin "
+                         "(echo \"$PASSWORD\" | edison-broker passwd --passwd FILE add NAME --stdin)")
     first = getpass.getpass("Password: ")
     if getpass.getpass("Password again: ") != first:
         raise ValueError("the passwords differ")

@@ -2,7 +2,8 @@
 
 One set of rules feeds the embedded broker (`Access`) and Mosquitto's acl file.
 Devices log in as their device id; `access:` names the controllers and bridges.
-A user not named anywhere gets no rule, so it may do nothing.
+A user not named anywhere gets no rule, so it may do nothing. Every filter
+comes from node.topics, the one place that knows the topic layout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from broker.filters import covers, matches
 from node.config import Config
+from node.topics import Layout
 
 
 @dataclass(frozen=True)
@@ -26,20 +28,16 @@ class Rules:
         return sorted(set(self.subscribe) | set(self.publish))
 
 
-def device_rules(config: Config, device: str) -> tuple[list[str], list[str]]:
-    base = f"{config.prefix}/{device}"
-    subscribe = [f"{base}/+/set", f"{config.discovery_prefix}/status"]
-    publish = [f"{base}/#", f"{config.discovery_prefix}/+/{device}/#"]
-    return subscribe, publish
+def device_rules(layout: Layout, device: str) -> tuple[list[str], list[str]]:
+    topics = layout.device(device)
+    return list(topics.subscriptions), [topics.everything, topics.discovery_filter]
 
 
-def role_rules(config: Config, role: str) -> tuple[list[str], list[str]]:
-    every_set = f"{config.prefix}/+/+/set"
+def role_rules(layout: Layout, role: str) -> tuple[list[str], list[str]]:
     if role == "bridge":
-        return [f"{config.prefix}/+/result"], [every_set]
+        return [layout.every_result], [layout.every_set]
     if role == "controller":
-        return ([f"{config.prefix}/#", f"{config.discovery_prefix}/#"],
-                [every_set, f"{config.discovery_prefix}/status"])
+        return [layout.everything, layout.ha_everything], [layout.every_set, layout.ha_status]
     raise ValueError(f"unknown role {role!r}")
 
 
@@ -47,9 +45,9 @@ def rules(config: Config) -> Rules:
     subscribe: dict[str, list[str]] = {}
     publish: dict[str, list[str]] = {}
     for device in config.devices:
-        subscribe[device], publish[device] = device_rules(config, device)
+        subscribe[device], publish[device] = device_rules(config.layout, device)
     for user, role in config.access.items():
-        subscribe[user], publish[user] = role_rules(config, role)
+        subscribe[user], publish[user] = role_rules(config.layout, role)
     return Rules(subscribe, publish)
 
 

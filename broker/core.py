@@ -248,7 +248,8 @@ class Core:
         for topic_filter, qos in p.requests:
             problem = filter_problem(topic_filter)
             if problem or not self.access.may_subscribe(s.username, topic_filter):
-                log.warning("refused subscribe: %s topic=%s%s", s.who(), topic_filter, f": {problem}" if problem else "")
+                log.warning("refused subscribe: %s topic=%s%s", s.who(), topic_filter,
+                            f": {problem}" if problem else "")
                 codes.append(wire.SUBSCRIBE_FAILURE)
                 continue
             granted = min(qos, 1)
@@ -264,7 +265,7 @@ class Core:
         if s.outlet is None:
             return
         self._control(s, wire.suback(p.packet_id, codes))
-        for (topic_filter, _), granted in zip(p.requests, codes):
+        for (topic_filter, _), granted in zip(p.requests, codes, strict=True):
             if granted == wire.SUBSCRIBE_FAILURE:
                 continue
             for topic, (payload, qos) in self.retained.matching(topic_filter):

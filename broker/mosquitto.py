@@ -95,6 +95,6 @@ def hand_over(paths: list[Path]) -> str | None:
     return MOSQUITTO_USER
 
 
-def unknown_users(rules: Rules, users: list[str]) -> list[str]:
+def unknown_users(rules: Rules | None, users: list[str]) -> list[str]:
     """Users with a password but no access rule: they can log in and do nothing."""
-    return sorted(set(users) - set(rules.users))
+    return sorted(set(users) - set(rules.users if rules else ()))

@@ -41,6 +41,15 @@ MIGRATIONS = {2: ["ALTER TABLE sessions ADD COLUMN keepalive INTEGER NOT NULL DE
                   "ALTER TABLE sessions ADD COLUMN connected INTEGER NOT NULL DEFAULT 0"]}
 
 
+KEEP_SESSION = """
+INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = excluded.keepalive,
+    will_topic = excluded.will_topic, will_data = excluded.will_data, will_qos = excluded.will_qos,
+    will_retain = excluded.will_retain, connected = excluded.connected
+"""
+
+
 class StoreError(Exception):
     """The data directory cannot be written: nothing more may be acknowledged."""
 
@@ -140,13 +149,9 @@ class Store:
     def keep_session(self, s: StoredSession) -> None:
         """Create or update a session (its user, keep-alive, will and connected flag)."""
         w = s.will
-        self._submit(
-            "INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, "
-            "connected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, "
-            "keepalive = excluded.keepalive, will_topic = excluded.will_topic, will_data = excluded.will_data, "
-            "will_qos = excluded.will_qos, will_retain = excluded.will_retain, connected = excluded.connected",
-            (s.client_id, s.username, s.keepalive, w.topic if w else None, bytes(w.data) if w else None,
-             w.qos if w else 0, int(w.retain) if w else 0, int(s.connected)))
+        self._submit(KEEP_SESSION, (s.client_id, s.username, s.keepalive, w.topic if w else None,
+                                    bytes(w.data) if w else None, w.qos if w else 0, int(w.retain) if w else 0,
+                                    int(s.connected)))
 
     def drop_session(self, client_id: str) -> None:
         self._submit("DELETE FROM sessions WHERE client_id = ?", (client_id,))

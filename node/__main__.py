@@ -8,11 +8,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from node import __version__
 from node.config import ConfigError, load
-from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings
+from node.journal import Journal, JournalError, default_directory
+from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink
 from node.pins import BACKENDS, PinError, make_factory
 from node.pins.sim import Change
 
@@ -33,11 +36,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
     p.add_argument("--keepalive", type=int, default=60, help="seconds between pings (default: %(default)s)")
     p.add_argument("--session-expiry", type=int, default=86400,
-                   help="MQTT 5: seconds the broker keeps our session and commands while offline (default: %(default)s)")
+                   help="MQTT 5: seconds the broker keeps our session and commands while offline "
+                   "(default: %(default)s)")
     p.add_argument("--pins", choices=BACKENDS, default="auto",
                    help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
     p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
                    help="with simulated pins: append one JSON line per level change to this file")
+    p.add_argument("--state", type=Path,
+                   help="directory for the ids of commands carried out, so a repeat is never carried out twice "
+                   "(default: $STATE_DIRECTORY under systemd, else ~/.local/state/edison-node/DEVICE)")
     p.add_argument("--forget", action="store_true",
                    help="remove the device's entities from Home Assistant (empty retained discovery configs) and exit")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -45,14 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _terminal_printer(names: dict[int, str], out: TextIO):
+def _terminal_printer(names: dict[int, str], out: TextIO) -> Callable[[Change], None]:
     """Show simulated outputs as they change: the laptop stand-in for a real LED."""
 
     def show(change: Change) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(change.t)) + f".{int(change.t % 1 * 1000):03d}"
-        lamp = "●" if change.value else "○"
-        print(f"{stamp}  {names.get(change.pin, '?')} (pin {change.pin})  {lamp} {'high' if change.value else 'low'}",
-              file=out, flush=True)
+        lamp = "● high" if change.value else "○ low "
+        cause = f"  (command {change.id})" if change.id else ""
+        print(f"{stamp}  {names.get(change.pin, '?')} (pin {change.pin})  {lamp}{cause}", file=out, flush=True)
 
     return show
 
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config} has several devices: choose one with --device")
         device_id = args.device or next(iter(config.devices))
         device = config.device(device_id)
+        topics = config.topics(device_id)
         settings = LinkSettings(
             BrokerAddress.parse(args.broker),
             Credentials.from_env(),
@@ -78,27 +86,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.forget:
             from node.service import forget
 
-            return 0 if forget(device_id, device, config.prefix, config.discovery_prefix, settings) else 1
+            return 0 if forget(topics, device, MqttLink(settings, f"{device_id}-forget", persistent=False)) else 1
         if args.trace and args.pins != "sim":
             raise PinError("--trace records simulated pins: use it with --pins sim")
         names = {out.pin: out.name or name for name, out in device.outputs.items()}
         listeners = [] if args.trace else [_terminal_printer(names, sys.stdout)]
         pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
+        journal = Journal(args.state or default_directory(device_id))
         from node.service import Node  # after validation: keeps a bad start fast
 
-        node = Node(device_id, device, config.prefix, pins, settings, discovery_prefix=config.discovery_prefix)
-    except (ConfigError, LinkError, PinError) as exc:
+        node = Node(topics, device, pins, MqttLink(settings, device_id), journal)
+    except (ConfigError, LinkError, PinError, JournalError) as exc:
         log.error("%s", exc)
         return 2
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, f: stop.set())
+    log.info("%d command id(s) remembered in %s", len(journal), journal.path)
     node.start()
     stop.wait()
     log.info("stopping: outputs to their safe state, publishing offline")
     node.stop()
     pins.close()
+    journal.close()
     return 0
 
 

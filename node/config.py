@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+from node.topics import DeviceTopics, Layout
 
 # Topic levels and Home Assistant object ids allow only these characters.
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -129,8 +132,16 @@ class Config(_Strict):
             if device is None:
                 raise ValueError(f"bridge.triggers.{i}.device: no device {trigger.device!r}")
             if trigger.output not in device.outputs:
-                raise ValueError(f"bridge.triggers.{i}.output: device {trigger.device!r} has no output {trigger.output!r}")
+                raise ValueError(
+                    f"bridge.triggers.{i}.output: device {trigger.device!r} has no output {trigger.output!r}")
         return self
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.prefix, self.discovery_prefix)
+
+    def topics(self, device_id: str) -> DeviceTopics:
+        return self.layout.device(device_id)
 
     def device(self, device_id: str) -> DeviceConfig:
         try:
@@ -153,7 +164,7 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     path = ".".join(str(part) for part in error["loc"])
     message = error["msg"]
     if error["type"] == "extra_forbidden":

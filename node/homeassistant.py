@@ -13,16 +13,12 @@ from typing import Any
 
 from node import __version__
 from node.config import DeviceConfig
-from node.mqtt import Message
+from node.link import Message
 from node.topics import DeviceTopics
 
 COMPONENTS = ("light", "switch")  # what an output may be; the button comes with either
 ORIGIN = {"name": "edison-mqtt", "sw_version": __version__}
 BLINK_EFFECT = "blink"  # the node's /set parser reads it as BLINK (plain text is case-insensitive)
-
-
-def config_topic(discovery_prefix: str, component: str, device_id: str, object_id: str) -> str:
-    return f"{discovery_prefix}/{component}/{device_id}/{object_id}/config"
 
 
 def device_block(device_id: str, device: DeviceConfig) -> dict[str, Any]:
@@ -49,17 +45,16 @@ def _common(topics: DeviceTopics, device: DeviceConfig, unique_id: str, name: st
     }
 
 
-def _message(discovery_prefix: str, component: str, topics: DeviceTopics, object_id: str,
-             payload: dict[str, Any]) -> Message:
-    topic = config_topic(discovery_prefix, component, topics.device, object_id)
-    return Message(topic, json.dumps(payload, separators=(",", ":"), ensure_ascii=False), retain=True)
+def _message(component: str, topics: DeviceTopics, object_id: str, payload: dict[str, Any]) -> Message:
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return Message(topics.discovery(component, object_id), text.encode(), retain=True)
 
 
 def _output_name(device: DeviceConfig, output: str) -> str:
     return device.outputs[output].name or output
 
 
-def light(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_prefix: str) -> Message:
+def light(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
     """A light in the default schema: ON/OFF, state from `/state`, and a `blink` effect.
 
     Home Assistant sends a turn-on with an effect as two publishes to the same
@@ -77,10 +72,10 @@ def light(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_pre
         "effect_command_topic": topics.set(output),
         "effect_list": [BLINK_EFFECT],
     }
-    return _message(discovery_prefix, "light", topics, output, payload)
+    return _message("light", topics, output, payload)
 
 
-def switch(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_prefix: str) -> Message:
+def switch(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
     """A switch: ON/OFF, state from `/state` (for a relay rather than a lamp)."""
     payload = {
         **_common(topics, device, f"{topics.device}_{output}", _output_name(device, output)),
@@ -89,10 +84,10 @@ def switch(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_pr
         "payload_on": "ON",
         "payload_off": "OFF",
     }
-    return _message(discovery_prefix, "switch", topics, output, payload)
+    return _message("switch", topics, output, payload)
 
 
-def button(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_prefix: str) -> Message:
+def button(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
     """A button that blinks the output with its default pattern from topics.yaml."""
     # "Blink" is enough on a one-output device; with several, say which output.
     name = "Blink" if len(device.outputs) == 1 else f"Blink {_output_name(device, output)}"
@@ -101,34 +96,34 @@ def button(topics: DeviceTopics, device: DeviceConfig, output: str, discovery_pr
         "command_topic": topics.set(output),
         "payload_press": "BLINK",
     }
-    return _message(discovery_prefix, "button", topics, f"{output}_blink", payload)
+    return _message("button", topics, f"{output}_blink", payload)
 
 
 _BUILDERS = {"light": light, "switch": switch}
 
 
-def announce(topics: DeviceTopics, device: DeviceConfig, discovery_prefix: str) -> list[Message]:
+def announce(topics: DeviceTopics, device: DeviceConfig) -> list[Message]:
     """Every entity of the device, plus an empty config where an output is *not* configured.
 
     The empty config removes the entity of the other component, so changing
     `component:` in topics.yaml does not leave a stale light or switch behind.
     """
-    messages = []
+    messages: list[Message] = []
     for output, cfg in device.outputs.items():
-        messages.append(_BUILDERS[cfg.component](topics, device, output, discovery_prefix))
-        messages.extend(_removal(discovery_prefix, c, topics.device, output) for c in COMPONENTS if c != cfg.component)
-        messages.append(button(topics, device, output, discovery_prefix))
+        messages.append(_BUILDERS[cfg.component](topics, device, output))
+        messages.extend(_removal(topics, c, output) for c in COMPONENTS if c != cfg.component)
+        messages.append(button(topics, device, output))
     return messages
 
 
-def forget(topics: DeviceTopics, device: DeviceConfig, discovery_prefix: str) -> list[Message]:
+def forget(topics: DeviceTopics, device: DeviceConfig) -> list[Message]:
     """Empty retained configs for every entity the device may have announced: Home Assistant removes them."""
-    messages = []
+    messages: list[Message] = []
     for output in device.outputs:
-        messages.extend(_removal(discovery_prefix, c, topics.device, output) for c in COMPONENTS)
-        messages.append(_removal(discovery_prefix, "button", topics.device, f"{output}_blink"))
+        messages.extend(_removal(topics, c, output) for c in COMPONENTS)
+        messages.append(_removal(topics, "button", f"{output}_blink"))
     return messages
 
 
-def _removal(discovery_prefix: str, component: str, device_id: str, object_id: str) -> Message:
-    return Message(config_topic(discovery_prefix, component, device_id, object_id), "", retain=True)
+def _removal(topics: DeviceTopics, component: str, object_id: str) -> Message:
+    return Message(topics.discovery(component, object_id), b"", retain=True)

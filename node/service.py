@@ -2,7 +2,10 @@
 
 Every `/set` message ends in exactly one result on `<device>/result` (and on
 the MQTT 5 response topic when the request names one), whether it was carried
-out or refused, so a sender always learns what became of its command.
+out, repeated or refused: `_on_set` publishes what `_answer` returns, and
+`_answer` turns every failure into an error result instead of raising. A
+command with an id takes effect at most once (see node.journal). The node
+depends on node.link's Link, so its decisions can be tested in memory.
 """
 
 from __future__ import annotations
@@ -13,25 +16,22 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from node import commands, homeassistant
 from node.commands import Command, CommandError
 from node.config import BlinkPattern, DeviceConfig
-from node.mqtt import Link, LinkSettings, Message
+from node.journal import Entry, Journal, JournalError
+from node.link import Incoming, Link, Message, Session
 from node.outputs import Output, state_name
-from node.pins import PinFactory
+from node.pins import PinError, PinFactory
 from node.topics import DeviceTopics
 
 log = logging.getLogger(__name__)
 
 # Seconds to wait before answering Home Assistant's `online`, drawn at random so a fleet does not answer at once.
 ANNOUNCE_DELAY = (0.2, 2.0)
+INTERRUPTED = "interrupted by a restart of the node: not repeated, state may be partial"
 
 
 class Refused(Exception):
@@ -48,172 +48,227 @@ def _correlation_text(data: bytes) -> str:
     return data.hex()
 
 
+def _describe(command: Command, result: dict[str, Any]) -> str:
+    if command.blink is None:
+        return str(result["state"])
+    p = command.blink
+    return f"blink {p.count} x ({p.on_time:g} s on, {p.off_time:g} s off), then {result['state']}"
+
+
 class Node:
-    def __init__(self, device_id: str, device: DeviceConfig, prefix: str, pins: PinFactory, link: LinkSettings,
-                 discovery_prefix: str = "homeassistant") -> None:
-        self.device_id = device_id
+    def __init__(self, topics: DeviceTopics, device: DeviceConfig, pins: PinFactory, link: Link, journal: Journal,
+                 announce_delay: tuple[float, float] = ANNOUNCE_DELAY) -> None:
+        self.topics = topics
         self.device = device
-        self.topics = DeviceTopics(prefix, device_id)
-        self.discovery_prefix = discovery_prefix
-        self.ha_status_topic = f"{discovery_prefix}/status"
+        self.link = link
+        self.journal = journal
+        self._announce_delay = announce_delay
         self._announce_timer: threading.Timer | None = None
-        self._announce_lock = threading.Lock()
+        self._announcing = 0  # announcements publishing right now
+        self._announce_changed = threading.Condition()
         self._stopping = False
         self.outputs = {
             name: Output(name, pins.pin(cfg.pin), cfg, on_level=self._publish_level)
             for name, cfg in device.outputs.items()
         }
-        self.link = Link(
-            link,
-            client_id=device_id,
-            subscriptions=[self.topics.set_filter, self.ha_status_topic],
-            on_message=self._on_message,
-            on_connect=self._on_connect,
-            birth=Message(self.topics.status, "online", retain=True),
-            will=Message(self.topics.status, "offline", retain=True),
-        )
 
     def start(self) -> None:
-        self.link.start()
+        status = self.topics.status
+        self.link.start(Session(
+            subscriptions=self.topics.subscriptions,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            birth=Message(status, b"online", retain=True),
+            will=Message(status, b"offline", retain=True),
+        ))
 
     def stop(self) -> None:
         """Safe state, `offline`, clean disconnect; bounded so the process exits within 2 s."""
         self._stop_announcing()
         for output in self.outputs.values():
-            output.safe()
-        flushed = self.link.stop([Message(self.topics.status, "offline", retain=True)], timeout=1.0)
-        if not flushed:
+            try:
+                output.safe()
+            except PinError as exc:
+                log.error("%s could not go to its safe state: %s", output.name, exc)
+        if not self.link.stop([Message(self.topics.status, b"offline", retain=True)], timeout=1.0):
             log.warning("broker did not acknowledge every final message before disconnect")
 
-    # -- callbacks (paho's network thread) ------------------------------
+    # -- callbacks (the link's network thread) ----------------------------
 
     def _on_connect(self, session_present: bool) -> None:
-        self._publish_discovery()
+        self._announce_all()
+
+    def _announce_all(self) -> None:
+        """Discovery and the state of every output: what a broker without persistence has forgotten."""
+        for message in homeassistant.announce(self.topics, self.device):
+            self.link.publish(message)
         for output in self.outputs.values():
-            self.link.publish(self.topics.state(output.name), output.level, retain=True)
+            output.report()
 
     def _publish_level(self, output: Output, on: bool) -> None:
-        self.link.publish(self.topics.state(output.name), state_name(on), retain=True)
+        self.link.publish(Message(self.topics.state(output.name), state_name(on).encode(), retain=True))
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
-        if msg.topic == self.ha_status_topic:
-            self._on_ha_status(msg.payload)
+    def _on_message(self, message: Incoming) -> None:
+        if message.topic == self.topics.ha_status:
+            self._on_ha_status(message.payload)
             return
-        name = self.topics.output_of_set(msg.topic)
+        name = self.topics.output_of_set(message.topic)
         if name is None:
-            log.warning("message on unexpected topic %s ignored", msg.topic)
+            log.warning("message on unexpected topic %s ignored", message.topic)
             return
-        props = getattr(msg, "properties", None)
-        reply_to = getattr(props, "ResponseTopic", None)
-        correlation = getattr(props, "CorrelationData", None)
-        fallback_id = _correlation_text(correlation) if correlation else uuid.uuid4().hex[:12]
-        output = self.outputs.get(name)
-        command_id = fallback_id
+        self._on_set(message, name)
+
+    # -- commands ---------------------------------------------------------
+
+    def _on_set(self, message: Incoming, name: str) -> None:
+        """The one way from a `/set` message to its result: `_answer` never raises, so there is always one."""
+        payload = json.dumps(self._answer(message, name), separators=(",", ":")).encode()
+        self.link.publish(Message(self.topics.result, payload))
+        if message.response_topic:
+            self.link.publish(Message(message.response_topic, payload, correlation_data=message.correlation_data))
+
+    def _answer(self, message: Incoming, name: str) -> dict[str, Any]:
+        """The result for `message`: carried out, a repeat, or an error; every failure becomes an error result."""
+        correlation = message.correlation_data
+        head: dict[str, Any] = {"id": _correlation_text(correlation) if correlation else uuid.uuid4().hex[:12],
+                                "output": name}
+        started: str | None = None  # the journal's id once the command is recorded as started
         try:
-            command = commands.parse(msg.payload, output.config.blink if output else BlinkPattern())
-            command_id = command.id or fallback_id
-            self._check(command, output, name, msg)
-            result = self._apply(command, output)
+            output = self.outputs.get(name)
+            command = commands.parse(message.payload, output.config.blink if output else BlinkPattern())
+            head["id"] = command.id or head["id"]
+            output = self._admit(message, output, name)
+            if command.id is not None:
+                known = self.journal.get(command.id)
+                if known is not None:
+                    return self._repeat(message, head, known)
+            self._check_age(command, output)
+            if command.id is not None:
+                self.journal.start(command.id)  # on disk before the effect: never carried out twice
+                started = command.id
+            result = {**head, **self._apply(command, output, head["id"])}
+            self._log_done(message, command, result)
         except (CommandError, Refused) as exc:
             if isinstance(exc, CommandError) and exc.command_id:
-                command_id = exc.command_id
-            log.warning("%s: command %s refused: %s", msg.topic, command_id, exc)
-            result = {"ok": False, "error": str(exc)}
-        else:
-            log.info("%s: command %s done: %s%s", msg.topic, command_id, result["state"],
-                     f" (from {json.dumps(command.source)})" if command.source else "")
-        self._reply({"id": command_id, "output": name, **result}, reply_to, correlation)
+                head["id"] = exc.command_id
+            log.warning("%s: command %s refused: %s", message.topic, head["id"], exc)
+            result = {**head, "ok": False, "error": str(exc)}
+        except (PinError, JournalError) as exc:
+            log.error("%s: command %s failed: %s", message.topic, head["id"], exc)
+            result = {**head, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug: still one answer, and the log has the traceback
+            log.exception("%s: command %s failed", message.topic, head["id"])
+            result = {**head, "ok": False, "error": f"internal error ({type(exc).__name__}): see the node's log"}
+        if started is not None:
+            self.journal.finish(started, result)
+        return result
 
-    def _check(self, command: Command, output: Output | None, name: str, msg: paho.MQTTMessage) -> None:
-        if msg.retain:
+    def _admit(self, message: Incoming, output: Output | None, name: str) -> Output:
+        """The output a well-formed command may act on, or Refused."""
+        if message.retain:
             raise Refused("retained /set messages are never acted on (publish commands without the retain flag)")
         if output is None:
-            raise Refused(f"unknown output {name!r} (device {self.device_id} has {', '.join(self.outputs)})")
+            raise Refused(f"unknown output {name!r} (device {self.topics.device} has {', '.join(self.outputs)})")
+        return output
+
+    def _repeat(self, message: Incoming, head: dict[str, Any], known: Entry) -> dict[str, Any]:
+        """A command id seen before: its result again, never its effect."""
+        if known.result is None:
+            log.warning("%s: command %s was %s", message.topic, head["id"], INTERRUPTED)
+            result = {**head, "ok": False, "error": INTERRUPTED}
+            self.journal.finish(head["id"], result)
+        else:
+            log.info("%s: command %s is a repeat: answered with its result, not carried out again", message.topic,
+                     head["id"])
+            result = json.loads(known.result)
+        return {**result, "repeat": True}
+
+    def _check_age(self, command: Command, output: Output) -> None:
         now = time.time()
         if command.expires is not None and command.expires < now:
             raise Refused(f"expired {now - command.expires:.1f} s ago (expires {command.expires})")
         waited = self.link.backlog_age()
         max_age = output.config.max_age
         if waited is not None and max_age is not None and waited > max_age:
-            raise Refused(
-                f"queued while the node was offline for {waited:.0f} s, longer than max_age {max_age:g} s"
-            )
+            raise Refused(f"queued while the node was offline for {waited:.0f} s, longer than max_age {max_age:g} s")
 
-    def _apply(self, command: Command, output: Output) -> dict[str, Any]:
+    def _apply(self, command: Command, output: Output, cause: str) -> dict[str, Any]:
         if command.state:
-            output.set(command.state)
+            output.set(command.state, cause)
         if command.blink:
-            output.blink(command.blink)
+            output.blink(command.blink, cause)
             return {"ok": True, "state": output.state, "effect": "blink"}
         return {"ok": True, "state": output.state}
 
-    def _reply(self, result: dict[str, Any], reply_to: str | None, correlation: bytes | None) -> None:
-        payload = json.dumps(result, separators=(",", ":"))
-        self.link.publish(self.topics.result, payload)
-        if reply_to:
-            props = Properties(PacketTypes.PUBLISH)
-            if correlation:
-                props.CorrelationData = correlation
-            self.link.publish(reply_to, payload, properties=props)
+    def _log_done(self, message: Incoming, command: Command, result: dict[str, Any]) -> None:
+        source = f" (from {json.dumps(command.source)})" if command.source else ""
+        if message.dup and command.id is None:
+            log.warning("%s: command %s done: %s%s; it came again (DUP) without an id, so it may have been carried "
+                        "out before: give commands an id to make resending safe", message.topic, result["id"],
+                        _describe(command, result), source)
+        else:
+            log.info("%s: command %s done: %s%s", message.topic, result["id"], _describe(command, result), source)
 
-    # -- Home Assistant -------------------------------------------------
-
-    def _publish_discovery(self) -> None:
-        for message in homeassistant.announce(self.topics, self.device, self.discovery_prefix):
-            self.link.publish(message.topic, message.payload, retain=message.retain)
+    # -- Home Assistant -----------------------------------------------------
 
     def _on_ha_status(self, payload: bytes) -> None:
-        """Home Assistant restarted (`online`): announce again, after a random delay, off paho's thread."""
+        """Home Assistant restarted (`online`): announce again, after a random delay, off the network thread."""
         status = payload.decode("utf-8", "replace").strip()
         if status != "online":
-            log.info("Home Assistant status %r on %s: nothing to do", status[:40], self.ha_status_topic)
+            log.info("Home Assistant status %r on %s: nothing to do", status[:40], self.topics.ha_status)
             return
-        delay = random.uniform(*ANNOUNCE_DELAY)
+        delay = random.uniform(*self._announce_delay)
         log.info("Home Assistant is online: announcing discovery, availability and state in %.1f s", delay)
         timer = threading.Timer(delay, self._announce)
         timer.daemon = True
-        with self._announce_lock:
+        with self._announce_changed:
+            if self._stopping:
+                return
             if self._announce_timer is not None:
                 self._announce_timer.cancel()  # one answer to a burst of `online`
             self._announce_timer = timer
         timer.start()
 
     def _announce(self) -> None:
-        # What a reconnect sends: `online`, then discovery and every output's state.
-        # Under the lock, so a stop never publishes `offline` before a late `online`.
-        with self._announce_lock:
+        """What a reconnect sends: `online`, then discovery and every output's state; never after stop()."""
+        with self._announce_changed:
             if self._stopping:
                 return
-            self.link.publish(self.topics.status, "online", retain=True)
-            self._on_connect(session_present=True)
+            self._announcing += 1
+        try:
+            self.link.publish(Message(self.topics.status, b"online", retain=True))
+            self._announce_all()
+        finally:
+            with self._announce_changed:
+                self._announcing -= 1
+                self._announce_changed.notify_all()
 
     def _stop_announcing(self) -> None:
-        with self._announce_lock:
+        """After this no `online` can follow, so the `offline` of stop() is the last word."""
+        with self._announce_changed:
             self._stopping = True
             if self._announce_timer is not None:
                 self._announce_timer.cancel()
-                self._announce_timer = None
+            self._announce_changed.wait_for(lambda: not self._announcing, timeout=1.0)
 
 
-def forget(device_id: str, device: DeviceConfig, prefix: str, discovery_prefix: str, link: LinkSettings,
-           timeout: float = 10.0) -> bool:
+def forget(topics: DeviceTopics, device: DeviceConfig, link: Link, timeout: float = 10.0) -> bool:
     """Remove the device's entities from Home Assistant: publish empty retained configs, then disconnect.
 
-    Uses its own client id and no session, so a running node keeps its
+    `link` must be a client of its own with a session that ends with it (MqttLink
+    with persistent=False and another client id), so a running node keeps its
     connection and the commands the broker holds for it.
     """
-    messages = homeassistant.forget(DeviceTopics(prefix, device_id), device, discovery_prefix)
+    messages = homeassistant.forget(topics, device)
     connected = threading.Event()
-    client = Link(replace(link, session_expiry=0), client_id=f"{device_id}-forget", subscriptions=[],
-                  on_message=lambda msg: None, on_connect=lambda session_present: connected.set())
-    client.start()
+    link.start(Session(on_connect=lambda session_present: connected.set()))
     if not connected.wait(timeout):
-        log.error("could not connect to %s within %.0f s: nothing removed", link.address, timeout)
-        client.stop(timeout=0)
+        log.error("could not connect to the broker within %.0f s: nothing removed", timeout)
+        link.stop(timeout=0)
         return False
-    done = client.stop(messages, timeout=timeout)
+    done = link.stop(messages, timeout=timeout)
     if done:
-        log.info("removed %d Home Assistant config(s) of %s", len(messages), device_id)
+        log.info("removed %d Home Assistant config(s) of %s", len(messages), topics.device)
     else:
-        log.error("the broker did not acknowledge every removal of %s", device_id)
+        log.error("the broker did not acknowledge every removal of %s", topics.device)
     return done

@@ -1,4 +1,5 @@
-"""The topic layout of one device, in one place (see the topic table in the README)."""
+"""The topic layout, in one place: every topic and wildcard the node, the broker's rules, Home Assistant and
+the bridge use is made here (see the topic table in the README)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,55 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Layout:
+    """The topics of every device under one prefix: what controllers and bridges subscribe and publish to."""
+
+    prefix: str = "edison"
+    discovery_prefix: str = "homeassistant"
+
+    def device(self, device_id: str) -> DeviceTopics:
+        return DeviceTopics(self.prefix, device_id, self.discovery_prefix)
+
+    @property
+    def everything(self) -> str:
+        return f"{self.prefix}/#"
+
+    @property
+    def every_set(self) -> str:
+        return f"{self.prefix}/+/+/set"
+
+    @property
+    def every_result(self) -> str:
+        return f"{self.prefix}/+/result"
+
+    @property
+    def ha_status(self) -> str:
+        """Home Assistant's birth and will: `online` when it (re)starts."""
+        return f"{self.discovery_prefix}/status"
+
+    @property
+    def ha_everything(self) -> str:
+        return f"{self.discovery_prefix}/#"
+
+
+@dataclass(frozen=True)
 class DeviceTopics:
     prefix: str
     device: str
+    discovery_prefix: str = "homeassistant"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.prefix, self.discovery_prefix)
 
     @property
     def base(self) -> str:
         return f"{self.prefix}/{self.device}"
+
+    @property
+    def everything(self) -> str:
+        """All the device may publish under its prefix: status, state, results, MQTT 5 replies."""
+        return f"{self.base}/#"
 
     @property
     def status(self) -> str:
@@ -27,6 +70,15 @@ class DeviceTopics:
         """One subscription for every output's commands, known outputs or not."""
         return f"{self.base}/+/set"
 
+    @property
+    def ha_status(self) -> str:
+        return self.layout.ha_status
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What the node subscribes to, and so what the broker must let it subscribe to."""
+        return self.set_filter, self.ha_status
+
     def set(self, output: str) -> str:
         return f"{self.base}/{output}/set"
 
@@ -40,3 +92,12 @@ class DeviceTopics:
             return None
         output, sep, tail = rest.partition("/")
         return output if sep and tail == "set" and output else None
+
+    def discovery(self, component: str, object_id: str) -> str:
+        """A Home Assistant discovery config topic of this device."""
+        return f"{self.discovery_prefix}/{component}/{self.device}/{object_id}/config"
+
+    @property
+    def discovery_filter(self) -> str:
+        """Every discovery config of this device, of any component."""
+        return f"{self.discovery_prefix}/+/{self.device}/#"

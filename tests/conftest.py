@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd
+from tests.helpers import TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
 # Fixtures of the secured broker (users, access rules, the Mosquitto export).
 pytest_plugins = ["tests.broker_setup"]
@@ -26,6 +27,19 @@ def _mosquitto_binary() -> str:
     if IN_CI:
         pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogLines]:
+    """What the node's modules log, from every thread (blinks, the announcer)."""
+    handler = LogLines()
+    logger = logging.getLogger("node")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -134,7 +148,8 @@ class NodeRunner:
     def start(self, *extra: str, env: dict[str, str] | None = None, wait_online: Probe | None = None,
               device: str = DEVICE) -> Proc:
         argv = python_cmd("node", "--config", str(self.config), "--device", device, "--broker", self.broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), "--log-level", "DEBUG", *extra)
+                          "--pins", "sim", "--trace", str(self.trace),
+                          "--state", str(self.tmp_path / f"state-{device}"), "--log-level", "DEBUG", *extra)
         env = {"MQTT_USERNAME": device, **(env or {})}
         proc = Proc(argv, self.tmp_path / f"node-{len(self.procs)}.log", env=env)
         self.procs.append(proc)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
 from tests.conftest import NodeRunner
-from tests.helpers import TIMEOUT, Broker, Proc, free_port
+from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
 
 DEVICE = "edison-t"
 SET = f"edison/{DEVICE}/led/set"
@@ -113,6 +112,13 @@ class BrokerUnderTest:
             self.terminate()
 
 
+def close_socket(c: paho.Client) -> None:
+    """Drop the connection without a DISCONNECT, as a process that dies would."""
+    sock = c.socket()
+    if sock is not None:
+        sock.close()
+
+
 class Client:
     """A paho client logged in as one of the test users, reconnecting by itself, that counts its acknowledgements."""
 
@@ -120,7 +126,7 @@ class Client:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
                                   clean_session=clean)
         self.client.username_pw_set(user, USERS[user])
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self.client.max_inflight_messages_set(100)
         self.connected = threading.Event()
         self._lock = threading.Condition()
@@ -165,7 +171,7 @@ class Client:
             self.client.disconnect()
         self.client.loop_stop()
         if not clean:
-            self.client.socket() and self.client.socket().close()
+            close_socket(self.client)
 
 
 class Bystander:
@@ -179,7 +185,7 @@ class Bystander:
         self._last: bytes | None = None
         self._client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
         self._client.username_pw_set("watcher", USERS["watcher"])
-        self._client.reconnect_delay_set(0.1, 0.5)
+        self._client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(BYSTANDER_TOPIC, qos=1)
         self._client.on_message = self._on_message
         self._client.connect_async("127.0.0.1", broker.port, keepalive=10)
@@ -201,8 +207,11 @@ class Bystander:
             payload = f"rtt-{n}".encode()
             start = time.perf_counter()
             self._client.publish(BYSTANDER_TOPIC, payload, qos=1)
+            def echoed(expected: bytes = payload) -> bool:
+                return self._last == expected
+
             with self._got:
-                if self._got.wait_for(lambda p=payload: self._last == p, 5.0):
+                if self._got.wait_for(echoed, 5.0):
                     self.samples.append(time.perf_counter() - start)
                 else:
                     self.missed += 1
@@ -250,9 +259,6 @@ class Tally:
                 f"carried out {len(self.carried)}, lost {self.lost}, doubled {self.doubled}")
 
 
-DONE = re.compile(r": command (\S+) done")
-
-
 class Device:
     """The real edison-node as device edison-t; what it carried out, by command id, over all its runs."""
 
@@ -264,7 +270,7 @@ class Device:
         self._onlines = 0
         self._watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher-status", protocol=paho.MQTTv311)
         self._watcher.username_pw_set("watcher", USERS["watcher"])
-        self._watcher.reconnect_delay_set(0.1, 0.5)
+        self._watcher.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self._watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(f"edison/{DEVICE}/status", qos=1)
         self._watcher.on_message = self._on_status
         self._watcher.connect_async("127.0.0.1", broker.port, keepalive=10)
@@ -293,13 +299,11 @@ class Device:
         proc.stop()
 
     def carried(self) -> Counter[str]:
-        found: Counter[str] = Counter()
-        for proc in self.runner.procs:
-            found.update(m.group(1) for m in DONE.finditer(proc.output))
-        return found
+        """Command id -> level changes it caused, from the pin trace (a TOGGLE causes exactly one)."""
+        return Counter(c["id"] for c in read_trace(self.runner.trace) if c.get("id"))
 
     def wait_carried(self, ids: set[str], timeout: float = SETTLE) -> Counter[str]:
-        """What was carried out once `ids` all were, or after `timeout` (each command logs a line: wait on those)."""
+        """What was carried out once `ids` all were, or after `timeout` (each command logs a line: wake on those)."""
         found = self.carried()
         if ids <= set(found) or not self.runner.procs:
             return found
@@ -464,7 +468,7 @@ def login_flood(broker: BrokerUnderTest, device: Device, count: int, attackers: 
             except OSError:
                 attempts["refused at TCP"] += 1
             finally:
-                c.socket() and c.socket().close()
+                close_socket(c)
 
     threads = [threading.Thread(target=attacker, args=(n,), daemon=True) for n in range(attackers)]
     with bystander(broker, tally):
@@ -624,7 +628,7 @@ def squatting(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
                 pass
             finally:
                 c.disconnect()
-                c.socket() and c.socket().close()
+                close_socket(c)
 
     squatter = threading.Thread(target=squat, daemon=True)
     with bystander(broker, tally):

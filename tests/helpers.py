@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -53,6 +55,7 @@ class Proc:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.popen.stdout is not None
         with open(self.log_path, "ab") as log:
             for raw in self.popen.stdout:
                 log.write(raw)
@@ -146,7 +149,8 @@ class Probe:
 
     def __init__(self, broker: Broker, client_id: str = "", username: str | None = "probe",
                  password: str | None = None, mqtt5: bool | None = None, clean_session: bool | None = None,
-                 port: int | None = None, tls_ca: Path | None = None, transport: str = "tcp") -> None:
+                 port: int | None = None, tls_ca: Path | None = None,
+                 transport: Literal["tcp", "websockets"] = "tcp") -> None:
         self.mqtt5 = broker.mqtt5 if mqtt5 is None else mqtt5
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport,
@@ -162,9 +166,10 @@ class Probe:
         self._floor = 0  # messages before this index were handed out by barrier()
         self._subscribed: queue.Queue[list] = queue.Queue()
         self._connected: queue.Queue = queue.Queue()
+        self.session_present: bool | None = None
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda c, u, mid, codes, p: self._subscribed.put(codes)
-        self.client.on_connect = lambda c, u, f, rc, p: self._connected.put(rc)
+        self.client.on_connect = self._on_connect
         self.client.connect(broker.host, port or broker.port)
         self.client.loop_start()
         rc = self._connected.get(timeout=TIMEOUT)
@@ -193,6 +198,10 @@ class Probe:
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(TIMEOUT)
 
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.session_present = flags.session_present
+        self._connected.put(reason_code)
+
     def _on_message(self, client, userdata, m) -> None:
         with self._arrived:
             self.seen.append(Received(m.topic, m.payload, bool(m.retain), getattr(m, "properties", None)))
@@ -206,7 +215,8 @@ class Probe:
             while True:
                 for i in range(start, len(self.seen)):
                     msg = self.seen[i]
-                    if msg.topic == topic and (payload is None or msg.text == payload) and (where is None or where(msg)):
+                    matches = payload is None or msg.text == payload
+                    if msg.topic == topic and matches and (where is None or where(msg)):
                         self._cursor[topic] = i
                         return msg
                 start = len(self.seen)
@@ -236,3 +246,33 @@ def read_trace(path: Path) -> list[dict]:
 
 def python_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class LogLines(logging.Handler):
+    """Log records as they arrive, from any thread, so a test can wait for one instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._arrived = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._arrived:
+            self.lines.append(f"{record.levelname} {record.getMessage()}")
+            self._arrived.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._arrived:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
+        rx = re.compile(pattern)
+
+        def found() -> str | None:
+            return next((line for line in self.lines if rx.search(line)), None)
+
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: found() is not None, timeout):
+                raise AssertionError(f"no log line matching {pattern!r}; log:\n" + "\n".join(self.lines))
+            return found() or ""

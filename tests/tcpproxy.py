@@ -1,11 +1,15 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to make a broker unreachable for one client."""
+"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to make a broker unreachable for one client.
+
+It counts the bytes it has handed to the client, so a test can wait until
+something the broker sent is in the client's socket before cutting.
+"""
 
 from __future__ import annotations
 
 import socket
 import threading
 
-from tests.helpers import free_port
+from tests.helpers import TIMEOUT, free_port
 
 
 class TcpProxy:
@@ -15,6 +19,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._to_client = 0
+        self._forwarded = threading.Condition()
 
     def up(self) -> None:
         listener = socket.socket()
@@ -48,14 +54,28 @@ class TcpProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, count in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, count), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    @property
+    def to_client(self) -> int:
+        """Bytes handed to clients so far."""
+        with self._forwarded:
+            return self._to_client
+
+    def wait_to_client(self, total: int, timeout: float = TIMEOUT) -> None:
+        with self._forwarded:
+            if not self._forwarded.wait_for(lambda: self._to_client >= total, timeout):
+                raise AssertionError(f"only {self._to_client} of {total} bytes reached the client in {timeout} s")
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                if count:
+                    with self._forwarded:
+                        self._to_client += len(data)
+                        self._forwarded.notify_all()
         except OSError:
             pass
         for s in (src, dst):

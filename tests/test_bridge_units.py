@@ -28,7 +28,8 @@ def verdict(**kwargs) -> matching.Verdict:
 
 @pytest.mark.parametrize("text", ["L Chika", "l chika", "  L CHIKA \n", "\tL Chika\t"])
 def test_trigger_matches_whole_text_whatever_the_case_and_surrounding_space(text):
-    assert verdict(text=text).trigger.phrase == "L Chika"
+    trigger = verdict(text=text).trigger
+    assert trigger is not None and trigger.phrase == "L Chika"
 
 
 @pytest.mark.parametrize("text,reason", [
@@ -39,7 +40,8 @@ def test_phrase_must_be_the_whole_text(text, reason):
 
 
 def test_html_entities_and_nfd_text_are_normalised_for_matching():
-    assert verdict(text="Fish &amp; Chips &lt;3").trigger.command == "ON"
+    trigger = verdict(text="Fish &amp; Chips &lt;3").trigger
+    assert trigger is not None and trigger.command == "ON"
     nfd = BridgeConfig(allow=["k_yone"], triggers=[{"phrase": "Café", "device": "d", "output": "o", "command": "ON"}])
     message = matching.parse_post(post("6", "Cafe\u0301", "1001", "k_yone"))
     assert matching.judge(message, nfd, ALLOWED).trigger is not None

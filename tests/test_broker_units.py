@@ -152,8 +152,9 @@ class Wire:
         self.closed = reason
 
     def publishes(self) -> list[wire.Publish]:
-        return [p for p in (wire.parse(d[0] >> 4, d[0] & 15, d[2:] if d[1] < 128 else d[3:]) for d in self.sent
-                            if d[0] >> 4 == wire.PUBLISH)]
+        packets = [wire.parse(d[0] >> 4, d[0] & 15, d[2:] if d[1] < 128 else d[3:]) for d in self.sent
+                   if d[0] >> 4 == wire.PUBLISH]
+        return [p for p in packets if isinstance(p, wire.Publish)]
 
 
 def login(core: Core, client_id: str, clean: bool = False, will: wire.Will | None = None) -> tuple:

@@ -110,7 +110,7 @@ def test_mqtt5_client_gets_unsupported_protocol_quietly(embedded):
     deadline = time.monotonic() + TIMEOUT
     while not codes and time.monotonic() < deadline:
         c.loop(0.2)
-    c.socket() and c.socket().close()
+    faults.close_socket(c)
     assert codes and codes[0].value == 132, codes  # Unsupported Protocol Version
     embedded.broker.proc.wait_for_line(r"refused client .*: MQTT 5 is not supported \(MQTT 3\.1\.1 only\)")
     assert "Traceback" not in embedded.log()

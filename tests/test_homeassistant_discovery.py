@@ -69,8 +69,8 @@ def configs(config: Config | None = None) -> list[tuple[str, str, str, DeviceTop
     config = config or parse(FLEET)
     found = []
     for device_id, device in config.devices.items():
-        topics = DeviceTopics(config.prefix, device_id)
-        for message in homeassistant.announce(topics, device, config.discovery_prefix):
+        topics = config.topics(device_id)
+        for message in homeassistant.announce(topics, device):
             assert message.retain, message.topic
             match = CONFIG_TOPIC.match(message.topic)
             assert match, f"not a discovery config topic: {message.topic}"
@@ -173,11 +173,11 @@ def test_unique_ids_and_topics_are_unique_across_a_fleet():
 def test_component_is_chosen_per_output_and_the_other_one_is_removed():
     config = parse(FLEET)
     topics = DeviceTopics("edison", "edison-1")
-    by_topic = {m.topic: m.payload for m in homeassistant.announce(topics, config.devices["edison-1"], "homeassistant")}
+    by_topic = {m.topic: m.payload for m in homeassistant.announce(topics, config.devices["edison-1"])}
     assert by_topic["homeassistant/light/edison-1/led/config"]
-    assert by_topic["homeassistant/switch/edison-1/led/config"] == ""
+    assert by_topic["homeassistant/switch/edison-1/led/config"] == b""
     assert by_topic["homeassistant/switch/edison-1/relay/config"]
-    assert by_topic["homeassistant/light/edison-1/relay/config"] == ""
+    assert by_topic["homeassistant/light/edison-1/relay/config"] == b""
 
 
 def test_names_read_well_in_home_assistant():
@@ -185,14 +185,14 @@ def test_names_read_well_in_home_assistant():
     names = {c[2]: c[4]["name"] for c in configs(one)}
     assert names == {"led": "LED", "led_blink": "Blink"}
     # With several outputs the button says which one it blinks; an output without a name uses its key.
-    names = {(c[1], c[2]): c[4]["name"] for c in configs()}
-    assert names[("edison-1", "relay_blink")] == "Blink relay"
-    assert names[("edison-1", "led_blink")] == "Blink LED"
+    fleet = {(c[1], c[2]): c[4]["name"] for c in configs()}
+    assert fleet[("edison-1", "relay_blink")] == "Blink relay"
+    assert fleet[("edison-1", "led_blink")] == "Blink LED"
 
 
 def test_discovery_prefix_comes_from_topics_yaml():
     config = parse("discovery_prefix: ha/disc\ndevices:\n  d:\n    outputs:\n      led: {pin: 20}\n")
-    messages = homeassistant.announce(DeviceTopics(config.prefix, "d"), config.devices["d"], config.discovery_prefix)
+    messages = homeassistant.announce(config.topics("d"), config.devices["d"])
     assert {m.topic for m in messages} == {
         "ha/disc/light/d/led/config", "ha/disc/switch/d/led/config", "ha/disc/button/d/led_blink/config"}
 
@@ -200,8 +200,8 @@ def test_discovery_prefix_comes_from_topics_yaml():
 def test_forget_empties_every_config_announce_can_publish():
     config = parse(FLEET)
     for device_id, device in config.devices.items():
-        topics = DeviceTopics(config.prefix, device_id)
-        announced = {m.topic for m in homeassistant.announce(topics, device, "homeassistant")}
-        removals = homeassistant.forget(topics, device, "homeassistant")
+        topics = config.topics(device_id)
+        announced = {m.topic for m in homeassistant.announce(topics, device)}
+        removals = homeassistant.forget(topics, device)
         assert {m.topic for m in removals} == announced
-        assert all(m.payload == "" and m.retain for m in removals)
+        assert all(m.payload == b"" and m.retain for m in removals)

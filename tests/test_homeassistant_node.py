@@ -1,4 +1,5 @@
-"""The real node with a real broker, seen from Home Assistant's side of MQTT."""
+"""The real node with a real broker, seen from Home Assistant's side of MQTT: retained discovery, forgetting, and a
+broker that restarts without persistence (what the node does on Home Assistant's birth is in test_node_decisions)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import json
 import signal
 
 from tests.conftest import DEVICE, start_amqtt, start_mosquitto
-from tests.helpers import Probe, Proc, python_cmd, read_trace
-from tests.test_homeassistant_discovery import ha_turn_on
+from tests.helpers import Probe, Proc, python_cmd
 
 LIGHT = f"homeassistant/light/{DEVICE}/led/config"
 ENTITIES = [  # in the order the node announces them
@@ -44,58 +44,6 @@ def test_discovery_is_retained_and_follows_online(broker, probe_factory, nodes):
     assert found[LIGHT]["availability_topic"] == f"edison/{DEVICE}/status"
 
 
-def test_home_assistant_birth_brings_discovery_and_states_again(broker, probe_factory, nodes):
-    ha = probe_factory()
-    ha.subscribe("edison/#", "homeassistant/#")
-    node = nodes.start(wait_online=ha)
-    ha.wait_for(RELAY_STATE)  # the last thing a connect sends: all of it has arrived
-    ha.publish(f"edison/{DEVICE}/led/set", "ON")
-    ha.wait_for(LED_STATE, "ON")
-
-    ha.publish("homeassistant/status", "online")
-    node.wait_for_line(r"Home Assistant is online")
-    ha.wait_for(f"edison/{DEVICE}/status", "online")
-    for topic in ENTITIES:
-        assert ha.wait_for(topic).payload
-    assert ha.wait_for(LED_STATE).text == "ON"
-    assert ha.wait_for(RELAY_STATE).text == "OFF"
-
-
-def test_home_assistant_offline_changes_nothing(broker, probe_factory, nodes):
-    ha = probe_factory()
-    ha.subscribe("edison/#")
-    node = nodes.start(wait_online=ha)
-    ha.publish("homeassistant/status", "offline")
-    node.wait_for_line(r"Home Assistant status 'offline'.*nothing to do")
-    ha.publish(f"edison/{DEVICE}/led/set", "ON")
-    assert ha.wait_for(LED_STATE, "ON")
-
-
-def _pin20(nodes) -> list[int]:
-    return [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20]
-
-
-def test_light_effect_command_blink_blinks_the_pin(broker, probe, nodes):
-    nodes.start(wait_online=probe)
-    probe.wait_for(LED_STATE, "OFF")  # the state sent on connect
-    probe.publish(f"edison/{DEVICE}/led/set", "blink")  # what HA sends on effect_command_topic
-    for _ in range(3):  # topics.yaml: count 3
-        probe.wait_for(LED_STATE, "OFF", where=lambda m: not m.retain)
-    assert _pin20(nodes) == [1, 0, 1, 0, 1, 0]
-
-
-def test_turn_on_with_blink_from_home_assistant_blinks_then_stays_on(broker, probe, probe_factory, nodes):
-    nodes.start(wait_online=probe)
-    probe.wait_for(LED_STATE, "OFF")  # the state sent on connect
-    light = retained_configs(probe_factory)[LIGHT]
-    for topic, payload in ha_turn_on(light, "blink"):
-        probe.publish(topic, payload)
-    for _ in range(3):
-        probe.wait_for(LED_STATE, "OFF", where=lambda m: not m.retain)
-    probe.wait_for(LED_STATE, "ON")
-    assert _pin20(nodes) == [1, 0, 1, 0, 1, 0, 1]
-
-
 def test_forget_removes_the_entities(broker, probe_factory, nodes, tmp_path):
     ha = probe_factory()
     ha.subscribe(f"edison/{DEVICE}/status", "homeassistant/#")
@@ -115,6 +63,8 @@ def test_forget_removes_the_entities(broker, probe_factory, nodes, tmp_path):
 def test_a_restarted_broker_gets_discovery_and_state_again(broker, probe, nodes, tmp_path):
     """A broker without persistence forgets every retained message: the node's reconnect puts them back."""
     nodes.start(wait_online=probe)
+    probe.publish(f"edison/{DEVICE}/led/set", '{"state": "ON", "id": "1"}')
+    assert probe.result(DEVICE, "1")["ok"]
     probe.close()
     broker.proc.stop()  # killed: a crash, or a restart without persistence
     if broker.kind == "amqtt":
@@ -127,7 +77,8 @@ def test_a_restarted_broker_gets_discovery_and_state_again(broker, probe, nodes,
         ha.wait_for(f"edison/{DEVICE}/status", "online")
         for topic in ENTITIES:
             assert ha.wait_for(topic).payload
-        ha.wait_for(LED_STATE, "OFF")
+        ha.wait_for(LED_STATE, "ON")
+        ha.wait_for(RELAY_STATE, "OFF")
         ha.close()
     finally:
         nodes.stop_all()  # first: amqtt 0.12 can hang on SIGINT while a client is connected

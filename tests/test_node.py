@@ -1,42 +1,53 @@
-"""The node as a user meets it: a real node process, a real broker (amqtt and mosquitto), real clients."""
+"""The node as a user meets it: a real node process, real brokers (amqtt and mosquitto), real clients.
+
+These check the contract between processes: topics, retained state, the Last
+Will, sessions that survive restarts, MQTT 5 request/response, signals, and
+the faults that make a broker deliver a command again. What the node decides
+for each message is tested in memory (test_node_decisions.py, test_fuzz.py).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.conftest import DEVICE, IN_CI, start_amqtt, start_mosquitto
-from tests.helpers import TIMEOUT, Probe, python_cmd, read_trace
+from tests.broker_setup import USERS, Secured, login
+from tests.conftest import DEVICE, IN_CI, NodeRunner
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd, read_trace
+from tests.tcpproxy import TcpProxy
 
 SET = f"edison/{DEVICE}/led/set"
 STATE = f"edison/{DEVICE}/led/state"
 STATUS = f"edison/{DEVICE}/status"
 RESULT = f"edison/{DEVICE}/result"
+REPLY = f"edison/{DEVICE}/reply/laptop"  # a response topic the device may publish to under access rules
 
 
-def led_levels(nodes) -> list[int]:
+def led_levels(nodes: NodeRunner) -> list[int]:
     return [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20]
 
 
-def led_changes(nodes) -> list[dict]:
-    return [c for c in read_trace(nodes.trace) if c["pin"] == 20]
+def effects(nodes: NodeRunner, command_id: str) -> int:
+    """Level changes the command caused: each change in the trace names its command."""
+    return len([c for c in read_trace(nodes.trace) if c.get("id") == command_id])
 
 
-def wait_states(probe: Probe, *states: str) -> None:
-    for state in states:
-        probe.wait_for(STATE, state)
-
-
-def command(probe: Probe, payload: str, command_id: str, topic: str = SET) -> dict:
-    probe.publish(topic, payload)
-    return probe.result(DEVICE, command_id)
+def cli(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        reason = f"{name} missing (Debian: mosquitto-clients)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
 
 
 @pytest.fixture
@@ -44,114 +55,17 @@ def node(probe, nodes):
     return nodes.start(wait_online=probe)
 
 
-@pytest.mark.parametrize("payload, levels, state", [
-    ("ON", [1], "ON"),
-    ("  toggle ", [1], "ON"),
-    ('{"state": "ON"}', [1], "ON"),
-    ('{"state": "TOGGLE"}', [1], "ON"),
-])
-def test_state_commands_move_the_pin(probe, node, nodes, payload, levels, state):
-    probe.publish(SET, payload)
-    wait_states(probe, "ON")
+def test_mosquitto_pub_blinks_the_led_over_the_negotiated_protocol(probe, node, nodes, broker):
+    version = ["-V", "311"] if broker.kind == "amqtt" else []
+    subprocess.run([cli("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(broker.port), *version, "-q", "1",
+                    "-t", SET, "-m", "BLINK"], check=True, timeout=TIMEOUT)
+    for state in ["ON", "OFF"] * 3:
+        probe.wait_for(STATE, state)
+    assert led_levels(nodes) == [1, 0] * 3
     result = probe.wait_for(RESULT).json()
-    assert result["ok"] and result["state"] == state and result["output"] == "led"
-    assert led_levels(nodes) == levels
-
-
-def test_off_after_on(probe, node, nodes):
-    probe.publish(SET, "ON")
-    probe.publish(SET, "OFF")
-    wait_states(probe, "ON", "OFF")
-    assert led_levels(nodes) == [1, 0]
-
-
-def test_plain_blink_uses_default_pattern_and_restores_state(probe, node, nodes):
-    result = command(probe, '{"effect": "blink", "id": "b1"}', "b1")
-    assert result == {"id": "b1", "output": "led", "ok": True, "state": "OFF", "effect": "blink"}
-    wait_states(probe, *["ON", "OFF"] * 3)  # topics.yaml of the tests: count 3, 0.1 s on, 0.1 s off
-    changes = led_changes(nodes)
-    assert [c["value"] for c in changes] == [1, 0] * 3
-    gaps = [b["t"] - a["t"] for a, b in zip(changes, changes[1:])]
-    assert all(0.08 <= g <= 0.5 for g in gaps), gaps  # pattern spacing, with room for a busy machine
-
-
-def test_json_blink_parameters(probe, node, nodes):
-    probe.publish(SET, '{"effect": "blink", "count": 2, "on_time": 0.2, "off_time": 0.05}')
-    wait_states(probe, "ON", "OFF", "ON", "OFF")
-    changes = led_changes(nodes)
-    assert [c["value"] for c in changes] == [1, 0, 1, 0]
-    on_gap, off_gap = changes[1]["t"] - changes[0]["t"], changes[2]["t"] - changes[1]["t"]
-    assert on_gap >= 0.18 and off_gap >= 0.04 and on_gap > off_gap
-
-
-def test_blink_cancelled_by_off(probe, node, nodes):
-    probe.publish(SET, "ON")
-    wait_states(probe, "ON")
-    probe.publish(SET, '{"effect": "blink", "count": 1000, "on_time": 0.05, "off_time": 0.05}')
-    wait_states(probe, "OFF", "ON")
-    command(probe, '{"state": "OFF", "id": "stop"}', "stop")
-    probe.wait_for(STATE, "OFF")
-    levels_after_off = len(led_levels(nodes))
-    # A short pattern on the other output marks time: once it has finished, a
-    # still-running blink would have changed the LED several times.
-    command(probe, '{"effect": "blink", "count": 3, "on_time": 0.05, "off_time": 0.05, "id": "m"}', "m",
-            topic=f"edison/{DEVICE}/relay/set")
-    for _ in range(6):
-        probe.wait_for(f"edison/{DEVICE}/relay/state")
-    assert led_levels(nodes)[-1] == 0 and len(led_levels(nodes)) == levels_after_off
-
-
-def test_every_command_gets_one_result_with_its_id(probe, node):
-    for i, payload in enumerate(["ON", "OFF", "TOGGLE"]):
-        probe.publish(SET, payload)
-    results = [probe.wait_for(RESULT).json() for _ in range(3)]
-    assert [r["state"] for r in results] == ["ON", "OFF", "ON"]
-    assert len({r["id"] for r in results}) == 3  # generated ids, all different
-
-
-@pytest.mark.parametrize("payload, error", [
-    (b"", "empty payload"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
-    (b"\xc3\x28", "not UTF-8"),
-    (b"ON" * 3000, "over the 4096-byte limit"),
-    (b'{"state": "ON"', "malformed JSON"),
-    (b"DANCE", "unknown command"),
-    (b'{"effect": "blink", "count": 5000}', "count"),
-    (b'{"effect": "blink", "on_time": 0.001}', "on_time"),
-    (b'{"state": "ON", "colour": "red"}', "unknown key"),
-])
-def test_bad_input_gets_an_error_result_and_no_pin_change(probe, node, nodes, payload, error):
-    probe.publish(SET, payload)
-    result = probe.wait_for(RESULT).json()
-    assert result["ok"] is False and error in result["error"]
-    assert "state" not in result
-    assert node.wait_for_line(r"refused")
-    # still alive and serving
-    assert command(probe, '{"state": "ON", "id": "after"}', "after")["ok"]
-    assert led_levels(nodes) == [1]
-
-
-def test_unknown_output_is_refused(probe, node, nodes):
-    result = command(probe, '{"state": "ON", "id": "u"}', "u", topic=f"edison/{DEVICE}/lamp/set")
-    assert result["ok"] is False and "unknown output 'lamp'" in result["error"]
-    assert led_levels(nodes) == []
-
-
-def test_expired_command_is_refused(probe, node, nodes):
-    result = command(probe, json.dumps({"state": "ON", "id": "old", "expires": time.time() - 5}), "old")
-    assert result["ok"] is False and "expired" in result["error"]
-    assert command(probe, json.dumps({"state": "ON", "id": "new", "expires": time.time() + 60}), "new")["ok"]
-    assert led_levels(nodes) == [1]
-
-
-def test_retained_set_is_never_acted_on(probe, nodes):
-    """A retained command would be replayed at every reconnect ("ghost switching")."""
-    probe.publish(SET, "ON", retain=True)
-    node = nodes.start(wait_online=probe)
-    result = probe.wait_for(RESULT).json()
-    assert result["ok"] is False and "retained" in result["error"]
-    assert node.wait_for_line(r"retained /set")
-    assert led_levels(nodes) == []
+    assert result["ok"] is True and result["effect"] == "blink"
+    expected = "MQTT 3.1.1" if broker.kind == "amqtt" else "MQTT 5"  # --protocol auto: asks, falls back
+    assert node.wait_for_line(r"connected to .*\(MQTT ").split("(")[1].startswith(expected)
 
 
 def test_availability_and_last_will(probe, nodes):
@@ -169,7 +83,7 @@ def test_availability_and_last_will(probe, nodes):
 
 def test_sigterm_goes_to_safe_state_publishes_offline_and_exits_0(probe, node, nodes):
     probe.publish(SET, '{"effect": "blink", "count": 1000, "on_time": 0.05, "off_time": 0.05}')
-    wait_states(probe, "ON")
+    probe.wait_for(STATE, "ON")
     node.signal(signal.SIGTERM)
     assert node.wait(TIMEOUT) == 0
     probe.wait_for(STATUS, "offline")
@@ -177,33 +91,7 @@ def test_sigterm_goes_to_safe_state_publishes_offline_and_exits_0(probe, node, n
     assert "did not acknowledge" not in node.output
 
 
-def test_state_is_retained_and_correct_after_broker_restart(probe_factory, nodes, broker, tmp_path):
-    probe = probe_factory()
-    probe.subscribe("edison/#")
-    node = nodes.start(wait_online=probe)
-    command(probe, '{"state": "ON", "id": "1"}', "1")
-    probe.close()
-    mark = node.line_count()
-    broker.proc.signal(signal.SIGINT if broker.kind == "amqtt" else signal.SIGTERM)
-    broker.proc.wait()
-    node.wait_for_line(r"disconnected|lost|reconnecting", start=mark)
-    if broker.kind == "amqtt":
-        restarted = start_amqtt(tmp_path, port=broker.port)
-    else:
-        restarted = start_mosquitto(tmp_path, shutil.which("mosquitto") or "/usr/sbin/mosquitto", port=broker.port)
-    try:
-        node.wait_for_line(r"connected to ", start=mark)
-        late = Probe(restarted)
-        late.subscribe(f"edison/{DEVICE}/#")
-        assert late.wait_for(STATE).text == "ON"
-        assert late.wait_for(STATUS).text == "online"
-        late.close()
-    finally:
-        restarted.proc.signal(signal.SIGINT)
-        restarted.proc.wait(TIMEOUT)
-
-
-def test_command_sent_while_offline_arrives_after_reconnect(probe, nodes, broker):
+def test_command_sent_while_offline_arrives_after_reconnect(probe, nodes):
     """On amqtt this needs the embedded broker's fix: amqtt 0.12.1 delivers queued messages with RETAIN=1."""
     proc = nodes.start(wait_online=probe)
     proc.signal(signal.SIGTERM)
@@ -216,22 +104,71 @@ def test_command_sent_while_offline_arrives_after_reconnect(probe, nodes, broker
     assert led_levels(nodes)[-1] == 1
 
 
-def test_mosquitto_pub_from_the_real_cli(probe, node, nodes, broker):
-    pub = shutil.which("mosquitto_pub")
-    if pub is None:
-        if IN_CI:
-            pytest.fail("mosquitto_pub missing (Debian: mosquitto-clients)")
-        pytest.skip("mosquitto_pub missing (Debian: mosquitto-clients)")
-    version = ["-V", "311"] if broker.kind == "amqtt" else []
-    subprocess.run([pub, "-h", "127.0.0.1", "-p", str(broker.port), *version, "-q", "1",
-                    "-t", SET, "-m", "BLINK"], check=True, timeout=TIMEOUT)
-    wait_states(probe, *["ON", "OFF"] * 3)
-    assert led_levels(nodes) == [1, 0] * 3
+def test_a_restarted_node_answers_a_repeated_id_without_acting_again(probe, nodes):
+    """What a broker failover or a client's resend looks like to a node that has restarted meanwhile."""
+    first = nodes.start(wait_online=probe)
+    probe.publish(SET, '{"state": "TOGGLE", "id": "r1"}')
+    answer = probe.result(DEVICE, "r1")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = nodes.start(wait_online=probe)
+    probe.publish(SET, '{"state": "TOGGLE", "id": "r1"}')
+    assert probe.result(DEVICE, "r1") == {**answer, "repeat": True}
+    assert effects(nodes, "r1") == 1 and led_levels(nodes) == [1]
+    second.wait_for_line(r"command r1 is a repeat")
 
 
-def test_protocol_auto_falls_back_to_3_1_1_on_amqtt_and_uses_5_on_mosquitto(probe, node, broker):
-    expected = "MQTT 3.1.1" if broker.kind == "amqtt" else "MQTT 5"
-    assert node.wait_for_line(r"connected to .*\(MQTT ").split("(")[1].startswith(expected)
+@pytest.mark.parametrize("fate", ["resumes", "is killed"])
+def test_commands_in_flight_when_the_connection_drops_take_effect_once(secured: Secured, tmp_path, fate):
+    """Commands reach the node's socket, the connection drops before its PUBACKs reach the broker.
+
+    The node is paused while the broker sends the commands, the connection is
+    cut, then the node either resumes (it carries them out and its PUBACKs are
+    lost) or is killed before reading them and started again. Either way the
+    broker delivers them again on the next connection, and each must take
+    effect exactly once.
+    """
+    proxy = TcpProxy(secured.broker.port)
+    proxy.up()
+    watcher = login(secured, "watcher")
+    laptop = login(secured, "laptop")
+    nodes = NodeRunner(Broker(secured.broker.kind, proxy.port, secured.broker.proc), tmp_path, secured.topics)
+    env = {"MQTT_PASSWORD": USERS[DEVICE]}
+    try:
+        watcher.subscribe("edison/#")
+        node = nodes.start(env=env, wait_online=watcher)
+        watcher.wait_for(STATE, "OFF")  # the connect is complete
+        node.signal(signal.SIGSTOP)
+        mark = proxy.to_client
+        sent = [f"t{i}" for i in range(3)]
+        for command_id in sent:
+            laptop.publish(SET, json.dumps({"state": "TOGGLE", "id": command_id}))  # acknowledged by the broker
+        proxy.wait_to_client(mark + sum(len(SET) + len(command_id) + 30 for command_id in sent))
+        proxy.down()
+        proxy.up()
+        if fate == "resumes":
+            node.signal(signal.SIGCONT)
+        else:
+            node.signal(signal.SIGKILL)
+            node.wait()
+            node = nodes.start(env=env)
+        results = {i: [watcher.result(DEVICE, i)] for i in sent}
+        for command_id in sent:
+            if fate == "resumes":  # carried out before the cut; the broker's second delivery is answered
+                results[command_id].append(watcher.result(DEVICE, command_id))
+        counts = {"carried out": sum(effects(nodes, i) == 1 for i in sent),
+                  "lost": sum(effects(nodes, i) == 0 for i in sent),
+                  "doubled": sum(effects(nodes, i) > 1 for i in sent)}
+        assert counts == {"carried out": 3, "lost": 0, "doubled": 0}
+        assert led_levels(nodes) == [1, 0, 1]
+        for answers in results.values():
+            assert [a.get("repeat", False) for a in answers] in ([False], [False, True], [True, False]), results
+            assert all(a["ok"] for a in answers) and len({a["state"] for a in answers}) == 1
+    finally:
+        nodes.stop_all()
+        proxy.down()
+        watcher.close()
+        laptop.close()
 
 
 def test_bad_config_is_refused_at_start(tmp_path):
@@ -246,48 +183,82 @@ def test_bad_config_is_refused_at_start(tmp_path):
 def test_mraa_refusing_the_pin_stops_the_node_at_start(tmp_path):
     cfg = tmp_path / "topics.yaml"
     cfg.write_text("devices:\n  d:\n    outputs:\n      led: {pin: 99}\n")
-    standins = str(__import__("pathlib").Path(__file__).parent / "standins")
-    run = subprocess.run(python_cmd("node", "--config", str(cfg), "--pins", "mraa"), capture_output=True,
-                         text=True, timeout=TIMEOUT, env={**__import__("os").environ, "PYTHONPATH": standins})
+    standins = str(Path(__file__).parent / "standins")
+    run = subprocess.run(python_cmd("node", "--config", str(cfg), "--pins", "mraa", "--state", str(tmp_path / "s")),
+                         capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": standins})
     assert run.returncode == 2 and "mraa refused GPIO pin 99" in run.stderr
 
 
-class TestMqtt5:
-    """Request/response as MQTT 5 defines it (mosquitto: amqtt 0.12 speaks 3.1.1 only)."""
+def test_a_state_directory_in_use_stops_the_second_node(tmp_path, topics_file):
+    """Two nodes on one state directory could each carry a command out once: the second is refused at start."""
+    argv = python_cmd("node", "--config", str(topics_file), "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                      "--pins", "sim", "--trace", str(tmp_path / "t.jsonl"), "--state", str(tmp_path / "state"))
+    first = Proc(argv, tmp_path / "first.log")
+    try:
+        first.wait_for_line(r"command id\(s\) remembered in")
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert second.returncode == 2 and "is in use by another edison-node" in second.stderr
+        first.signal(signal.SIGTERM)  # never connected: stops at once and quietly
+        assert first.wait(TIMEOUT) == 0
+        assert "did not acknowledge" not in first.output
+    finally:
+        first.stop()
 
-    @pytest.fixture(autouse=True)
-    def _mosquitto_only(self, broker):
-        if broker.kind != "mosquitto":
-            pytest.skip("MQTT 5 request/response needs an MQTT 5 broker")
 
-    def test_response_topic_and_correlation_data(self, probe, node):
-        probe.subscribe("reply/me")
+@pytest.mark.parametrize("broker", ["mosquitto"], indirect=True)
+def test_mqtt5_response_topic_and_correlation_data(probe, node):
+    probe.subscribe(REPLY)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = REPLY
+    props.CorrelationData = b"corr-42"
+    probe.publish(SET, "ON", properties=props)
+    reply = probe.wait_for(REPLY)
+    assert reply.json() == {"id": "corr-42", "output": "led", "ok": True, "state": "ON"}
+    assert reply.properties.CorrelationData == b"corr-42"
+
+
+@pytest.mark.parametrize("secured", ["mosquitto"], indirect=True)
+def test_mosquitto_rr_under_access_rules_and_a_refused_reply_is_logged(secured, tmp_path):
+    """The README's `mosquitto_rr -e edison/<device>/reply/...` works; a reply topic outside the device's is logged."""
+    laptop = login(secured, "laptop")
+    nodes = NodeRunner(secured.broker, tmp_path, secured.topics)
+    try:
+        laptop.subscribe(STATUS)
+        node = nodes.start(env={"MQTT_PASSWORD": USERS[DEVICE]}, wait_online=laptop)
+        rr = subprocess.run([cli("mosquitto_rr"), "-h", "127.0.0.1", "-p", str(secured.broker.port), "-u", "laptop",
+                             "-P", USERS["laptop"], "-t", SET, "-e", REPLY, "-m", "ON", "-W", "10"],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+        assert rr.returncode == 0, rr.stderr
+        assert json.loads(rr.stdout)["state"] == "ON"
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "reply/me"
-        props.CorrelationData = b"corr-42"
-        probe.publish(SET, "ON", properties=props)
-        reply = probe.wait_for("reply/me")
-        assert reply.json() == {"id": "corr-42", "output": "led", "ok": True, "state": "ON"}
-        assert reply.properties.CorrelationData == b"corr-42"
+        props.ResponseTopic = "some/reply"
+        laptop.publish(SET, "OFF", properties=props)
+        node.wait_for_line(r"the broker refused the publish to some/reply: Not authorized")
+    finally:
+        nodes.stop_all()
+        laptop.close()
 
-    def test_mosquitto_rr_prints_the_result(self, node, broker):
-        rr = shutil.which("mosquitto_rr")
-        if rr is None:
-            pytest.skip("mosquitto_rr missing (Debian: mosquitto-clients)")
-        run = subprocess.run([rr, "-h", "127.0.0.1", "-p", str(broker.port), "-t", SET, "-e", "some/reply",
-                              "-m", "ON", "-W", "10"], capture_output=True, text=True, timeout=TIMEOUT)
-        assert run.returncode == 0, run.stderr
-        result = json.loads(run.stdout)
-        assert result["ok"] is True and result["state"] == "ON"
+
+@pytest.mark.parametrize("broker", ["mosquitto"], indirect=True)
+def test_forget_on_mqtt_3_1_1_leaves_no_session_behind(broker, topics_file, tmp_path):
+    forget = subprocess.run(python_cmd("node", "--config", str(topics_file), "--broker", broker.url, "--protocol",
+                                       "3.1.1", "--forget"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert forget.returncode == 0, forget.stderr
+    again = Probe(broker, client_id=f"{DEVICE}-forget", mqtt5=False, clean_session=False)
+    try:
+        assert again.session_present is False
+    finally:
+        again.close()
 
 
 def test_sigterm_while_the_broker_is_unreachable_still_exits_0(tmp_path, topics_file):
-    from tests.helpers import Proc, free_port
     proc = Proc(python_cmd("node", "--config", str(topics_file), "--broker", f"mqtt://127.0.0.1:{free_port()}",
-                           "--pins", "sim", "--trace", str(tmp_path / "t.jsonl")), tmp_path / "node.log")
+                           "--pins", "sim", "--trace", str(tmp_path / "t.jsonl"), "--state", str(tmp_path / "s")),
+                tmp_path / "node.log")
     try:
         proc.wait_for_line(r"cannot reach")
         proc.signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0
+        assert "did not acknowledge" not in proc.output
     finally:
         proc.stop()

@@ -9,14 +9,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import topic_matches_sub as topic_matches
 
 from node import commands, config
 from node.commands import CommandError
 from node.config import BlinkPattern, ConfigError, OutputConfig
 from node.outputs import Output
 from node.pins import PinError, make_factory
-from node.pins.sim import SimFactory
-from node.topics import DeviceTopics
+from node.pins.sim import Change, SimFactory
+from node.topics import DeviceTopics, Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = BlinkPattern(count=10, on_time=0.3, off_time=0.3)
@@ -64,6 +65,22 @@ def test_json_command_with_every_key():
     (b'{"state": "ON", "colour": "red"}', "colour: unknown key"),
     (b'{"on": true}', "on: unknown key"),
     (b'{"state": "ON", "expires": "soon"}', "expires"),
+    (b'{"state": "ON", "expires": NaN}', "NaN is not a JSON number"),
+    (b'{"state": "ON", "expires": -Infinity}', "-Infinity is not a JSON number"),
+    (b'{"state": "ON", "expires": 1e999}', "number 1e999 is out of range"),
+    (b'{"state": "ON", "expires": true}', "expires: Input should be a valid number"),
+    (b'{"effect": "blink", "on_time": true}', "on_time: Input should be a valid number"),
+    (b'{"effect": "blink", "count": true}', "count"),
+    (b'{"state": "BAD", "state": "ON"}', "key 'state' is given more than once"),
+    (b'{"state": "ON", "source": {"a": 1, "a": 2}}', "key 'a' is given more than once"),
+    (b"[" * 999 + b"]" * 999, "JSON nested more than 8 levels deep"),
+    (b'{"state": "ON", "source": ' + b"[" * 999 + b"]" * 999 + b"}", "nested more than"),
+    ("o\ufb00".encode(), "unknown command 'oﬀ'"),  # a ligature: upper() makes it OFF
+    ("bl\u0131nk".encode(), "ASCII words"),  # a dotless i: upper() makes it BLINK
+    ("\u212aON".encode(), "ASCII words"),
+    ('{"effect": "\u212a"}'.encode(), "effect: '\u212a' is not an ASCII word"),
+    ('{"state": "o\ufb00"}'.encode(), "not an ASCII word"),
+    (b'{"state": "ON", "id": "a\\u0000b"}', "id: has control characters"),
 ])
 def test_bad_payloads_get_a_clear_error(payload, error):
     with pytest.raises(CommandError, match=error.replace("(", r"\(")):
@@ -74,6 +91,11 @@ def test_error_keeps_the_commands_id_for_the_result():
     with pytest.raises(CommandError) as info:
         commands.parse(b'{"id": "abc", "state": "MAYBE"}', DEFAULT)
     assert info.value.command_id == "abc"
+
+
+def test_json_strings_do_not_count_towards_nesting():
+    deep_text = json.dumps({"state": "ON", "id": "[{" * 60})
+    assert commands.parse(deep_text.encode(), DEFAULT).id == "[{" * 60
 
 
 # -- topics.yaml ---------------------------------------------------------------
@@ -92,7 +114,8 @@ def test_yaml_1_1_booleans_stay_words():
 
 @pytest.mark.parametrize("text, message", [
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, colour: red}\n", "devices.d.outputs.led.colour: unknown key"),
-    ("devices:\n  d:\n    outputs:\n      led: {pin: -1}\n", "devices.d.outputs.led.pin: Input should be greater than or equal to 0"),
+    ("devices:\n  d:\n    outputs:\n      led: {pin: -1}\n",
+     "devices.d.outputs.led.pin: Input should be greater than or equal to 0"),
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, blink: {count: 0}}\n", "devices.d.outputs.led.blink.count"),
     ("devices:\n  d:\n    outputs:\n      led: {pin: 1, safe_state: DIM}\n", "devices.d.outputs.led.safe_state"),
     ("devices:\n  d:\n    outputs:\n      a: {pin: 1}\n      b: {pin: 1}\n", "both use pin 1"),
@@ -100,8 +123,8 @@ def test_yaml_1_1_booleans_stay_words():
     ("devices: {}\n", "devices"),
     ("prefix: a/#\ndevices:\n  d:\n    outputs:\n      a: {pin: 1}\n", "prefix"),
     ("devices:\n  d:\n    outputs: {a: {pin: 1}}\naccess: {d: controller}\n", "is a device id"),
-    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\nbridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n",
-     "no device 'e'"),
+    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\n"
+     "bridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n", "no device 'e'"),
     ("devices: [\n", "not valid YAML"),
     ("- a\n", "expected a mapping"),
 ])
@@ -126,10 +149,21 @@ def test_topics_of_a_device():
         assert t.output_of_set(other) is None
 
 
+def test_every_topic_the_device_uses_falls_under_its_own_rules():
+    """The node's subscriptions and publishes, and the broker's rules for it, come from the same layout."""
+    layout = Layout("site/a", "ha")
+    t = layout.device("d1")
+    assert t.subscriptions == ("site/a/d1/+/set", "ha/status")
+    published = [t.status, t.result, t.state("led"), t.discovery("light", "led"), t.discovery("button", "led_blink")]
+    assert all(topic_matches(t.everything, p) or topic_matches(t.discovery_filter, p) for p in published)
+    assert topic_matches(layout.every_set, t.set("led")) and topic_matches(layout.every_result, t.result)
+    assert not topic_matches(t.everything, layout.device("d2").status)
+
+
 # -- outputs on simulated pins ---------------------------------------------------
 
 def _output(factory: SimFactory, **cfg) -> tuple[Output, list]:
-    levels: list[tuple[str, bool]] = []
+    levels: list[bool] = []
     out = Output("led", factory.pin(20), OutputConfig(pin=20, **cfg), on_level=lambda o, on: levels.append(on))
     return out, levels
 
@@ -154,7 +188,12 @@ def test_active_low_inverts_levels_and_starts_in_safe_state():
 
 def _wait_blink_end(factory: SimFactory, changes: int) -> None:
     done = threading.Event()
-    factory._listeners.append(lambda c: len(factory.history) >= changes and done.set())
+
+    def count(change: Change) -> None:
+        if len(factory.history) >= changes:
+            done.set()
+
+    factory._listeners.append(count)
     if len(factory.history) >= changes:
         done.set()
     assert done.wait(10), factory.history
@@ -168,6 +207,45 @@ def test_blink_pattern_then_restores_prior_state():
     _wait_blink_end(factory, 5)  # ON, (on) off on off, restore on
     assert [c.value for c in factory.history] == [1, 0, 1, 0, 1]
     assert out.state == "ON"
+
+
+def test_a_failed_write_leaves_state_level_and_listener_untouched():
+    factory = SimFactory()
+    out, levels = _output(factory)
+    factory.pin(20).fault = PinError("gone")
+    with pytest.raises(PinError, match="gone"):
+        out.set("ON")
+    assert (out.state, out.level, levels) == ("OFF", "OFF", [])
+    factory.pin(20).fault = None
+    assert out.set("TOGGLE") == "ON"  # toggles from the state the pin really has
+
+
+def test_each_change_records_the_command_that_caused_it(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    with open(trace, "a", encoding="utf-8") as f:
+        factory = SimFactory(trace=f)
+        out, _ = _output(factory, active_low=True)  # the safe state at start: no command
+        out.set("ON", cause="c1")
+        out.safe()
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(c["value"], c.get("id")) for c in lines] == [(1, None), (0, "c1"), (1, None)]
+    assert set(lines[1]) == {"t", "pin", "value", "id"}
+
+
+def test_the_listener_is_called_without_the_lock_and_ends_on_the_newest_level():
+    factory = SimFactory()
+    reported: list[bool] = []
+
+    def listener(output: Output, on: bool) -> None:
+        assert output._lock.acquire(blocking=False), "listener called with the output's lock held"
+        output._lock.release()
+        if not reported:
+            output.set("OFF")  # a change while the first report is under way: reported after it, in order
+        reported.append(on)
+
+    out = Output("led", factory.pin(20), OutputConfig(pin=20), on_level=listener)
+    out.set("ON")
+    assert reported == [True, False] and out.level == "OFF"
 
 
 def test_newer_command_cancels_blink_at_once():
@@ -223,41 +301,3 @@ def test_importing_node_needs_neither_mraa_nor_amqtt():
     code = ("import sys; sys.modules['mraa'] = None; sys.modules['amqtt'] = None\n"
             "import node, node.__main__, node.service, node.pins.mraa, node.config, node.mqtt")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
-# -- the MQTT link ----------------------------------------------------------------
-
-def test_an_exception_in_a_callback_is_logged_and_does_not_escape(caplog):
-    from node.mqtt import BrokerAddress, Link, LinkSettings
-
-    def explode(msg):
-        raise RuntimeError("boom")
-
-    link = Link(LinkSettings(BrokerAddress.parse("mqtt://127.0.0.1:1")), "t", [], on_message=explode)
-    link._on_message(link._client, None, object())  # what paho's network thread calls
-    assert "error in MQTT callback _on_message" in caplog.text and "boom" in caplog.text
-
-
-@pytest.mark.parametrize("url, error", [
-    ("http://host", "expected mqtt://"),
-    ("mqtt://user:pw@host", "MQTT_USERNAME"),
-    ("mqtt://", "no host"),
-    ("mqtt://host:99999", "invalid port"),
-])
-def test_bad_broker_urls(url, error):
-    from node.mqtt import BrokerAddress, LinkError
-    with pytest.raises(LinkError, match=error):
-        BrokerAddress.parse(url)
-
-
-def test_credentials_from_environment(tmp_path):
-    from node.mqtt import Credentials, LinkError
-    secret = tmp_path / "pw"
-    secret.write_text("s3cret\n")
-    creds = Credentials.from_env({"MQTT_USERNAME": "edison-1", "MQTT_PASSWORD_FILE": str(secret)})
-    assert (creds.username, creds.password) == ("edison-1", "s3cret")
-    assert "s3cret" not in repr(creds)
-    with pytest.raises(LinkError, match="not both"):
-        Credentials.from_env({"MQTT_USERNAME": "u", "MQTT_PASSWORD": "p", "MQTT_PASSWORD_FILE": str(secret)})
-    with pytest.raises(LinkError, match="MQTT_USERNAME is not"):
-        Credentials.from_env({"MQTT_PASSWORD": "p"})

@@ -302,7 +302,8 @@ class XStreamServer:
         return Handler
 
     def _add(self, rules: list[dict[str, str]]) -> dict[str, Any]:
-        created, errors = [], []
+        created: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         existing = {r["value"]: r["id"] for r in self.rules.values()}
         for rule in rules:
             value = rule["value"]
@@ -327,8 +328,8 @@ class XStreamServer:
 
     def _delete(self, ids: list[str]) -> dict[str, Any]:
         deleted = [i for i in ids if self.rules.pop(i, None) is not None]
-        answer: dict[str, Any] = {"meta": {"sent": now_iso(),
-                                           "summary": {"deleted": len(deleted), "not_deleted": len(ids) - len(deleted)}}}
+        summary = {"deleted": len(deleted), "not_deleted": len(ids) - len(deleted)}
+        answer: dict[str, Any] = {"meta": {"sent": now_iso(), "summary": summary}}
         missing = [i for i in ids if i not in deleted]
         if missing:
             answer["errors"] = [{"parameters": {"ids": missing}, "message": "Rule ids not found"}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,18 @@ class PinError(Exception):
 
 
 class Pin(ABC):
-    """One GPIO line configured as an output; `write` takes the electrical level 0 or 1."""
+    """One GPIO line configured as an output; `write` takes the electrical level 0 or 1.
+
+    `cause` is the id of the command behind the change (None for the safe
+    state at start and stop): simulated pins record it, hardware ignores it.
+    A write that fails raises PinError.
+    """
 
     def __init__(self, number: int) -> None:
         self.number = number
 
     @abstractmethod
-    def write(self, level: int) -> None: ...
+    def write(self, level: int, cause: str | None = None) -> None: ...
 
 
 class PinFactory(ABC):
@@ -34,11 +40,11 @@ class PinFactory(ABC):
     def pin(self, number: int) -> Pin:
         """Set `number` up as an output, or raise PinError saying why not."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most factories hold nothing
         """Release what the factory holds (files, handles)."""
 
 
-def make_factory(backend: str, **sim_options) -> PinFactory:
+def make_factory(backend: str, **sim_options: Any) -> PinFactory:
     """The factory for `--pins BACKEND`; `sim_options` go to SimFactory."""
     from node.pins.sim import SimFactory
 

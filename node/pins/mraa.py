@@ -34,8 +34,12 @@ class MraaPin(Pin):
         if result != self._mraa.SUCCESS:
             raise PinError(f"mraa could not {doing} on GPIO pin {self.number} (mraa result {result})")
 
-    def write(self, level: int) -> None:
-        self._check(self._gpio.write(1 if level else 0), f"write {level}")
+    def write(self, level: int, cause: str | None = None) -> None:
+        try:
+            result = self._gpio.write(1 if level else 0)
+        except Exception as exc:  # the SWIG binding raises where the C library reports an error
+            raise PinError(f"mraa could not write {level} on GPIO pin {self.number}: {exc}") from exc
+        self._check(result, f"write {level}")
 
 
 class MraaFactory(PinFactory):

@@ -21,22 +21,32 @@ class Change:
     t: float  # time.time() of the change
     pin: int
     value: int
+    id: str | None = None  # the command that caused it
+
+    def as_json(self) -> str:
+        fields = {"t": self.t, "pin": self.pin, "value": self.value}
+        return json.dumps(fields if self.id is None else {**fields, "id": self.id})
 
 
 Listener = Callable[[Change], None]
 
 
 class SimPin(Pin):
+    """A simulated line; set `fault` to make its writes fail as broken hardware would."""
+
     def __init__(self, number: int, factory: SimFactory) -> None:
         super().__init__(number)
         self._factory = factory
         self.value = 0
+        self.fault: Exception | None = None
 
-    def write(self, level: int) -> None:
+    def write(self, level: int, cause: str | None = None) -> None:
+        if self.fault is not None:
+            raise self.fault
         level = 1 if level else 0
         if level != self.value:
             self.value = level
-            self._factory._record(Change(time.time(), self.number, level))
+            self._factory._record(Change(time.time(), self.number, level, cause))
 
 
 class SimFactory(PinFactory):
@@ -54,7 +64,7 @@ class SimFactory(PinFactory):
         with self._lock:
             self.history.append(change)
             if self._trace is not None:
-                self._trace.write(json.dumps({"t": change.t, "pin": change.pin, "value": change.value}) + "\n")
+                self._trace.write(change.as_json() + "\n")
                 self._trace.flush()
         for listener in self._listeners:
             listener(change)

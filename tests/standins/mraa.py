@@ -28,7 +28,8 @@ DIR_OUT_HIGH = 2
 DIR_OUT_LOW = 3
 
 # mraa pin numbers on the Edison Arduino/mini breakout that can be GPIO (20 is the reference LED).
-EDISON_GPIO_PINS = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 31, 32, 33, 36, 37, 38, 45, 46, 47, 48})
+EDISON_GPIO_PINS = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 31, 32, 33, 36, 37, 38,
+                              45, 46, 47, 48})
 
 writes: list[tuple[int, int]] = []
 

@@ -1,0 +1,92 @@
+"""A first run as a new user makes it: the README's commands, as written, against what `make run` starts."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import IN_CI, start_amqtt
+from tests.helpers import ROOT, TIMEOUT, Broker, Probe, Proc, python_cmd
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+DEVICE = "edison-1"  # the device of the shipped topics.yaml, which the README uses
+
+
+def readme_block(after: str) -> str:
+    """The first ```sh block after the sentence `after`."""
+    found = re.search(re.escape(after) + r".*?```sh\n(.*?)```", README, re.S)
+    assert found, f"no sh block after {after!r} in README.md"
+    return found.group(1)
+
+
+@pytest.fixture
+def trial(tmp_path) -> Iterator[tuple[Broker, Proc, Probe]]:
+    """What `make run` starts: the embedded broker in trial mode and a node on the shipped topics.yaml."""
+    if not (ROOT / ".venv" / "bin" / "edison-bridge").exists():
+        pytest.skip("the README's commands use .venv/bin: run the tests with `make test`")
+    if subprocess.run(["sh", "-c", "command -v mosquitto_pub"], capture_output=True).returncode:
+        if IN_CI:
+            pytest.fail("mosquitto_pub missing (Debian: mosquitto-clients)")
+        pytest.skip("mosquitto_pub missing (Debian: mosquitto-clients)")
+    broker = start_amqtt(tmp_path)
+    node = Proc(python_cmd("node", "--config", "topics.yaml", "--device", DEVICE, "--broker", broker.url,
+                           "--pins", "sim", "--state", str(tmp_path / "state")), tmp_path / "node.log",
+                env={"MQTT_USERNAME": DEVICE})
+    watcher = Probe(broker)
+    try:
+        watcher.subscribe(f"edison/{DEVICE}/#")
+        watcher.wait_for(f"edison/{DEVICE}/led/state", "OFF")  # subscribed and announced
+        yield broker, node, watcher
+    finally:
+        watcher.close()
+        node.signal(signal.SIGTERM)
+        node.wait(TIMEOUT)
+        node.stop()
+        broker.proc.signal(signal.SIGINT)
+        broker.proc.wait(TIMEOUT)
+        broker.proc.stop()
+
+
+def test_the_readmes_commands_work_as_written_on_any_port(trial):
+    broker, node, watcher = trial
+    env = {"PORT": str(broker.port), "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    commands = readme_block("In a third, send commands:")
+    subprocess.run(["sh", "-ec", commands], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    results = [watcher.wait_for(f"edison/{DEVICE}/result").json() for _ in range(4)]
+    assert [r["ok"] for r in results] == [True] * 4 and results[-1]["id"] == "try-1"
+    node.wait_for_line(r"LED \(pin 20\)  ● high  \(command try-1\)")
+    bridge = readme_block("Try triggers without an X account")
+    subprocess.run(["sh", "-ec", bridge], cwd=ROOT, env=env, check=True, timeout=TIMEOUT, capture_output=True)
+    assert watcher.result(DEVICE, "x:1")["effect"] == "blink"
+
+
+def test_the_watch_command_comes_before_the_commands_it_watches():
+    assert README.index("mosquitto_sub -h 127.0.0.1 -p") < README.index("mosquitto_pub -h 127.0.0.1 -p")
+
+
+@pytest.mark.parametrize("program, module", [("edison-node", "node"), ("edison-broker", "broker"),
+                                             ("edison-bridge", "broker.bridge")])
+def test_every_program_tells_its_version(program, module):
+    from node import __version__
+
+    run = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert run.returncode == 0 and run.stdout.strip() == f"{program} {__version__}"
+
+
+def test_passwd_add_without_a_terminal_says_to_use_stdin(tmp_path):
+    run = subprocess.run(python_cmd("broker", "passwd", "--passwd", str(tmp_path / "pw"), "add", "laptop"),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 2 and "pipe it in with --stdin" in run.stderr
+    assert not (tmp_path / "pw").exists()
+
+
+def test_the_license_file_is_the_license_setup_cfg_names():
+    setup = (ROOT / "setup.cfg").read_text()
+    assert "license = MIT" in setup and "license_files = LICENSE" in setup
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
