@@ -27,7 +27,7 @@ def main(count: int = 200) -> None:
     config = tmp / "topics.yaml"
     config.write_text(TOPICS_YAML + "bridge:\n  allow: [k_yone]\n  rate_limit: 100000\n  triggers:\n"
                       "    - {phrase: L Chika, device: edison-t, output: led, command: BLINK}\n")
-    bridge = Proc(python_cmd("broker.bridge", "--config", str(config), "--broker", broker.url, "--x-api-url",
+    bridge = Proc(python_cmd("bridge", "--config", str(config), "--broker", broker.url, "--x-api-url",
                              xserver.url, "--state", str(tmp / "state")), tmp / "bridge.log",
                   env={"X_BEARER_TOKEN": TOKEN})
     probe = Probe(broker)

@@ -52,7 +52,7 @@ class BridgeRunner:
         self.procs: list[Proc] = []
 
     def start(self, broker_url: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
-        argv = python_cmd("broker.bridge", "--config", str(self.config), "--broker", broker_url,
+        argv = python_cmd("bridge", "--config", str(self.config), "--broker", broker_url,
                           "--x-api-url", self.xserver.url, "--state", str(self.state),
                           "--backoff-scale", str(SCALE), *extra)
         proc = Proc(argv, self.tmp_path / f"bridge-{len(self.procs)}.log",
@@ -274,7 +274,7 @@ def test_stdin_source_from_a_shell_pipe(mosquitto, listener, tmp_path, bridges):
     posts.write_text("".join(json.dumps(p) + "\n" for p in (
         post("9001", "L Chika", STRANGER, "stranger"), allowed_post("9002", "l chika"),
         allowed_post("9003"), allowed_post("9004", created_at="2020-01-01T00:00:00.000Z"))))
-    command = " ".join(python_cmd("broker.bridge", "--source", "stdin", "--config", str(bridges.config),
+    command = " ".join(python_cmd("bridge", "--source", "stdin", "--config", str(bridges.config),
                                   "--broker", mosquitto.url, "--state", str(tmp_path / "stdin-state")))
     proc = Proc(["sh", "-c", f"cat {posts} | {command}"], tmp_path / "stdin.log", env={"X_BEARER_TOKEN": ""})
     assert proc.wait() == 0, proc.output

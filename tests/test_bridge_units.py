@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from broker.bridge import matching
-from broker.bridge.backoff import Backoff
-from broker.bridge.state import SeenPosts
-from broker.bridge.x_api import Skipped, XError, split_lines
+from bridge import matching
+from bridge.backoff import Backoff
+from bridge.state import SeenPosts
+from bridge.x_api import Skipped, XError, split_lines
 from node.config import BridgeConfig
 from tests.xstream import BODY_429, BODY_429_CAP, BODY_429_CONNECTIONS, post
 

@@ -72,14 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("edison-bridge", "broker.bridge", "node.mqtt"):
+    for name in ("edison-bridge", "bridge", "node.mqtt"):
         logging.getLogger(name).setLevel(args.log_level)
     try:
-        from broker.bridge.backoff import Backoff
-        from broker.bridge.publisher import Publisher
-        from broker.bridge.service import Bridge, follow_stream, read_lines
-        from broker.bridge.state import SeenPosts, StateError
-        from broker.bridge.x_api import XClient
+        from bridge.backoff import Backoff
+        from bridge.publisher import Publisher
+        from bridge.service import Bridge, follow_stream, read_lines
+        from bridge.state import SeenPosts, StateError
+        from bridge.x_api import XClient
     except ImportError as exc:
         log.error("the bridge needs httpx: pip install 'edison-mqtt[bridge]' (%s)", exc)
         return 2

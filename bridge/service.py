@@ -19,11 +19,11 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from broker.bridge import matching
-from broker.bridge.backoff import Backoff
-from broker.bridge.publisher import Outgoing, Publisher
-from broker.bridge.state import SeenPosts
-from broker.bridge.x_api import Refused, Skipped, XClient, XError, split_lines
+from bridge import matching
+from bridge.backoff import Backoff
+from bridge.publisher import Outgoing, Publisher
+from bridge.state import SeenPosts
+from bridge.x_api import Refused, Skipped, XClient, XError, split_lines
 from node.config import Config
 from node.topics import DeviceTopics
 
