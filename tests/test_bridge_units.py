@@ -10,7 +10,7 @@ from bridge import matching
 from bridge.backoff import Backoff
 from bridge.state import SeenPosts
 from bridge.x_api import Skipped, XError, split_lines
-from node.config import BridgeConfig
+from bridge.config import BridgeConfig
 from tests.xstream import BODY_429, BODY_429_CAP, BODY_429_CONNECTIONS, post
 
 CONFIG = BridgeConfig(allow=["k_yone"], triggers=[
