@@ -1,51 +1,35 @@
-"""edison-bridge: posts on X from allowed accounts become device commands over MQTT."""
+"""edison-bridge: posts from allowed accounts on X, Bluesky and Mastodon become device commands over MQTT."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
+from bridge.sources import Source
 from node import __version__
 from node.config import ConfigError
 from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings
+from node.secret import SecretError, secret
 
 log = logging.getLogger("edison-bridge")
 
+SOURCES = ("x", "bluesky", "mastodon", "stdin")
+NETWORK_OF = {"x": "x", "bluesky": "bluesky", "mastodon": "mastodon", "stdin": "x"}
+JETSTREAMS = [f"wss://jetstream{n}.{region}.bsky.network/subscribe" for region in ("us-east", "us-west")
+              for n in (1, 2)]
 STOP_TIMEOUT = 2.0  # per phase (drain, acknowledgements): SIGTERM to exit stays under 5 s
-EOF_DRAIN_TIMEOUT = 15.0  # --source stdin: how long to wait for the broker after the input ends
-
-
-class TokenError(Exception):
-    pass
-
-
-def bearer_token(env: Mapping[str, str] = os.environ) -> str:
-    """X_BEARER_TOKEN, or X_BEARER_TOKEN_FILE naming a file that holds it."""
-    token, path = env.get("X_BEARER_TOKEN"), env.get("X_BEARER_TOKEN_FILE")
-    if token and path:
-        raise TokenError("set X_BEARER_TOKEN or X_BEARER_TOKEN_FILE, not both")
-    if path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TokenError(f"X_BEARER_TOKEN_FILE: cannot read {path}: {exc}") from None
-    if not token:
-        raise TokenError("no X bearer token: set X_BEARER_TOKEN or X_BEARER_TOKEN_FILE (or use --source stdin)")
-    return token
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="edison-bridge",
-        description="Follow the X filtered stream and publish the command of each trigger posted by an allowed "
-        "account. The bearer token comes from X_BEARER_TOKEN or X_BEARER_TOKEN_FILE; MQTT credentials from "
-        "MQTT_USERNAME and MQTT_PASSWORD or MQTT_PASSWORD_FILE.",
+        description="Follow X, Bluesky and Mastodon and publish the command of each trigger posted by an allowed "
+        "account. Secrets come from the environment: X_BEARER_TOKEN, MASTODON_ACCESS_TOKEN and MQTT_PASSWORD, "
+        "or the same names with _FILE naming a file that holds them; MQTT_USERNAME names the MQTT user.",
     )
     p.add_argument("--config", default="topics.yaml", help="the topics.yaml contract (default: %(default)s)")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts://host[:port]")
@@ -53,20 +37,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
     p.add_argument("--client-id", default="edison-bridge", help="MQTT client id (default: %(default)s)")
-    p.add_argument("--source", choices=("x", "stdin"), default="x",
-                   help="x: the X filtered stream; stdin: posts as JSON lines in the stream's format (default: x)")
+    p.add_argument("--source", action="append", choices=SOURCES,
+                   help="a network to follow, repeatable: x (the filtered stream), bluesky (Jetstream), mastodon "
+                   "(the bot account's home timeline), or stdin (posts as JSON lines in X's stream format, alone); "
+                   "default: x")
     p.add_argument("--x-api-url", default="https://api.x.com", help="X API base URL (default: %(default)s)")
-    p.add_argument("--state", type=Path, default=Path("bridge-state"),
-                   help="directory for the ids of posts already acted on (default: %(default)s)")
     p.add_argument("--rule-tag", default="edison-bridge",
-                   help="tag of the stream rules this bridge owns; others are never touched (default: %(default)s)")
+                   help="tag of the X stream rules this bridge owns; others are never touched (default: %(default)s)")
+    p.add_argument("--bluesky-jetstream", action="append", metavar="URL",
+                   help="a Jetstream /subscribe URL, repeatable, tried in turn (default: the four public instances)")
+    p.add_argument("--bluesky-api", default="https://public.api.bsky.app",
+                   help="where Bluesky handles are resolved to DIDs (default: %(default)s)")
+    p.add_argument("--mastodon-url", help="the Mastodon instance of the bot account, e.g. https://mastodon.social")
+    p.add_argument("--state", type=Path, default=Path("bridge-state"),
+                   help="directory for posts already acted on, commands not yet delivered and stream positions "
+                   "(default: %(default)s)")
     p.add_argument("--max-pending", type=int, default=100,
                    help="commands kept while the broker is unreachable (default: %(default)s)")
+    p.add_argument("--drain-timeout", type=float, default=15.0,
+                   help="--source stdin: seconds to wait for the broker after the input ends (default: %(default)s)")
     p.add_argument("--backoff-scale", type=float, default=1.0,
-                   help="multiply X's reconnect delays (tests only; default: %(default)s)")
+                   help="multiply every reconnect delay (tests only; default: %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.source = list(dict.fromkeys(args.source or ["x"]))
+    args.bluesky_jetstream = args.bluesky_jetstream or JETSTREAMS
+    return args
+
+
+def required_secret(name: str, why: str) -> str:
+    value = secret(name)
+    if not value:
+        raise SecretError(f"{why}: set {name} or {name}_FILE")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,40 +79,63 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("edison-bridge", "bridge", "node.mqtt"):
         logging.getLogger(name).setLevel(args.log_level)
     try:
-        from bridge.backoff import Backoff
         from bridge.config import load as load_config
+        from bridge.pipeline import Pipeline
         from bridge.publisher import Publisher
-        from bridge.service import Bridge, follow_stream, read_lines
-        from bridge.state import SeenPosts, StateError
-        from bridge.x_api import XClient
+        from bridge.state import Cursors, Outbox, SeenPosts, StateError
     except ImportError as exc:
-        log.error("the bridge needs httpx: pip install 'edison-mqtt[bridge]' (%s)", exc)
+        log.error("the bridge needs its extra: pip install 'edison-mqtt[bridge]' (%s)", exc)
         return 2
     try:
-        config, bridge_cfg = load_config(args.config)
+        topics, config = load_config(args.config)
+        if "stdin" in args.source and len(args.source) > 1:
+            raise ConfigError("--source stdin reads posts from stdin alone: give no other --source")
+        for source in args.source:
+            network = NETWORK_OF[source]
+            if not config.allow.of(network):
+                raise ConfigError(f"--source {source}: bridge.allow.{network} in {args.config} names no account")
+        if "mastodon" in args.source and not args.mastodon_url:
+            raise ConfigError("--source mastodon needs --mastodon-url (the bot account's instance)")
+        if args.max_pending < 1 or args.backoff_scale <= 0 or args.drain_timeout < 0:
+            raise ConfigError("--max-pending must be at least 1, --backoff-scale above 0, --drain-timeout not negative")
         settings = LinkSettings(BrokerAddress.parse(args.broker), Credentials.from_env(), protocol=args.protocol,
                                 ca_file=args.ca_file)
-        token = bearer_token() if args.source == "x" else ""
-        if args.max_pending < 1 or args.backoff_scale <= 0:
-            raise ConfigError("--max-pending must be at least 1 and --backoff-scale above 0")
-        seen = SeenPosts(args.state)
-    except (ConfigError, LinkError, TokenError, StateError) as exc:
+        tokens = {
+            "x": required_secret("X_BEARER_TOKEN", "no X bearer token (or use --source stdin)")
+            if "x" in args.source else "",
+            "mastodon": required_secret("MASTODON_ACCESS_TOKEN", "no Mastodon access token")
+            if "mastodon" in args.source else "",
+        }
+        seen, outbox, cursors = SeenPosts(args.state), Outbox(args.state), Cursors(args.state)
+    except (ConfigError, LinkError, SecretError, StateError) as exc:
         log.error("%s", exc)
         return 2
-    ids = {a for a in bridge_cfg.allow.x if a.isdigit()}
-    names = [a for a in bridge_cfg.allow.x if not a.isdigit()]
-    publisher = Publisher(settings, args.client_id, args.max_pending)
-    if args.source == "stdin":
-        bridge = Bridge(config, bridge_cfg, publisher, seen, ids, frozenset(n.lower() for n in names))
-        if names:
-            log.info("reading posts from stdin: %s matched by username (no X API to resolve ids)", ", ".join(names))
-    else:
-        bridge = Bridge(config, bridge_cfg, publisher, seen, ids)
+    publisher = Publisher(settings, args.client_id, outbox, args.max_pending)
+    pipeline = Pipeline(topics, config, publisher, seen)
     log.info("%d post id(s) already acted on, from %s", len(seen), seen.path)
+    sources: list[Source] = []
+    for name in args.source:
+        if name == "stdin":
+            from bridge.sources.stdin import StdinSource
+            sources.append(StdinSource(pipeline, config.allow.x, sys.stdin.fileno()))
+        elif name == "x":
+            from bridge.backoff import XBackoff
+            from bridge.sources.x import XClient, XSource
+            sources.append(XSource(pipeline, XClient(args.x_api_url, tokens["x"], config.stall_timeout),
+                                   config.allow.x, args.rule_tag, config.rule_max_length,
+                                   XBackoff(args.backoff_scale, healthy_after=config.stall_timeout)))
+        elif name == "bluesky":
+            from bridge.sources.bluesky import BlueskySource
+            sources.append(BlueskySource(pipeline, config.allow.bluesky, args.bluesky_jetstream, args.bluesky_api,
+                                         cursors, config.stall_timeout, args.backoff_scale))
+        else:
+            from bridge.sources.mastodon import MastodonSource
+            sources.append(MastodonSource(pipeline, config.allow.mastodon, args.mastodon_url, tokens["mastodon"],
+                                          cursors, config.stall_timeout, args.backoff_scale))
 
     stop = threading.Event()
     done = threading.Event()
-    outcome = {"code": 0}
+    codes: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
@@ -117,34 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
 
-    def work() -> None:
+    def follow(source: Source) -> None:
         try:
-            if args.source == "stdin":
-                read_lines(bridge, sys.stdin.buffer)
-                log.info("end of input")
-            else:
-                client = XClient(args.x_api_url, token, bridge_cfg.stall_timeout)
-                outcome["code"] = follow_stream(bridge, client, names, args.rule_tag, bridge_cfg.rule_max_length,
-                                                Backoff(args.backoff_scale, healthy_after=bridge_cfg.stall_timeout),
-                                                stop)
+            code = source.run(stop)
         except Exception:
-            log.exception("bridge stopped by an unexpected error")
-            outcome["code"] = 1
-        finally:
-            done.set()
+            logging.getLogger(f"bridge.{source.network}").exception("source stopped by an unexpected error")
+            code = 1
+        codes.append(code)
+        done.set()
 
     publisher.start()
-    threading.Thread(target=work, name="bridge", daemon=True).start()
+    for source, name in zip(sources, args.source):
+        threading.Thread(target=follow, args=(source,), name=f"source-{name}", daemon=True).start()
     done.wait()
-    bridge.stop()
-    drain = STOP_TIMEOUT if stop.is_set() else EOF_DRAIN_TIMEOUT
+    signalled = stop.is_set()
+    stop.set()
+    pipeline.stop()
+    cursors.flush()
+    code = next((c for c in codes if c), 0)
     log.info("stopping: publishing what is pending")
-    drained = publisher.drain(drain)
-    delivered = publisher.stop(STOP_TIMEOUT if drained else 0.0) and drained
+    end_of_input = not signalled and code == 0
+    drained = publisher.drain(args.drain_timeout if end_of_input else STOP_TIMEOUT)
+    left = publisher.stop(STOP_TIMEOUT if drained else 0.0)
     seen.close()
-    code = outcome["code"]
-    if code == 0 and not delivered and not stop.is_set():
-        code = 1  # end of input with commands never published; on SIGTERM the log says so and we exit 0
+    if code == 0 and left and not signalled:
+        code = 1  # end of input with commands not yet delivered (they stay on disk for the next run)
     log.info("stopped (exit %d)", code)
     return code
 

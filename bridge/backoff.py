@@ -1,36 +1,69 @@
-"""X's published reconnect schedule for the filtered stream (handling-disconnections).
+"""Reconnect schedules, one per network, each kept by its source's one loop.
 
-- an established connection drops: reconnect at once;
+Both share one rule: when an established connection drops, reconnect at once,
+but only the first time after a short-lived connection; a connection that
+drops again before `healthy_after` seconds counts as a failed attempt, so a
+server that accepts and closes at once cannot cause a tight loop. A connection
+that stayed up `healthy_after` seconds resets the schedule. All delays are
+multiplied by `scale` (1.0 in service; tests use a small value so the real
+schedule can be checked quickly).
+
+XBackoff is X's published schedule for the filtered stream
+(handling-disconnections):
 - network (TCP/TLS) errors: linear, +250 ms per attempt, up to 16 s;
 - HTTP errors: exponential from 5 s, doubling, up to 320 s;
 - 429: exponential from 60 s, doubling (X states no ceiling; we stop at an hour);
 - monthly usage cap: an hour at a time (retrying sooner cannot help).
 
-A connection that drops soon after it was established (before `healthy_after`
-seconds) is reconnected at once only the first time; after that it counts as a
-network error, so a server that accepts and closes at once cannot cause a tight
-loop. All delays are multiplied by `scale` (1.0 in service; tests use a small
-value so the real schedule can be checked quickly).
+ExponentialBackoff is for Bluesky's Jetstream and Mastodon's streaming API:
+1 s doubling up to 60 s, each delay drawn from the upper half of its step
+(jitter), so bridges cut off together do not all come back in the same instant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 NETWORK_STEP, NETWORK_MAX = 0.25, 16.0
 HTTP_START, HTTP_MAX = 5.0, 320.0
 TOO_MANY_START, TOO_MANY_MAX = 60.0, 3600.0
 USAGE_CAP_WAIT = 3600.0
+EXPONENTIAL_START, EXPONENTIAL_MAX = 1.0, 60.0
 
 
 @dataclass
-class Backoff:
+class _Reconnect:
     scale: float = 1.0
     healthy_after: float = 30.0
+    _quick_drop: bool = False
+
+    def failed(self) -> float:
+        """A connection attempt failed: the next delay."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self._quick_drop = False
+
+    def dropped(self, lasted: float) -> float:
+        """An established connection ended after `lasted` seconds: the delay before reconnecting."""
+        if lasted >= self.healthy_after:
+            self.reset()
+            return 0.0
+        if not self._quick_drop:
+            self._quick_drop = True
+            return 0.0
+        return self.failed()
+
+
+@dataclass
+class XBackoff(_Reconnect):
     _network: float = 0.0
     _http: float = 0.0
     _too_many: float = 0.0
-    _quick_drop: bool = False
+
+    def failed(self) -> float:
+        return self.network()
 
     def network(self) -> float:
         self._network = min(self._network + NETWORK_STEP, NETWORK_MAX)
@@ -51,17 +84,20 @@ class Backoff:
         """The stream answered 200: HTTP back-off is over (network back-off waits for a healthy run)."""
         self._http = self._too_many = 0.0
 
-    def dropped(self, lasted: float) -> float:
-        """An established connection ended after `lasted` seconds."""
-        if lasted >= self.healthy_after:
-            self.reset()
-            return 0.0
-        if not self._quick_drop:
-            self._quick_drop = True
-            return 0.0
-        return self.network()
+    def reset(self) -> None:
+        super().reset()
+        self._network = self._http = self._too_many = 0.0
+
+
+@dataclass
+class ExponentialBackoff(_Reconnect):
+    rng: random.Random = field(default_factory=random.Random)
+    _step: float = 0.0
+
+    def failed(self) -> float:
+        self._step = min(self._step * 2, EXPONENTIAL_MAX) if self._step else EXPONENTIAL_START
+        return self._step * self.rng.uniform(0.5, 1.0) * self.scale
 
     def reset(self) -> None:
-        self._network = self._http = self._too_many = 0.0
-        self._quick_drop = False
-
+        super().reset()
+        self._step = 0.0

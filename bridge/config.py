@@ -39,9 +39,9 @@ MastodonAcct = Annotated[  # `user` on the bot's own instance, `user@domain` els
 class Allow(_Strict):
     """Allowed accounts per network; everything is keyed on the network's stable id once resolved."""
 
-    x: list[XAccount] = []
-    bluesky: list[BlueskyActor] = []
-    mastodon: list[MastodonAcct] = []
+    x: list[XAccount] = Field(default_factory=list)
+    bluesky: list[BlueskyActor] = Field(default_factory=list)
+    mastodon: list[MastodonAcct] = Field(default_factory=list)
 
     def of(self, network: str) -> list[str]:
         accounts: list[str] = getattr(self, network)

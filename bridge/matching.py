@@ -1,72 +1,56 @@
-"""From a stream message to a verdict: is this post a command, and if not, why not.
+"""From a post to a verdict: is this post a command, and if not, why not.
 
-Pure functions only (dicts in, values out) so every kind of post can be
-tested without a network. The text is normalised for matching only; ids are
-never touched.
+A source turns its network's events into `Post`s; from here on every network
+is the same. Pure functions only, so every kind of post can be tested without
+a network. The text is normalised for matching only; ids are never touched.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.config import BridgeConfig, Trigger
 
 _ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))  # &amp; last: "&amp;lt;" means "&lt;"
-_LEADING_MENTIONS = re.compile(r"^(?:@[A-Za-z0-9_]{1,15}\s+)+")
-
-
-class NotAPost(ValueError):
-    """The message has `data` but not the fields a post must carry."""
+# @name (X), @handle.domain (Bluesky), @user or @user@domain (Mastodon)
+_LEADING_MENTIONS = re.compile(r"^(?:@[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?(?:@[A-Za-z0-9.-]+)?\s+)+")
+REPOST_WORD = {"x": "retweet", "bluesky": "repost", "mastodon": "reblog"}
 
 
 @dataclass(frozen=True)
 class Post:
-    id: str
+    """One post (or repost, or edit) as every source reports it."""
+
+    network: str  # x | bluesky | mastodon
+    id: str  # the network's id of the post, as logged
+    command_id: str  # the command's id and the key of the duplicate check: x:<id>, bsky:<did>/<rkey>, ...
+    author_id: str  # stable account id: the allow-list and the rate limit key on it
+    author: str | None  # username, handle or acct: display only
     text: str
-    author_id: str
-    username: str | None  # display only; everything is keyed on author_id
-    created_at: str | None
-    retweet: bool
-    reply: bool
-    quote: bool
+    time: float | None  # unix time the post was made (the service's clock where there is one)
+    kind: str = "post"  # post | repost | edit
+    reply: bool = False
+    quote: bool = False
+    source: Mapping[str, str] = field(default_factory=dict, hash=False)  # the command's `source`, besides `via`
+
+    @property
+    def who(self) -> str:
+        return f"@{self.author} ({self.author_id})" if self.author else self.author_id
 
 
-def parse_post(message: dict[str, Any]) -> Post:
-    """A post from a stream message that has `data` (extra and missing optional fields tolerated)."""
-    data = message.get("data")
-    if not isinstance(data, dict):
-        raise NotAPost("`data` is not an object")
-    post_id, author_id = data.get("id"), data.get("author_id")
-    if not isinstance(post_id, str) or not post_id.isdigit():
-        raise NotAPost(f"post id {post_id!r} is not a numeric string")
-    if not isinstance(author_id, str) or not author_id.isdigit():
-        raise NotAPost(f"post {post_id}: author_id {author_id!r} is missing or not numeric (tweet.fields lacks author_id?)")
-    note = data.get("note_tweet")
-    text = note.get("text") if isinstance(note, dict) and isinstance(note.get("text"), str) else data.get("text")
-    if not isinstance(text, str):
-        raise NotAPost(f"post {post_id}: no text")
-    # OAS 2.167 spells these *_posts; the data dictionary and the live API *_tweets.
-    refs = _list(data.get("referenced_tweets", data.get("referenced_posts")))
-    kinds = {r.get("type") for r in refs if isinstance(r, dict)}
-    includes = message.get("includes") if isinstance(message.get("includes"), dict) else {}
-    users = {u.get("id"): u.get("username") for u in _list(includes.get("users")) if isinstance(u, dict)}
-    return Post(
-        id=post_id,
-        text=text,
-        author_id=author_id,
-        username=users.get(author_id),
-        created_at=data.get("created_at") if isinstance(data.get("created_at"), str) else None,
-        retweet="retweeted" in kinds,
-        reply="replied_to" in kinds or isinstance(data.get("in_reply_to_user_id"), str),
-        quote="quoted" in kinds,
-    )
+@dataclass
+class Allowed:
+    """The accounts of one network whose posts may act: stable ids, or (stdin only) lower-case names."""
 
+    ids: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    def __contains__(self, post: Post) -> bool:
+        return post.author_id in self.ids or bool(self.names) and (post.author or "").lower() in self.names
 
 
 def normalise(text: str, reply: bool = False) -> str:
@@ -85,17 +69,14 @@ class Verdict:
     reason: str  # why not, when trigger is None
 
 
-def judge(post: Post, config: BridgeConfig, allowed_ids: set[str], allowed_names: frozenset[str] = frozenset()) -> Verdict:
-    """Allow-list, post kind and phrase; duplicates, rate and age are the caller's (they need state).
-
-    `allowed_names` (lower case) is only for posts read without the X API, where
-    usernames cannot be resolved to ids.
-    """
-    by_name = bool(allowed_names) and (post.username or "").lower() in allowed_names
-    if post.author_id not in allowed_ids and not by_name:
+def judge(post: Post, config: BridgeConfig, allowed: Allowed) -> Verdict:
+    """Allow-list, post kind and phrase; duplicates, rate and age are the caller's (they need state)."""
+    if post not in allowed:
         return Verdict(None, "not allowed")
-    if post.retweet:
-        return Verdict(None, "retweet")
+    if post.kind == "repost":
+        return Verdict(None, REPOST_WORD.get(post.network, "repost"))
+    if post.kind != "post":
+        return Verdict(None, post.kind)
     if post.reply and not config.include_replies:
         return Verdict(None, "reply (include_replies is false)")
     if post.quote and not config.include_quotes:
@@ -113,22 +94,3 @@ def command(trigger: Trigger) -> dict[str, Any]:
         return {"state": trigger.command}
     params = {k: getattr(trigger, k) for k in ("count", "on_time", "off_time") if getattr(trigger, k) is not None}
     return {"effect": "blink", **params}
-
-
-def build_rules(user_ids: list[str], max_length: int) -> list[str]:
-    """`(from:a OR from:b) -is:retweet` rules, each within max_length characters, covering every id once."""
-    def rule(ids: list[str]) -> str:
-        return f"({' OR '.join(f'from:{i}' for i in ids)}) -is:retweet"
-
-    rules: list[str] = []
-    batch: list[str] = []
-    for user_id in sorted(set(user_ids), key=lambda i: (len(i), i)):
-        if len(rule([user_id])) > max_length:
-            raise ValueError(f"rule_max_length {max_length} is too short for even one account ({user_id})")
-        if batch and len(rule([*batch, user_id])) > max_length:
-            rules.append(rule(batch))
-            batch = []
-        batch.append(user_id)
-    if batch:
-        rules.append(rule(batch))
-    return rules

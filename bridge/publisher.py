@@ -1,9 +1,14 @@
-"""Commands out over MQTT, kept while the broker is unreachable.
+"""Commands out over MQTT; a command is never lost between a post and the broker's PUBACK.
 
-The bridge publishes only while connected; otherwise the command waits in a
-bounded queue (the oldest is dropped, with a log line, when it is full) and is
-sent from the link's on_connect. A command whose `expires` passes while it
-waits is dropped with a log line instead of reaching the device late.
+`keep` writes a command to the outbox in --state (fsynced) before anything is
+sent; `flush` hands what waits to MQTT while the broker is reachable (and the
+link's on_connect flushes again on every connect); the broker's PUBACK removes
+it from the outbox. Whatever is not acknowledged when the bridge stops stays on
+disk and is published by the next run. A command whose `expires` passes while
+it waits is dropped with a log line instead of reaching the device late.
+
+This is the only module that talks to node.mqtt (the Link, its settings and
+paho's MQTT 5 properties).
 """
 
 from __future__ import annotations
@@ -12,81 +17,149 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.state import Outbox, Outgoing
 from node.mqtt import Link, LinkSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    command: dict[str, Any]  # has "id" and "expires"; user properties come from "source"
+class _AckingLink(Link):
+    """The node's Link, also reporting each PUBACK with its message id and reason code."""
+
+    def __init__(self, settings: LinkSettings, client_id: str, publisher: Publisher) -> None:
+        super().__init__(settings, client_id=client_id, subscriptions=[], on_message=lambda msg: None,
+                         on_connect=lambda session_present: publisher.flush())
+        self._publisher = publisher
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any) -> None:
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+        try:
+            self._publisher.acknowledged(mid, reason_code)
+        except Exception:  # paho would end its network thread silently
+            log.exception("error handling the PUBACK of message %d", mid)
 
 
 class Publisher:
-    def __init__(self, settings: LinkSettings, client_id: str, max_pending: int = 100) -> None:
-        self._pending: deque[Outgoing] = deque()
+    def __init__(self, settings: LinkSettings, client_id: str, outbox: Outbox, max_pending: int = 100) -> None:
+        self.outbox = outbox
         self._max_pending = max_pending
         self._lock = threading.Condition()
-        self.link = Link(settings, client_id=client_id, subscriptions=[], on_message=lambda msg: None,
-                         on_connect=self._on_connect)
+        self._handed: set[str] = set()  # ids handed to MQTT by this process (paho resends them after a reconnect)
+        self._announced: set[str] = set()  # ids logged as waiting for the broker
+        self._in_flight: dict[int, str] = {}  # message id -> command id, until the PUBACK
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() back to its caller
+        self.link = _AckingLink(settings, client_id, self)
 
     def start(self) -> None:
+        if len(self.outbox):
+            log.info("%d command(s) kept from an earlier run in %s: publishing when the broker is reachable",
+                     len(self.outbox), self.outbox.path)
         self.link.start()
 
-    def publish(self, out: Outgoing) -> None:
+    def __contains__(self, command_id: str) -> bool:
         with self._lock:
-            if self.link.connected and not self._pending:
-                self._send(out)
-                return
-            if len(self._pending) >= self._max_pending:
-                dropped = self._pending.popleft()
-                log.warning("pending queue full (%d): dropped command %s for %s", self._max_pending,
-                            dropped.command["id"], dropped.topic)
-            self._pending.append(out)
-            log.info("broker unreachable: command %s for %s kept (%d pending)", out.command["id"], out.topic,
-                     len(self._pending))
+            return command_id in self.outbox
+
+    def pending(self) -> list[Outgoing]:
+        with self._lock:
+            return list(self.outbox)
+
+    def keep(self, out: Outgoing) -> None:
+        """Make the command safe: on disk when this returns (OSError if it cannot be written)."""
+        with self._lock:
+            if len(self.outbox) >= self._max_pending:
+                oldest = next((o for o in self.outbox if o.id not in self._handed), None)
+                if oldest is not None:
+                    log.warning("pending queue full (%d): dropped command %s for %s", self._max_pending, oldest.id,
+                                oldest.topic)
+                    self._finish(oldest.id)
+            self.outbox.add(out)
+
+    def flush(self) -> None:
+        """Hand every kept command to MQTT while connected (called after `keep` and on every connect)."""
+        while True:
+            with self._lock:
+                if not self.link.connected:
+                    for out in self.outbox:
+                        if out.id not in self._handed and out.id not in self._announced:
+                            self._announced.add(out.id)
+                            log.info("broker unreachable: command %s for %s kept (%d pending)", out.id, out.topic,
+                                     len(self.outbox))
+                    return
+                found = next((o for o in self.outbox if o.id not in self._handed), None)
+                if found is None:
+                    return
+                out = found
+                self._handed.add(out.id)
+                remaining = out.command["expires"] - time.time()
+                if remaining <= 0:
+                    log.warning("command %s for %s expired %.0f s ago while waiting for the broker: dropped",
+                                out.id, out.topic, -remaining)
+                    self._finish(out.id)
+                    continue
+            mid = self._publish(out, remaining)  # never under our lock: paho calls on_publish under its own
+            with self._lock:
+                if mid is None:
+                    self._handed.discard(out.id)  # not queued by paho: tried again at the next connect
+                    return
+                if mid in self._early:
+                    self._settle(out.id, self._early.pop(mid))
+                else:
+                    self._in_flight[mid] = out.id
+
+    def acknowledged(self, mid: int, reason_code: ReasonCode) -> None:
+        with self._lock:
+            command_id = self._in_flight.pop(mid, None)
+            if command_id is None:
+                self._early[mid] = reason_code
+            else:
+                self._settle(command_id, reason_code)
 
     def drain(self, timeout: float) -> bool:
-        """Wait up to `timeout` until nothing waits for the broker."""
+        """Wait up to `timeout` until the broker has acknowledged every kept command."""
         with self._lock:
-            return self._lock.wait_for(lambda: not self._pending, timeout)
+            return self._lock.wait_for(lambda: not len(self.outbox), timeout)
 
-    def stop(self, timeout: float) -> bool:
-        """Disconnect after the broker acknowledged what was sent (up to `timeout`); False if anything is lost."""
-        flushed = self.link.stop(timeout=timeout)
+    def stop(self, timeout: float) -> int:
+        """Disconnect (after up to `timeout` for outstanding PUBACKs); the number of commands left on disk."""
+        self.link.stop(timeout=timeout)
         with self._lock:
-            left = len(self._pending)
+            left = len(self.outbox)
+            self.outbox.close()
         if left:
-            log.error("stopping with %d command(s) never published (broker unreachable)", left)
-        return flushed and not left
+            log.warning("%d command(s) not yet acknowledged by the broker are kept in %s: the next run publishes "
+                        "them", left, self.outbox.path)
+        return left
 
-    def _on_connect(self, session_present: bool) -> None:
-        with self._lock:
-            if self._pending:
-                log.info("broker reachable: publishing %d kept command(s)", len(self._pending))
-            while self._pending and self.link.connected:
-                self._send(self._pending.popleft())
-            self._lock.notify_all()
+    def _settle(self, command_id: str, reason_code: ReasonCode) -> None:
+        if reason_code.is_failure:
+            log.error("the broker refused command %s: %s (check the bridge user's access rules)", command_id,
+                      reason_code)
+        else:
+            log.debug("the broker acknowledged command %s", command_id)
+        self._finish(command_id)
 
-    def _send(self, out: Outgoing) -> None:
-        remaining = out.command["expires"] - time.time()
-        if remaining <= 0:
-            log.warning("command %s for %s expired %.0f s ago while waiting for the broker: dropped",
-                        out.command["id"], out.topic, -remaining)
-            return
+    def _finish(self, command_id: str) -> None:
+        self.outbox.remove(command_id)
+        self._handed.discard(command_id)
+        self._announced.discard(command_id)
+        self._lock.notify_all()
+
+    def _publish(self, out: Outgoing, remaining: float) -> int | None:
         props = None
         if self.link.mqtt5:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = max(1, int(remaining))
-            props.UserProperty = [(f"x_{k}", str(v)) for k, v in out.command.get("source", {}).items()]
-        self.link.publish(out.topic, json.dumps(out.command, separators=(",", ":"), ensure_ascii=False),
-                          qos=1, properties=props)
-        log.info("published command %s to %s", out.command["id"], out.topic)
+            source = out.command.get("source", {})
+            props.UserProperty = [(f"{source.get('via', 'source')}_{k}", str(v)) for k, v in source.items()]
+        mid = self.link.publish(out.topic, json.dumps(out.command, separators=(",", ":"), ensure_ascii=False),
+                                qos=1, properties=props)
+        if mid is not None:
+            log.info("published command %s to %s", out.id, out.topic)
+        return mid

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEVICE, TOPICS_YAML, _mosquitto_binary, start_mosquitto
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, python_cmd, read_trace
+from bridge.state import Outbox
+from tests.conftest import DEVICE, TOPICS_YAML, NodeRunner, _mosquitto_binary, start_mosquitto
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd, read_trace
 from tests.tcpproxy import TcpProxy
 from tests.xstream import (BODY_401, BODY_429, BODY_429_CAP, BODY_503, CLOSE, OPERATIONAL_DISCONNECT, RESET, STALL,
                            TOKEN, XStreamServer, post)
@@ -283,3 +284,43 @@ def test_stdin_source_from_a_shell_pipe(mosquitto, listener, tmp_path, bridges):
     assert re.search(r"post 9003 .* ignored: rate-limited", proc.output)
     assert re.search(r"post 9004 .* ignored: expired", proc.output)
     assert set_ids(listener) == ["x:9002"]
+
+
+def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_path, bridges, mosquitto_bin):
+    """Regression: the post was recorded as acted on, the command lost with the process, the post then a duplicate."""
+    port = free_port()
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(json.dumps(allowed_post("9101")) + "\n")
+
+    def run_bridge(name: str) -> Proc:
+        command = " ".join(python_cmd("bridge", "--source", "stdin", "--config", str(bridges.config),
+                                      "--broker", f"mqtt://127.0.0.1:{port}", "--state", str(bridges.state),
+                                      "--drain-timeout", "0.3"))
+        return Proc(["sh", "-c", f"{command} < {posts}"], tmp_path / f"{name}.log", env={"MQTT_USERNAME": "bridge"})
+
+    first = run_bridge("down")
+    assert first.wait() == 1, first.output
+    assert re.search(r"broker unreachable: command x:9101 for edison/edison-t/led/set kept", first.output)
+    assert re.search(r"1 command\(s\) not yet acknowledged by the broker are kept in .*pending-commands.jsonl",
+                     first.output)
+
+    broker = start_mosquitto(tmp_path, mosquitto_bin, port=port)
+    listener = Probe(broker)
+    nodes = NodeRunner(broker, tmp_path, bridges.config)
+    try:
+        listener.subscribe("edison/#")
+        nodes.start(wait_online=listener)
+        second = run_bridge("up")  # the same post again, as a user would retry
+        assert second.wait() == 0, second.output
+        assert "post 9101 from @k_yone (1001) ignored: duplicate" in second.output
+        assert listener.result(DEVICE, "x:9101")["ok"] is True
+        for state in ["ON", "OFF"] * 3:
+            listener.wait_for(f"edison/{DEVICE}/led/state", state)
+        listener.barrier()
+        assert set_ids(listener) == ["x:9101"]
+        assert [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20] == [1, 0] * 3
+        assert len(Outbox(bridges.state)) == 0  # nothing left for a third run to send again
+    finally:
+        nodes.stop_all()
+        listener.close()
+        broker.proc.stop()

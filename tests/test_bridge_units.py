@@ -1,4 +1,4 @@
-"""The bridge's pure parts: matching, line splitting, X's back-off schedule, rules, remembered post ids."""
+"""The bridge's pure parts: matching, line splitting, back-off schedules, X rules, what --state keeps."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import json
 import pytest
 
 from bridge import matching
-from bridge.backoff import Backoff
-from bridge.state import SeenPosts
-from bridge.x_api import Skipped, XError, split_lines
+from bridge.backoff import ExponentialBackoff, XBackoff
 from bridge.config import BridgeConfig
+from bridge.sources import Skipped, split_lines
+from bridge.sources.x import NotAPost, XError, build_rules, parse_post
+from bridge.state import Cursors, Outbox, Outgoing, SeenPosts
 from tests.xstream import BODY_429, BODY_429_CAP, BODY_429_CONNECTIONS, post
 
 CONFIG = BridgeConfig(allow=["k_yone"], triggers=[
     {"phrase": "L Chika", "device": "edison-1", "output": "led", "command": "BLINK"},
     {"phrase": "Fish & Chips <3", "device": "edison-1", "output": "led", "command": "ON"},
 ])
-ALLOWED = {"1001"}
+ALLOWED = matching.Allowed({"1001"})
 
 
 def verdict(**kwargs) -> matching.Verdict:
     message = post(kwargs.pop("id", "5"), kwargs.pop("text", "L Chika"), kwargs.pop("author", "1001"), "k_yone",
                    **kwargs)
-    return matching.judge(matching.parse_post(message), CONFIG, ALLOWED)
+    return matching.judge(parse_post(message), CONFIG, ALLOWED)
 
 
 @pytest.mark.parametrize("text", ["L Chika", "l chika", "  L CHIKA \n", "\tL Chika\t"])
@@ -41,16 +42,16 @@ def test_phrase_must_be_the_whole_text(text, reason):
 def test_html_entities_and_nfd_text_are_normalised_for_matching():
     assert verdict(text="Fish &amp; Chips &lt;3").trigger.command == "ON"
     nfd = BridgeConfig(allow=["k_yone"], triggers=[{"phrase": "Café", "device": "d", "output": "o", "command": "ON"}])
-    message = matching.parse_post(post("6", "Cafe\u0301", "1001", "k_yone"))
+    message = parse_post(post("6", "Cafe\u0301", "1001", "k_yone"))
     assert matching.judge(message, nfd, ALLOWED).trigger is not None
 
 
 def test_reply_mentions_are_removed_only_when_replies_are_included():
     assert verdict(text="@edison @k_yone L Chika", kind="replied_to").reason.startswith("reply")
     cfg = CONFIG.model_copy(update={"include_replies": True})
-    reply = matching.parse_post(post("7", "@edison @k_yone L Chika", "1001", "k_yone", kind="replied_to"))
+    reply = parse_post(post("7", "@edison @k_yone L Chika", "1001", "k_yone", kind="replied_to"))
     assert matching.judge(reply, cfg, ALLOWED).trigger is not None
-    not_reply = matching.parse_post(post("8", "@edison L Chika", "1001", "k_yone"))
+    not_reply = parse_post(post("8", "@edison L Chika", "1001", "k_yone"))
     assert matching.judge(not_reply, cfg, ALLOWED).reason == "no trigger"
 
 
@@ -62,15 +63,15 @@ def test_stranger_retweet_and_quote_are_refused():
 
 def test_long_post_uses_note_tweet_text_and_username_comes_from_the_author_not_the_first_user():
     message = post("9", "L Chi…", "1001", "k_yone", kind="quoted", note="L Chika")
-    parsed = matching.parse_post(message)
-    assert parsed.text == "L Chika" and parsed.username == "k_yone" and parsed.quote
+    parsed = parse_post(message)
+    assert parsed.text == "L Chika" and parsed.author == "k_yone" and parsed.quote
 
 
 def test_message_without_author_id_is_refused_with_a_reason():
     message = post("10", "L Chika", "1001", "k_yone")
     del message["data"]["author_id"]
-    with pytest.raises(matching.NotAPost, match="author_id"):
-        matching.parse_post(message)
+    with pytest.raises(NotAPost, match="author_id"):
+        parse_post(message)
 
 
 def test_odd_shapes_do_not_break_parsing():
@@ -78,8 +79,8 @@ def test_odd_shapes_do_not_break_parsing():
     message["data"]["referenced_tweets"] = 5
     message["includes"] = {"users": "nobody"}
     message["unknown_key"] = {"x": 1}
-    parsed = matching.parse_post(message)
-    assert parsed.username is None and not parsed.retweet
+    parsed = parse_post(message)
+    assert parsed.author is None and parsed.kind == "post"
     assert matching.judge(parsed, CONFIG, ALLOWED).trigger is not None
 
 
@@ -92,12 +93,12 @@ def test_commands_for_triggers():
 
 def test_rules_use_ids_and_split_to_fit_the_length_limit():
     ids = [str(10**18 + i) for i in range(40)]
-    rules = matching.build_rules(ids, 512)
+    rules = build_rules(ids, 512)
     assert len(rules) > 1 and all(len(r) <= 512 and r.endswith(") -is:retweet") for r in rules)
     assert sorted(i for r in rules for i in r[1:r.index(")")].replace("from:", "").split(" OR ")) == sorted(ids)
-    assert matching.build_rules(["1001"], 512) == ["(from:1001) -is:retweet"]
+    assert build_rules(["1001"], 512) == ["(from:1001) -is:retweet"]
     with pytest.raises(ValueError, match="too short"):
-        matching.build_rules(ids, 20)
+        build_rules(ids, 20)
 
 
 def _lines(chunks, max_line=1 << 20):
@@ -118,7 +119,7 @@ def test_oversize_and_truncated_lines_are_reported_and_the_next_line_survives():
 
 
 def test_backoff_follows_x_schedule():
-    b = Backoff()
+    b = XBackoff()
     assert [b.network() for _ in range(3)] == [0.25, 0.5, 0.75]
     assert [b.network() for _ in range(70)][-1] == 16.0
     assert [b.http() for _ in range(8)] == [5, 10, 20, 40, 80, 160, 320, 320]
@@ -128,7 +129,7 @@ def test_backoff_follows_x_schedule():
 
 
 def test_established_drop_reconnects_at_once_but_a_flapping_server_gets_backed_off():
-    b = Backoff(scale=0.01, healthy_after=30)
+    b = XBackoff(scale=0.01, healthy_after=30)
     assert b.dropped(lasted=100) == 0
     assert b.dropped(lasted=1) == 0
     assert b.dropped(lasted=1) == pytest.approx(0.0025)
@@ -145,8 +146,59 @@ def test_error_kinds_from_x_problem_bodies():
 def test_seen_posts_survive_reopening_and_stay_bounded(tmp_path):
     seen = SeenPosts(tmp_path / "s", limit=3)
     for i in range(10):
-        seen.add(str(100 + i))
+        seen.add(f"bsky:did:plc:a/{100 + i}")
     seen.close()
     again = SeenPosts(tmp_path / "s", limit=3)
-    assert [p in again for p in ("107", "108", "109", "106")] == [True, True, True, False]
+    assert [f"bsky:did:plc:a/{p}" in again for p in (107, 108, 109, 106)] == [True, True, True, False]
     assert len((tmp_path / "s" / "seen-posts.txt").read_text().split()) < 6
+
+
+def test_seen_posts_written_before_other_networks_are_x_posts(tmp_path):
+    (tmp_path / "seen-posts.txt").write_text("1861234567890\nx:42\n\nnot an id\n")
+    seen = SeenPosts(tmp_path)
+    assert "x:1861234567890" in seen and "x:42" in seen and len(seen) == 2
+
+
+def test_exponential_backoff_doubles_to_a_minute_with_jitter_and_resets_after_a_healthy_run():
+    b = ExponentialBackoff(healthy_after=30)
+    delays = [b.failed() for _ in range(9)]
+    for delay, step in zip(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]):
+        assert step / 2 <= delay <= step
+    assert len(set(delays[-3:])) > 1  # jittered, not in step with other clients
+    assert b.dropped(lasted=31) == 0 and b.dropped(lasted=1) == 0
+    assert 0.5 <= b.dropped(lasted=1) <= 1  # a second quick drop: back-off from the start again
+
+
+def test_outbox_keeps_unacknowledged_commands_across_reopening_and_skips_a_torn_line(tmp_path):
+    box = Outbox(tmp_path)
+    for i in range(3):
+        box.add(Outgoing(f"edison/d/led/set", {"id": f"x:{i}", "expires": 1.0, "effect": "blink"}))
+    box.remove("x:1")
+    box.remove("x:unknown")
+    box.close()
+    with open(tmp_path / "pending-commands.jsonl", "a") as f:
+        f.write('{"topic": "edison/d/led/set", "comm')  # the process died while writing
+    again = Outbox(tmp_path)
+    assert [o.id for o in again] == ["x:0", "x:2"] and "x:2" in again
+    assert next(iter(again)).command == {"id": "x:0", "expires": 1.0, "effect": "blink"}
+    for i in range(200):
+        again.add(Outgoing("t", {"id": f"y:{i}", "expires": 1.0}))
+        again.remove(f"y:{i}")
+    assert len((tmp_path / "pending-commands.jsonl").read_text().splitlines()) < 150  # compacted
+
+
+def test_cursors_survive_reopening_and_an_unreadable_file_starts_afresh(tmp_path):
+    cursors = Cursors(tmp_path, min_interval=3600)
+    cursors.set("bluesky", 1)  # the first write is immediate
+    cursors.set("bluesky", 2)  # within min_interval: kept in memory until flush
+    assert Cursors(tmp_path).get("bluesky") == 1
+    cursors.flush()
+    assert Cursors(tmp_path).get("bluesky") == 2
+    (tmp_path / "cursors.json").write_text("{torn")
+    assert Cursors(tmp_path).get("bluesky") is None
+
+
+@pytest.mark.parametrize("text", ["@kyone.bsky.social L Chika", "@bot @kyone@mastodon.social L Chika"])
+def test_a_replys_leading_mentions_of_every_network_are_removed(text):
+    assert matching.normalise(text, reply=True) == "l chika"
+    assert matching.normalise("@k_yone, L Chika", reply=True) == "@k_yone, l chika"
