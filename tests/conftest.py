@@ -12,8 +12,8 @@ import pytest
 
 from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
-# Fixtures of the secured broker (users, access rules, the Mosquitto export).
-pytest_plugins = ["tests.broker_setup"]
+# Fixtures of the secured broker (users, access rules, the Mosquitto export) and of the bridge's networks.
+pytest_plugins = ["tests.broker_setup", "tests.bridge_setup"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

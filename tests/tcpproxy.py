@@ -1,4 +1,4 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to make a broker unreachable for one client."""
+"""A TCP forwarder on 127.0.0.1 that a test can cut, restore or freeze, to make a server unreachable for one client."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class TcpProxy:
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
+        self._frozen: list[threading.Event] = []
         self._lock = threading.Lock()
 
     def up(self) -> None:
@@ -39,6 +40,12 @@ class TcpProxy:
                 pass
             conn.close()
 
+    def freeze(self) -> None:
+        """Open connections go silent both ways without closing (a NAT that forgot them); new ones work."""
+        with self._lock:
+            for frozen in self._frozen:
+                frozen.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -46,16 +53,19 @@ class TcpProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            frozen = threading.Event()
             with self._lock:
                 self._conns += [client, upstream]
+                self._frozen.append(frozen)
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, frozen), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, frozen: threading.Event) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not frozen.is_set():
+                    dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):

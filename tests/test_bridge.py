@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from bridge.state import Outbox
-from tests.conftest import DEVICE, TOPICS_YAML, NodeRunner, _mosquitto_binary, start_mosquitto
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd, read_trace
+from tests.bridge_setup import SCALE, SET_TOPIC, STALL_TIMEOUT, BridgeRunner, delays, set_ids
+from tests.conftest import DEVICE, TOPICS_YAML, NodeRunner, start_mosquitto
+from tests.helpers import TIMEOUT, Probe, Proc, free_port, python_cmd, read_trace
 from tests.tcpproxy import TcpProxy
 from tests.xstream import (BODY_401, BODY_429, BODY_429_CAP, BODY_503, CLOSE, OPERATIONAL_DISCONNECT, RESET, STALL,
                            TOKEN, XStreamServer, post)
 
 ALLOWED, STRANGER = "1001", "666"
-SET_TOPIC = f"edison/{DEVICE}/led/set"
-SCALE = 0.01  # X's reconnect delays, scaled down so the real schedule runs in seconds
-STALL_TIMEOUT = 2.0
 BRIDGE_YAML = TOPICS_YAML + f"""\
 bridge:
   allow: [k_yone]
@@ -43,64 +39,11 @@ def xserver() -> Iterator[XStreamServer]:
     server.stop()
 
 
-class BridgeRunner:
-    def __init__(self, tmp_path: Path, xserver: XStreamServer) -> None:
-        self.tmp_path = tmp_path
-        self.xserver = xserver
-        self.config = tmp_path / "bridge.yaml"
-        self.config.write_text(BRIDGE_YAML)
-        self.state = tmp_path / "state"
-        self.procs: list[Proc] = []
-
-    def start(self, broker_url: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
-        argv = python_cmd("bridge", "--config", str(self.config), "--broker", broker_url,
-                          "--x-api-url", self.xserver.url, "--state", str(self.state),
-                          "--backoff-scale", str(SCALE), *extra)
-        proc = Proc(argv, self.tmp_path / f"bridge-{len(self.procs)}.log",
-                    env={"X_BEARER_TOKEN": TOKEN, "MQTT_USERNAME": "bridge", **(env or {})})
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    proc.wait(TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    pass
-            proc.stop()
-
-
 @pytest.fixture
 def bridges(tmp_path, xserver) -> Iterator[BridgeRunner]:
-    runner = BridgeRunner(tmp_path, xserver)
+    runner = BridgeRunner(tmp_path, BRIDGE_YAML, ["--x-api-url", xserver.url], {"X_BEARER_TOKEN": TOKEN})
     yield runner
     runner.stop_all()
-
-
-@pytest.fixture
-def mosquitto(tmp_path) -> Iterator[Broker]:
-    """One MQTT 5 broker for the tests whose subject is the X side."""
-    broker = start_mosquitto(tmp_path, _mosquitto_binary())
-    yield broker
-    broker.proc.stop()
-
-
-@pytest.fixture
-def listener(mosquitto) -> Iterator[Probe]:
-    probe = Probe(mosquitto)
-    probe.subscribe("edison/#")
-    yield probe
-    probe.close()
-
-
-def set_ids(probe: Probe) -> list[str]:
-    return [m.json()["id"] for m in probe.seen if m.topic == SET_TOPIC]
-
-
-def delays(proc: Proc) -> list[float]:
-    return [float(m) for m in re.findall(r"reconnecting in ([0-9.e-]+) s", proc.output)]
 
 
 def test_allowed_trigger_blinks_the_pin(broker, probe, nodes, bridges, xserver):

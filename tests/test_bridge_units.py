@@ -172,7 +172,7 @@ def test_exponential_backoff_doubles_to_a_minute_with_jitter_and_resets_after_a_
 def test_outbox_keeps_unacknowledged_commands_across_reopening_and_skips_a_torn_line(tmp_path):
     box = Outbox(tmp_path)
     for i in range(3):
-        box.add(Outgoing(f"edison/d/led/set", {"id": f"x:{i}", "expires": 1.0, "effect": "blink"}))
+        box.add(Outgoing("edison/d/led/set", {"id": f"x:{i}", "expires": 1.0, "effect": "blink"}))
     box.remove("x:1")
     box.remove("x:unknown")
     box.close()
