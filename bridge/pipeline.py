@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 from bridge import matching
@@ -59,13 +60,19 @@ class Pipeline:
     def stopped(self) -> bool:
         return self._stopped
 
-    def handle(self, post: matching.Post) -> bool:
-        """Decide on one post and log the verdict; True if it became a command. Never raises."""
+    def handle(self, post: matching.Post, done: Callable[[], None] | None = None) -> bool:
+        """Decide on one post and log the verdict; True if it became a command. Never raises.
+
+        `done` runs once the post is dealt with (ignored, or its command safe), before `stop` can
+        return: a source moves its stream position there, so a post is never skipped on restart.
+        """
         with self._lock:
             if self._stopped:
                 return False
             try:
                 out = self._decide(post)
+                if done is not None:
+                    done()
             except OSError as exc:
                 network_log(post.network).error("post %s from %s NOT acted on: its command cannot be kept in the "
                                                 "state directory (%s)", post.id, post.who, exc)

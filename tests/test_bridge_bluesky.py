@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -36,7 +37,9 @@ def test_allowed_post_blinks_the_led(broker, probe, nodes, bluesky_bridges, jets
     bridge = bluesky_bridges.start(broker.url)
     jetstream.wait_subscribed()
     query = jetstream.queries[0]
-    assert query["wantedCollections"] == [POST] and query["wantedDids"] == [KYONE_DID] and "cursor" not in query
+    assert query["wantedCollections"] == [POST] and query["wantedDids"] == [KYONE_DID]
+    # A first run starts from now (5 s before, as every resume), so a post made after any later stop is replayed.
+    assert 0 < now_us() - int(query["cursor"][0]) < 5_000_000 + TIMEOUT * 1_000_000
     assert resolver.requests == [KYONE_HANDLE]
     jetstream.publish(post_event(KYONE_DID, "3l3qo2vuowo2b", "l chika"))
     command = probe.wait_for(SET_TOPIC)
@@ -84,21 +87,25 @@ def test_posts_made_while_away_are_replayed_once_and_never_when_expired(mosquitt
                                                                          jetstream):
     first = bluesky_bridges.start(mosquitto.url)
     jetstream.wait_subscribed()
-    old = now_us() - 400_000_000  # Jetstream got it 400 s ago: past the 300 s expiry
-    jetstream.publish(post_event(KYONE_DID, "d1", time_us=old))
-    first.wait_for_line(r"post d1 .* ignored: expired \(posted 400 s ago, expiry 300 s\)")
+    jetstream.publish(post_event(KYONE_DID, "d1"))
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/d1")
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
 
-    # While the bridge is down: a post a second after d1 (also expired by now) and a fresh one.
-    jetstream.publish(post_event(KYONE_DID, "d2", time_us=old + 1_000_000), post_event(KYONE_DID, "d3"))
+    # The bridge was away for 400 s (its last stream position is that old): a post made just after it left has
+    # expired by now (expiry 300 s), one made a moment ago has not.
+    cursors = bluesky_bridges.state / "cursors.json"
+    left = now_us() - 400_000_000
+    cursors.write_text(json.dumps({**json.loads(cursors.read_text()), "bluesky": left}))
+    jetstream.publish(post_event(KYONE_DID, "d2", time_us=left + 1_000_000), post_event(KYONE_DID, "d3"))
     second = bluesky_bridges.start(mosquitto.url)
     jetstream.wait_subscribed(2)
-    assert int(jetstream.queries[1]["cursor"][0]) == old - 5_000_000  # a few seconds before the last event seen
+    assert int(jetstream.queries[1]["cursor"][0]) == left - 5_000_000  # a few seconds before the last event seen
     listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/d3")
-    second.wait_for_line(r"post d2 .* ignored: expired")
+    second.wait_for_line(r"post d2 .* ignored: expired \(posted (399|400) s ago, expiry 300 s\)")
+    second.wait_for_line(r"post d1 .* ignored: duplicate \(already acted on\)")
 
-    # Disconnected, not stopped: the server goes away, a post is made, the bridge comes back through the cursor.
+    # Disconnected, not stopped: the service is away, a post is made, the bridge comes back through the cursor.
     jetstream.refuse(503)
     jetstream.close_all()
     second.wait_for_line(r"refused the subscription: HTTP 503")
@@ -111,7 +118,7 @@ def test_posts_made_while_away_are_replayed_once_and_never_when_expired(mosquitt
     third = bluesky_bridges.start(mosquitto.url)  # replays d3 and d4 (within the margin): duplicates, not commands
     third.wait_for_line(r"post d4 .* ignored: duplicate \(already acted on\)")
     listener.barrier()
-    assert set_ids(listener) == [f"bsky:{KYONE_DID}/d3", f"bsky:{KYONE_DID}/d4"]
+    assert set_ids(listener) == [f"bsky:{KYONE_DID}/{rkey}" for rkey in ("d1", "d3", "d4")]
 
 
 def test_dropped_refused_and_stalled_connections_reconnect_per_the_schedule(mosquitto, listener, tmp_path,

@@ -181,6 +181,9 @@ class BlueskySource:
                 dids.append(did)
                 handles.pop(0)
         self.backoff.reset()
+        if self.cursors.get(CURSOR_KEY) is None:  # first run: from now on, also if the bridge stops before a post
+            self.cursors.set(CURSOR_KEY, time.time_ns() // 1000)
+            self.cursors.flush()
         self._dids = sorted(set(dids))
         for did in self._dids:
             self.pipeline.allow("bluesky", did)
@@ -201,7 +204,9 @@ class BlueskySource:
             self._handle_event(event)
         except (ValueError, TypeError) as exc:
             log.warning("skipped a frame (%d characters): %s", len(frame), exc)
-            return
+
+    def _advance(self, event: dict[str, Any]) -> None:
+        """The cursor moves past an event once it is dealt with (a post: decided, its command safe)."""
         time_us = event.get("time_us")
         if isinstance(time_us, int) and time_us > (self.cursors.get(CURSOR_KEY) or 0):
             self.cursors.set(CURSOR_KEY, time_us)
@@ -211,11 +216,11 @@ class BlueskySource:
         if kind == "commit":
             post = parse_commit(event, self.handles)
             if post is not None:
-                self.pipeline.handle(post)
-            else:
-                commit = event["commit"]
-                log.info("%s %s of %s by %s: nothing to do", commit.get("collection"), commit.get("operation"),
-                         commit.get("rkey"), self._who(did))
+                self.pipeline.handle(post, done=lambda: self._advance(event))
+                return
+            commit = event["commit"]
+            log.info("%s %s of %s by %s: nothing to do", commit.get("collection"), commit.get("operation"),
+                     commit.get("rkey"), self._who(did))
         elif kind == "identity":
             identity = event.get("identity")
             handle = identity.get("handle") if isinstance(identity, dict) else None
@@ -229,6 +234,7 @@ class BlueskySource:
             log.info("account %s is %s", self._who(did), "active" if active else "not active")
         else:
             log.debug("ignored an event of kind %r", kind)
+        self._advance(event)
 
     def _who(self, did: Any) -> str:
         handle = self.handles.get(did) if isinstance(did, str) else None
