@@ -13,16 +13,20 @@ import pytest
 from tests.conftest import DEVICE, TOPICS_YAML, _mosquitto_binary, start_mosquitto
 from tests.helpers import TIMEOUT, Broker, Probe, Proc, python_cmd
 from tests.jetstream import HandleResolver, JetstreamServer
+from tests.mastodon import TOKEN as MASTODON_TOKEN
+from tests.mastodon import MastodonServer
 
 SET_TOPIC = f"edison/{DEVICE}/led/set"
 SCALE = 0.01  # reconnect delays, scaled down so the real schedules run in seconds
 STALL_TIMEOUT = 2.0
 KYONE_DID, STRANGER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:plc:z72i7hdynmk6r22z27h6tvur"
 KYONE_HANDLE = "kyone.bsky.social"
+MASTODON_ACCOUNTS = {"kyone": "201", "friend@other.example": "202", "stranger": "203"}
 NETWORKS_YAML = TOPICS_YAML + f"""\
 bridge:
   allow:
     bluesky: [{KYONE_HANDLE}]
+    mastodon: [kyone]
   triggers:
     - {{phrase: L Chika, device: {DEVICE}, output: led, command: BLINK}}
   stall_timeout: {STALL_TIMEOUT}
@@ -100,12 +104,30 @@ def resolver() -> Iterator[HandleResolver]:
     server.stop()
 
 
+@pytest.fixture
+def mastodon() -> Iterator[MastodonServer]:
+    server = MastodonServer(MASTODON_ACCOUNTS)
+    yield server
+    server.stop()
+
+
 def bluesky_args(jetstream: JetstreamServer, resolver: HandleResolver) -> list[str]:
     return ["--source", "bluesky", "--bluesky-jetstream", jetstream.url, "--bluesky-api", resolver.url]
+
+
+def mastodon_args(mastodon: MastodonServer) -> list[str]:
+    return ["--source", "mastodon", "--mastodon-url", mastodon.url]
 
 
 @pytest.fixture
 def bluesky_bridges(tmp_path, jetstream, resolver) -> Iterator[BridgeRunner]:
     runner = BridgeRunner(tmp_path, NETWORKS_YAML, bluesky_args(jetstream, resolver), {})
+    yield runner
+    runner.stop_all()
+
+
+@pytest.fixture
+def mastodon_bridges(tmp_path, mastodon) -> Iterator[BridgeRunner]:
+    runner = BridgeRunner(tmp_path, NETWORKS_YAML, mastodon_args(mastodon), {"MASTODON_ACCESS_TOKEN": MASTODON_TOKEN})
     yield runner
     runner.stop_all()
