@@ -15,16 +15,19 @@ from tests.helpers import TIMEOUT, Broker, Probe, Proc, python_cmd
 from tests.jetstream import HandleResolver, JetstreamServer
 from tests.mastodon import TOKEN as MASTODON_TOKEN
 from tests.mastodon import MastodonServer
+from tests.xstream import XStreamServer
 
 SET_TOPIC = f"edison/{DEVICE}/led/set"
 SCALE = 0.01  # reconnect delays, scaled down so the real schedules run in seconds
 STALL_TIMEOUT = 2.0
 KYONE_DID, STRANGER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:plc:z72i7hdynmk6r22z27h6tvur"
 KYONE_HANDLE = "kyone.bsky.social"
+X_ALLOWED, X_STRANGER = "1001", "666"
 MASTODON_ACCOUNTS = {"kyone": "201", "friend@other.example": "202", "stranger": "203"}
 NETWORKS_YAML = TOPICS_YAML + f"""\
 bridge:
   allow:
+    x: [k_yone]
     bluesky: [{KYONE_HANDLE}]
     mastodon: [kyone]
   triggers:
@@ -88,6 +91,13 @@ def listener(mosquitto) -> Iterator[Probe]:
     probe.subscribe("edison/#")
     yield probe
     probe.close()
+
+
+@pytest.fixture
+def xserver() -> Iterator[XStreamServer]:
+    server = XStreamServer({"k_yone": X_ALLOWED, "stranger": X_STRANGER}, keepalive=0.3).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

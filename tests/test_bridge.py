@@ -12,13 +12,24 @@ import pytest
 
 from bridge.state import Outbox
 from tests.bridge_setup import SCALE, SET_TOPIC, STALL_TIMEOUT, BridgeRunner, delays, set_ids
+from tests.bridge_setup import X_ALLOWED as ALLOWED
+from tests.bridge_setup import X_STRANGER as STRANGER
 from tests.conftest import DEVICE, TOPICS_YAML, NodeRunner, start_mosquitto
 from tests.helpers import TIMEOUT, Probe, Proc, free_port, python_cmd, read_trace
 from tests.tcpproxy import TcpProxy
-from tests.xstream import (BODY_401, BODY_429, BODY_429_CAP, BODY_503, CLOSE, OPERATIONAL_DISCONNECT, RESET, STALL,
-                           TOKEN, XStreamServer, post)
+from tests.xstream import (
+    BODY_401,
+    BODY_429,
+    BODY_429_CAP,
+    BODY_503,
+    CLOSE,
+    OPERATIONAL_DISCONNECT,
+    RESET,
+    STALL,
+    TOKEN,
+    post,
+)
 
-ALLOWED, STRANGER = "1001", "666"
 BRIDGE_YAML = TOPICS_YAML + f"""\
 bridge:
   allow: [k_yone]
@@ -30,13 +41,6 @@ bridge:
 
 def allowed_post(post_id: str, text: str = "L Chika", **kwargs) -> dict:
     return post(post_id, text, ALLOWED, "k_yone", **kwargs)
-
-
-@pytest.fixture
-def xserver() -> Iterator[XStreamServer]:
-    server = XStreamServer({"k_yone": ALLOWED, "stranger": STRANGER}, keepalive=0.3).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -10,8 +10,11 @@ from bridge import matching
 from bridge.backoff import ExponentialBackoff, XBackoff
 from bridge.config import BridgeConfig
 from bridge.sources import Skipped, split_lines
+from bridge.sources.bluesky import parse_commit, subscribe_url
+from bridge.sources.mastodon import Event, html_to_text, parse_status, sse_events
 from bridge.sources.x import NotAPost, XError, build_rules, parse_post
 from bridge.state import Cursors, Outbox, Outgoing, SeenPosts
+from tests.jetstream import post_event
 from tests.xstream import BODY_429, BODY_429_CAP, BODY_429_CONNECTIONS, post
 
 CONFIG = BridgeConfig(allow=["k_yone"], triggers=[
@@ -202,3 +205,59 @@ def test_cursors_survive_reopening_and_an_unreadable_file_starts_afresh(tmp_path
 def test_a_replys_leading_mentions_of_every_network_are_removed(text):
     assert matching.normalise(text, reply=True) == "l chika"
     assert matching.normalise("@k_yone, L Chika", reply=True) == "@k_yone, l chika"
+
+
+def test_jetstream_subscription_repeats_each_parameter():
+    url = subscribe_url("wss://jetstream2.us-east.bsky.network/subscribe", ["did:plc:a", "did:web:b.example"], 17)
+    assert url == ("wss://jetstream2.us-east.bsky.network/subscribe?wantedCollections=app.bsky.feed.post"
+                   "&wantedDids=did%3Aplc%3Aa&wantedDids=did%3Aweb%3Ab.example&maxMessageSizeBytes=1048576&cursor=17")
+
+
+def test_bluesky_commits_become_posts_edits_and_reposts():
+    handles = {"did:plc:a": "a.bsky.social"}
+    new = parse_commit(post_event("did:plc:a", "3k", "L Chika", time_us=1_725_911_162_329_308), handles)
+    assert (new.kind, new.text, new.author, new.time, new.command_id) == (
+        "post", "L Chika", "a.bsky.social", 1_725_911_162.329308, "bsky:did:plc:a/3k")
+    assert new.source == {"did": "did:plc:a", "handle": "a.bsky.social", "uri": "at://did:plc:a/app.bsky.feed.post/3k"}
+    assert parse_commit(post_event("did:plc:a", "3k", reply=True), handles).reply
+    assert parse_commit(post_event("did:plc:a", "3k", embed="app.bsky.embed.recordWithMedia"), handles).quote
+    assert not parse_commit(post_event("did:plc:a", "3k", embed="app.bsky.embed.images"), handles).quote
+    assert parse_commit(post_event("did:plc:a", "3k", operation="update"), handles).kind == "edit"
+    assert parse_commit(post_event("did:plc:a", "3k", collection="app.bsky.feed.repost"), handles).kind == "repost"
+    assert parse_commit(post_event("did:plc:a", "3k", operation="delete"), handles) is None
+    assert parse_commit(post_event("did:plc:a", "3k", collection="app.bsky.feed.like"), handles) is None
+    with pytest.raises(TypeError, match="no record text"):
+        parse_commit({"did": "did:plc:a", "commit": {"rkey": "3k", "collection": "app.bsky.feed.post",
+                                                     "operation": "create"}}, handles)
+
+
+MENTION = ('<p><span class="h-card" translate="no"><a href="https://mastodon.social/@bot" class="u-url mention">'
+           '@<span>bot</span></a></span> L Chika</p>')
+
+
+def test_mastodon_html_becomes_text():
+    assert html_to_text("<p>Fish &amp; Chips &lt;3</p><p>line<br>break</p>") == "Fish & Chips <3\n\nline\nbreak"
+    assert html_to_text(MENTION) == "@bot L Chika"
+    link = ('<p><a href="https://example.com/x"><span class="invisible">https://</span>'
+            '<span class="ellipsis">example.com/</span><span class="invisible">x</span></a></p>')
+    assert html_to_text(link) == "https://example.com/x"
+
+
+def test_a_mastodon_reply_matches_once_its_mentions_are_gone_when_replies_are_included():
+    status = {"id": "11", "account": {"id": "201", "acct": "kyone"}, "content": MENTION, "in_reply_to_id": "10",
+              "created_at": "2024-01-01T00:00:00.000Z", "reblog": None}
+    reply = parse_status(status, "mastodon.social")
+    assert reply.reply and reply.time == 1704067200.0 and reply.command_id == "mastodon:mastodon.social/11"
+    allowed = matching.Allowed({"201"})
+    assert matching.judge(reply, CONFIG, allowed).reason.startswith("reply")
+    assert matching.judge(reply, CONFIG.model_copy(update={"include_replies": True}), allowed).trigger is not None
+    reblog = parse_status({**status, "in_reply_to_id": None, "reblog": {"id": "9"}}, "mastodon.social")
+    assert matching.judge(reblog, CONFIG, allowed).reason == "reblog"
+
+
+def test_server_sent_events_are_assembled_from_lines():
+    lines = [b":)", b"event: update", b"data: {\"a\":", b"data: 1}", b"", b":thump", b"event: delete", b"data:42", b"",
+             b"event: update", Skipped("too long"), b"", b"data: no event name", b""]
+    events = list(sse_events(iter(lines)))
+    assert events == [Event("update", '{"a":\n1}'), Event("delete", "42"), Skipped("too long"),
+                      Event("message", "no event name")]
