@@ -23,6 +23,7 @@ ExponentialBackoff is for Bluesky's Jetstream and Mastodon's streaming API:
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 
 NETWORK_STEP, NETWORK_MAX = 0.25, 16.0
@@ -33,7 +34,7 @@ EXPONENTIAL_START, EXPONENTIAL_MAX = 1.0, 60.0
 
 
 @dataclass
-class _Reconnect:
+class Reconnect:
     scale: float = 1.0
     healthy_after: float = 30.0
     _quick_drop: bool = False
@@ -44,6 +45,12 @@ class _Reconnect:
 
     def reset(self) -> None:
         self._quick_drop = False
+
+    def after(self, connected_at: float | None) -> float:
+        """The wait after an attempt that failed (`connected_at` None) or a connection established at `connected_at`."""
+        if connected_at is None:
+            return self.failed()
+        return self.dropped(time.monotonic() - connected_at)
 
     def dropped(self, lasted: float) -> float:
         """An established connection ended after `lasted` seconds: the delay before reconnecting."""
@@ -57,7 +64,7 @@ class _Reconnect:
 
 
 @dataclass
-class XBackoff(_Reconnect):
+class XBackoff(Reconnect):
     _network: float = 0.0
     _http: float = 0.0
     _too_many: float = 0.0
@@ -90,7 +97,7 @@ class XBackoff(_Reconnect):
 
 
 @dataclass
-class ExponentialBackoff(_Reconnect):
+class ExponentialBackoff(Reconnect):
     rng: random.Random = field(default_factory=random.Random)
     _step: float = 0.0
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEVICE, TOPICS_YAML, _mosquitto_binary, start_mosquitto
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, python_cmd
+from tests.helpers import Broker, Probe, Proc, python_cmd, stop_gracefully
 from tests.jetstream import HandleResolver, JetstreamServer
 from tests.mastodon import TOKEN as MASTODON_TOKEN
 from tests.mastodon import MastodonServer
@@ -57,14 +55,7 @@ class BridgeRunner:
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    proc.wait(TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    pass
-            proc.stop()
+        stop_gracefully(self.procs)
 
 
 def set_ids(probe: Probe) -> list[str]:

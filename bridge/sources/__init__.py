@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from bridge.backoff import Reconnect
 from node import __version__
 
 USER_AGENT = f"edison-bridge/{__version__}"
@@ -85,6 +86,14 @@ def iso_time(value: Any) -> float | None:
         return None
 
 
-def log_reconnect(log: logging.Logger, reason: str, delay: float, connected_at: float | None) -> None:
-    lasted = f" after {time.monotonic() - connected_at:.1f} s connected" if connected_at is not None else ""
-    log.warning("stream: %s%s; reconnecting in %.4g s", reason, lasted, delay)
+def reconnect(log: logging.Logger, stop: threading.Event, backoff: Reconnect, reason: str, connected_at: float | None,
+              delay: float | None = None) -> None:
+    """Say why the stream ended and wait before the next attempt: `delay`, or what the back-off says."""
+    lasted = time.monotonic() - connected_at if connected_at is not None else None
+    if delay is None:
+        if lasted is not None and lasted >= backoff.healthy_after:
+            log.info("stream: was healthy (%.0f s): back-off reset", lasted)
+        delay = backoff.after(connected_at)
+    after = f" after {lasted:.1f} s connected" if lasted is not None else ""
+    log.warning("stream: %s%s; reconnecting in %.4g s", reason, after, delay)
+    stop.wait(delay)

@@ -28,7 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 from bridge.backoff import ExponentialBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_REFUSED, MAX_LINE, USER_AGENT, log_reconnect
+from bridge.sources import EXIT_REFUSED, MAX_LINE, USER_AGENT, reconnect
 from bridge.state import Cursors
 
 log = network_log("bluesky")
@@ -143,12 +143,8 @@ class BlueskySource:
             if stop.is_set():
                 return 0
             if connected_at is None:
-                delay = self.backoff.failed()
                 self._instance = (self._instance + 1) % len(self.jetstreams)  # the next instance, in turn
-            else:
-                delay = self.backoff.dropped(time.monotonic() - connected_at)
-            log_reconnect(log, reason, delay, connected_at)
-            stop.wait(delay)
+            reconnect(log, stop, self.backoff, reason, connected_at)
         return 0
 
     def _connect(self, base: str) -> ClientConnection:

@@ -31,7 +31,7 @@ import httpx
 from bridge.backoff import ExponentialBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, log_reconnect, split_lines
+from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, reconnect, split_lines
 from bridge.state import Cursors
 
 log = network_log("mastodon")
@@ -230,8 +230,8 @@ class MastodonSource:
                 if exc.status == 429:
                     wait = max(0.0, min((exc.reset or 0) - time.time(), MAX_RATE_WAIT)) if exc.reset else None
                     delay = wait if wait is not None else self.backoff.failed()
-                    log_reconnect(log, f"rate-limited ({exc}); waiting until X-RateLimit-Reset", delay, connected_at)
-                    stop.wait(delay)
+                    reconnect(log, stop, self.backoff, f"rate-limited ({exc}); waiting until X-RateLimit-Reset",
+                              connected_at, delay)
                     continue
                 reason = f"HTTP error ({exc})"
             except httpx.ReadTimeout:
@@ -242,12 +242,7 @@ class MastodonSource:
                 self.cursors.flush()
             if stop.is_set():
                 return 0
-            if connected_at is None:
-                delay = self.backoff.failed()
-            else:
-                delay = self.backoff.dropped(time.monotonic() - connected_at)
-            log_reconnect(log, reason, delay, connected_at)
-            stop.wait(delay)
+            reconnect(log, stop, self.backoff, reason, connected_at)
         return 0
 
     def _start(self) -> None:

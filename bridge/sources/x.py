@@ -22,7 +22,7 @@ import httpx
 from bridge.backoff import XBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, log_reconnect, split_lines
+from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, reconnect, split_lines
 
 log = network_log("x")
 
@@ -326,8 +326,7 @@ class XSource:
                     reason, delay = f"too many requests ({exc})", backoff.too_many()
                 else:
                     reason, delay = f"HTTP error ({exc})", backoff.http()
-                log_reconnect(log, reason, delay, connected_at)
-                stop.wait(delay)
+                reconnect(log, stop, backoff, reason, connected_at, delay)
                 continue
             except StreamDisconnect as exc:
                 reason = f"X ended the stream: {exc}"
@@ -337,13 +336,5 @@ class XSource:
                 reason = f"network error: {exc or type(exc).__name__}"
             if stop.is_set():
                 return 0
-            if connected_at is None:
-                delay = backoff.network()
-            else:
-                lasted = time.monotonic() - connected_at
-                delay = backoff.dropped(lasted)
-                if lasted >= backoff.healthy_after:
-                    log.info("stream: was healthy (%.0f s): back-off reset", lasted)
-            log_reconnect(log, reason, delay, connected_at)
-            stop.wait(delay)
+            reconnect(log, stop, backoff, reason, connected_at)
         return 0
