@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LinkError, SecretError, StateError) as exc:
         log.error("%s", exc)
         return 2
-    publisher = Publisher(settings, args.client_id, outbox, args.max_pending)
+    publisher = Publisher(settings, args.client_id, outbox, seen, args.max_pending)
     pipeline = Pipeline(topics, config, publisher, seen)
     log.info("%d post id(s) already acted on, from %s", len(seen), seen.path)
     sources: list[Source] = []

@@ -1,7 +1,7 @@
 """Commands out over MQTT; a command is never lost between a post and the broker's PUBACK.
 
 `keep` writes a command to the outbox in --state (fsynced) before anything is
-sent; `flush` hands what waits to MQTT while the broker is reachable (and the
+sent (and the outbox is what remembers its post as acted on until then); `flush` hands what waits to MQTT while the broker is reachable (and the
 link's on_connect flushes again on every connect); the broker's PUBACK removes
 it from the outbox. Whatever is not acknowledged when the bridge stops stays on
 disk and is published by the next run. A command whose `expires` passes while
@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge.state import Outbox, Outgoing
+from bridge.state import Outbox, Outgoing, SeenPosts
 from node.mqtt import Link, LinkSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class _AckingLink(Link):
 
     def __init__(self, settings: LinkSettings, client_id: str, publisher: Publisher) -> None:
         super().__init__(settings, client_id=client_id, subscriptions=[], on_message=lambda msg: None,
-                         on_connect=lambda session_present: publisher.flush())
+                         on_connect=lambda session_present: publisher.connected())
         self._publisher = publisher
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any) -> None:
@@ -46,8 +46,10 @@ class _AckingLink(Link):
 
 
 class Publisher:
-    def __init__(self, settings: LinkSettings, client_id: str, outbox: Outbox, max_pending: int = 100) -> None:
+    def __init__(self, settings: LinkSettings, client_id: str, outbox: Outbox, seen: SeenPosts,
+                 max_pending: int = 100) -> None:
         self.outbox = outbox
+        self.seen = seen
         self._max_pending = max_pending
         self._lock = threading.Condition()
         self._handed: set[str] = set()  # ids handed to MQTT by this process (paho resends them after a reconnect)
@@ -113,6 +115,13 @@ class Publisher:
                 else:
                     self._in_flight[mid] = out.id
 
+    def connected(self) -> None:
+        with self._lock:
+            waiting = sum(1 for o in self.outbox if o.id not in self._handed)
+        if waiting:
+            log.info("broker reachable: publishing %d kept command(s)", waiting)
+        self.flush()
+
     def acknowledged(self, mid: int, reason_code: ReasonCode) -> None:
         with self._lock:
             command_id = self._in_flight.pop(mid, None)
@@ -146,6 +155,7 @@ class Publisher:
         self._finish(command_id)
 
     def _finish(self, command_id: str) -> None:
+        self.seen.sync()  # the post stays known as acted on once its command leaves the outbox
         self.outbox.remove(command_id)
         self._handed.discard(command_id)
         self._announced.discard(command_id)
