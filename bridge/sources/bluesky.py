@@ -53,7 +53,8 @@ def resolve_handle(client: httpx.Client, handle: str) -> str:
     if response.status_code == 400:
         raise Unresolved(handle)
     response.raise_for_status()
-    did = response.json().get("did")
+    body = response.json()
+    did = body.get("did") if isinstance(body, dict) else None
     if not isinstance(did, str) or not did.startswith("did:"):
         raise httpx.DecodingError(f"resolveHandle({handle}) answered without a DID")
     return did

@@ -163,11 +163,30 @@ class MastodonClient:
         self._check(response)
         return response
 
-    def json(self, method: str, url: str, **kwargs: Any) -> Any:
+    def _json(self, method: str, url: str, kind: type, **kwargs: Any) -> tuple[Any, httpx.Response]:
+        response = self.request(method, url, **kwargs)
         try:
-            return self.request(method, url, **kwargs).json()
+            body = response.json()
         except ValueError:
-            raise MastodonError(200, f"{url}: the answer is not JSON") from None
+            body = None
+        if not isinstance(body, kind):
+            raise MastodonError(response.status_code, f"{url}: the answer is not a JSON {kind.__name__}")
+        return body, response
+
+    def object(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._json(method, url, dict, **kwargs)[0]
+        return body
+
+    def items(self, method: str, url: str, **kwargs: Any) -> tuple[list[dict[str, Any]], httpx.Response]:
+        """The objects of a JSON list (anything else in it is left out), and the response (for its Link)."""
+        body, response = self._json(method, url, list, **kwargs)
+        return [item for item in body if isinstance(item, dict)], response
+
+    def account_id(self, acct: str) -> str:
+        account = self.object("GET", "/api/v1/accounts/lookup", params={"acct": acct})
+        if not isinstance(account.get("id"), (str, int)):
+            raise MastodonError(200, f"accounts/lookup?acct={acct}: an account without id")
+        return str(account["id"])
 
     @contextmanager
     def stream(self) -> Iterator[Iterator[Event | Skipped]]:
@@ -247,36 +266,37 @@ class MastodonSource:
 
     def _start(self) -> None:
         """Token, streaming URL, account ids and follows; the newest status on a first run."""
-        me = self.client.json("GET", "/api/v1/accounts/verify_credentials")
+        me = self.client.object("GET", "/api/v1/accounts/verify_credentials")
         log.info("signed in to %s as @%s", self.client.host, me.get("acct"))
-        instance = self.client.json("GET", "/api/v2/instance")
-        streaming = ((instance.get("configuration") or {}).get("urls") or {}).get("streaming")
+        configuration = self.client.object("GET", "/api/v2/instance").get("configuration")
+        urls = configuration.get("urls") if isinstance(configuration, dict) else None
+        streaming = urls.get("streaming") if isinstance(urls, dict) else None
         if isinstance(streaming, str) and streaming:
             self.client.streaming_url = re.sub(r"^ws", "http", streaming.rstrip("/"))
         ids: dict[str, str] = {}
         for acct in self.accounts:
             try:
-                account = self.client.json("GET", "/api/v1/accounts/lookup", params={"acct": acct})
+                account_id = self.client.account_id(acct)
             except MastodonError as exc:
                 if exc.status == 404:
                     raise Refused(f"unknown Mastodon account in bridge.allow.mastodon: {acct} ({self.client.host} "
                                   f"does not know it)") from None
                 raise
-            ids[str(account["id"])] = acct
-            log.info("account @%s is id %s", acct, account["id"])
-            self.pipeline.allow("mastodon", str(account["id"]))
+            ids[account_id] = acct
+            log.info("account @%s is id %s", acct, account_id)
+            self.pipeline.allow("mastodon", account_id)
         self._follow({i: a for i, a in ids.items() if i != str(me.get("id"))})
         if self.last_id is None:  # first run: from now on, not the posts already on the timeline ("0": none yet)
-            newest = self.client.json("GET", "/api/v1/timelines/home", params={"limit": 1})
-            self.cursors.set(self.cursor_key, str(newest[0]["id"]) if newest else "0")
+            newest, _ = self.client.items("GET", "/api/v1/timelines/home", params={"limit": 1})
+            self.cursors.set(self.cursor_key, str(newest[0].get("id", "0")) if newest else "0")
             self.cursors.flush()
 
     def _follow(self, ids: dict[str, str]) -> None:
         """The user stream carries only followed accounts: follow the allowed ones that are not followed yet."""
         if not ids:
             return
-        relations = self.client.json("GET", "/api/v1/accounts/relationships", params=[("id[]", i) for i in ids])
-        known = {str(r.get("id")): r for r in relations if isinstance(r, dict)}
+        relations, _ = self.client.items("GET", "/api/v1/accounts/relationships", params=[("id[]", i) for i in ids])
+        known = {str(r.get("id")): r for r in relations}
         missing = []
         for account_id, acct in ids.items():
             relation = known.get(account_id, {})
@@ -286,7 +306,7 @@ class MastodonSource:
                 log.warning("@%s has not accepted the bot's follow request yet: its posts arrive once it does", acct)
                 continue
             try:
-                relation = self.client.json("POST", f"/api/v1/accounts/{account_id}/follow")
+                relation = self.client.object("POST", f"/api/v1/accounts/{account_id}/follow")
             except MastodonError as exc:
                 if exc.status != 403:
                     raise
@@ -310,12 +330,10 @@ class MastodonSource:
         params: dict[str, Any] | None = {"min_id": last, "limit": PAGE}
         count = 0
         while url:
-            response = self.client.request("GET", url, params=params)
-            statuses = response.json()
-            if not isinstance(statuses, list) or not statuses:
+            statuses, response = self.client.items("GET", url, params=params)
+            if not statuses:
                 break
-            for status in sorted((s for s in statuses if isinstance(s, dict) and isinstance(s.get("id"), str)),
-                                 key=lambda s: _status_key(s["id"])):
+            for status in sorted((s for s in statuses if isinstance(s.get("id"), str)), key=lambda s: _status_key(s["id"])):
                 self._status(status, "post")
                 count += 1
             url, params = response.links.get("prev", {}).get("url"), None

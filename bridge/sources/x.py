@@ -107,7 +107,8 @@ class XClient:
             batch = usernames[i : i + 100]
             body = self._json("GET", "/2/users/by", params={"usernames": ",".join(batch)})
             for user in body.get("data") or []:
-                found[str(user["username"]).lower()] = User(str(user["id"]), str(user["username"]))
+                if isinstance(user, dict) and user.get("username") and user.get("id"):
+                    found[str(user["username"]).lower()] = User(str(user["id"]), str(user["username"]))
         missing = [name for name in usernames if name.lower() not in found]
         if missing:
             raise Refused(f"unknown X account(s) in bridge.allow: {', '.join(missing)}")
