@@ -184,10 +184,10 @@ def test_outbox_keeps_unacknowledged_commands_across_reopening_and_skips_a_torn_
     again = Outbox(tmp_path)
     assert [o.id for o in again] == ["x:0", "x:2"] and "x:2" in again
     assert next(iter(again)).command == {"id": "x:0", "expires": 1.0, "effect": "blink"}
-    for i in range(200):
+    for i in range(40):
         again.add(Outgoing("t", {"id": f"y:{i}", "expires": 1.0}))
         again.remove(f"y:{i}")
-    assert len((tmp_path / "pending-commands.jsonl").read_text().splitlines()) < 150  # compacted
+    assert len((tmp_path / "pending-commands.jsonl").read_text().splitlines()) < 70  # compacted, not 82 lines
 
 
 def test_cursors_survive_reopening_and_an_unreadable_file_starts_afresh(tmp_path):
