@@ -55,7 +55,8 @@ SET_TOPIC = "edison/edison-t/led/set"
 DID, HANDLE, X_ID, MASTODON_ID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "kyone.bsky.social", "1001", "201"
 TRIGGERS = [{"phrase": p, "device": "edison-t", "output": "led", "command": "BLINK"}
             for p in ("L Chika", "lights on", "lights off", "blink twice")]
-CONFIG = BridgeConfig(allow={"x": ["k_yone"], "bluesky": [HANDLE], "mastodon": ["kyone"]}, triggers=TRIGGERS)
+CONFIG = BridgeConfig.model_validate({"allow": {"x": ["k_yone"], "bluesky": [HANDLE], "mastodon": ["kyone"]},
+                                      "triggers": TRIGGERS})
 NETWORKS = ("x", "bluesky", "mastodon")
 OTHER_TEXT = "Good morning! Coffee first, then the garden &amp; the bees."
 
@@ -174,11 +175,18 @@ def latencies(count: int, workdir: Path) -> tuple[dict[str, list[float]], float]
         xserver.wait_streaming()
         jetstream.wait_subscribed()
         mastodon.wait_streaming()
-        senders: dict[str, Callable[[int], str]] = {
-            "x": lambda i: (xserver.push(post(str(20_000 + i), "L Chika", X_ID, "k_yone")), f"x:{20_000 + i}")[1],
-            "bluesky": lambda i: (jetstream.publish(post_event(DID, f"b{i}")), f"bsky:{DID}/b{i}")[1],
-            "mastodon": lambda i: f"mastodon:{mastodon.host}/{mastodon.post('kyone')['id']}",
-        }
+        def on_x(i: int) -> str:
+            xserver.push(post(str(20_000 + i), "L Chika", X_ID, "k_yone"))
+            return f"x:{20_000 + i}"
+
+        def on_bluesky(i: int) -> str:
+            jetstream.publish(post_event(DID, f"b{i}"))
+            return f"bsky:{DID}/b{i}"
+
+        def on_mastodon(i: int) -> str:
+            return f"mastodon:{mastodon.host}/{mastodon.post('kyone')['id']}"
+
+        senders: dict[str, Callable[[int], str]] = {"x": on_x, "bluesky": on_bluesky, "mastodon": on_mastodon}
         for i in range(-3, count):  # three rounds to warm up, not counted
             started = time.perf_counter()
             listener.publish("bench/echo", str(i))
