@@ -7,6 +7,7 @@ import pytest
 from bridge.config import section
 from node import config as node_config
 from node.config import ConfigError
+from node.secret import SecretError, secret
 from tests.conftest import DEVICE, TOPICS_YAML
 from tests.helpers import Proc, python_cmd
 
@@ -64,3 +65,34 @@ def test_a_broken_bridge_section_stops_the_bridge_but_not_the_node(broker, probe
                              "--state", str(tmp_path / "state")), tmp_path / "bridge.log")
     assert bridge.wait() == 2
     assert f"{nodes.config}: " in bridge.output and "bridge.allow" in bridge.output
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--source", "mastodon"], {}, "--source mastodon needs --mastodon-url"),
+    (["--source", "mastodon", "--mastodon-url", "https://m.example"], {},
+     "no Mastodon access token: set MASTODON_ACCESS_TOKEN or MASTODON_ACCESS_TOKEN_FILE"),
+    (["--source", "stdin", "--source", "x"], {}, "--source stdin reads posts from stdin alone"),
+    (["--source", "bluesky"], {}, "--source bluesky: bridge.allow.bluesky in "),
+    (["--source", "x"], {"X_BEARER_TOKEN": "a", "X_BEARER_TOKEN_FILE": "/nonexistent"},
+     "set X_BEARER_TOKEN or X_BEARER_TOKEN_FILE, not both"),
+])
+def test_a_source_without_what_it_needs_stops_the_start(tmp_path, extra, env, message):
+    config = tmp_path / "topics.yaml"
+    config.write_text(TOPICS_YAML + f"bridge:\n  allow: {{x: [k_yone], mastodon: [kyone]}}\n  triggers: {TRIGGER}\n")
+    bridge = Proc(python_cmd("bridge", "--config", str(config), "--state", str(tmp_path / "state"), *extra),
+                  tmp_path / "bridge.log", env={"X_BEARER_TOKEN": "", "MASTODON_ACCESS_TOKEN": "", **env})
+    assert bridge.wait() == 2
+    assert message in bridge.output
+
+
+def test_a_secret_comes_from_its_variable_or_the_file_it_names(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    assert secret("MASTODON_ACCESS_TOKEN", {"MASTODON_ACCESS_TOKEN": "abc"}) == "abc"
+    assert secret("MASTODON_ACCESS_TOKEN", {"MASTODON_ACCESS_TOKEN_FILE": str(token)}) == "s3cret-token"
+    assert secret("MASTODON_ACCESS_TOKEN", {"MASTODON_ACCESS_TOKEN": ""}) is None
+    with pytest.raises(SecretError, match="not both"):
+        secret("X", {"X": "a", "X_FILE": str(token)})
+    with pytest.raises(SecretError, match=r"X_FILE: cannot read .*nope") as info:
+        secret("X", {"X_FILE": str(tmp_path / "nope")})
+    assert "s3cret" not in str(info.value)
