@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
 
     publisher.start()
-    for source, name in zip(sources, args.source):
+    for source, name in zip(sources, args.source, strict=True):
         threading.Thread(target=follow, args=(source,), name=f"source-{name}", daemon=True).start()
     done.wait()
     signalled = stop.is_set()

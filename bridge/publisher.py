@@ -1,8 +1,9 @@
 """Commands out over MQTT; a command is never lost between a post and the broker's PUBACK.
 
 `keep` writes a command to the outbox in --state (fsynced) before anything is
-sent (and the outbox is what remembers its post as acted on until then); `flush` hands what waits to MQTT while the broker is reachable (and the
-link's on_connect flushes again on every connect); the broker's PUBACK removes
+sent (and the outbox is what remembers its post as acted on until then);
+`flush` hands what waits to MQTT while the broker is reachable (and the link's
+on_connect flushes again on every connect); the broker's PUBACK removes
 it from the outbox. Whatever is not acknowledged when the bridge stops stays on
 disk and is published by the next run. A command whose `expires` passes while
 it waits is dropped with a log line instead of reaching the device late.
@@ -164,7 +165,7 @@ class Publisher:
     def _publish(self, out: Outgoing, remaining: float) -> int | None:
         props = None
         if self.link.mqtt5:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, int(remaining))
             source = out.command.get("source", {})
             props.UserProperty = [(f"{source.get('via', 'source')}_{k}", str(v)) for k, v in source.items()]

@@ -205,18 +205,18 @@ class JetstreamServer:
         try:
             while not self._closing.is_set():
                 try:
-                    frame = sub.frames.get(timeout=0.2)
+                    item = sub.frames.get(timeout=0.2)
                 except queue.Empty:
                     if connection.close_code is not None:
                         return
                     continue
-                if frame == CLOSE:
+                if item == CLOSE:
                     connection.close()
                     return
-                if frame == DROP:
+                if item == DROP:
                     connection.close_socket()
                     return
-                connection.send(frame)
+                connection.send(item)
         except (ConnectionClosed, OSError):
             return
         finally:

@@ -23,7 +23,7 @@ import select
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -34,7 +34,7 @@ CLOSE, STALL = "close", "stall"
 
 
 def iso(t: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if t is None else t, UTC)
+    moment = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -66,7 +66,8 @@ def test_strangers_reposts_replies_quotes_edits_and_deletes_do_nothing(mosquitto
     # ...and the bridge checks again every event a server sends anyway.
     jetstream.push_raw(post_event(STRANGER_DID, "b1", time_us=now_us()),
                        post_event(KYONE_DID, "b2", collection="app.bsky.feed.repost", time_us=now_us()))
-    jetstream.publish(post_event(KYONE_DID, "c1", reply=True), post_event(KYONE_DID, "c2", embed="app.bsky.embed.record"),
+    jetstream.publish(post_event(KYONE_DID, "c1", reply=True),
+                      post_event(KYONE_DID, "c2", embed="app.bsky.embed.record"),
                       post_event(KYONE_DID, "c3", embed="app.bsky.embed.recordWithMedia"),
                       post_event(KYONE_DID, "c4", operation="update"), post_event(KYONE_DID, "c5", operation="delete"),
                       identity_event(KYONE_DID, "kyone.example.org"), post_event(KYONE_DID, "c6"))
@@ -142,7 +143,7 @@ def test_dropped_refused_and_stalled_connections_reconnect_per_the_schedule(mosq
         jetstream.wait_subscribed(3, timeout=TIMEOUT + 60 * SCALE)
         got = delays(bridge, "bridge.bluesky")
         assert got[0] == 0 and len(got) == 6, bridge.output
-        for delay, step in zip(got[1:], [1, 2, 4, 8, 16]):
+        for delay, step in zip(got[1:], [1, 2, 4, 8, 16], strict=True):
             assert step * SCALE / 2 <= delay <= step * SCALE, got
         assert len(re.findall(r"bridge.bluesky: stream: network error: .*Connection refused", bridge.output)) == 2
         assert len(re.findall(r"refused the subscription: HTTP 503", bridge.output)) == 2

@@ -32,7 +32,8 @@ def test_allow_lists_per_network():
 
 
 @pytest.mark.parametrize("text, message", [
-    (f"bridge:\n  allow: {{bluesky: [not a handle]}}\n  triggers: {TRIGGER}\n", "bridge.allow.bluesky.0: String should match"),
+    (f"bridge:\n  allow: {{bluesky: [not a handle]}}\n  triggers: {TRIGGER}\n",
+     "bridge.allow.bluesky.0: String should match"),
     (f"bridge:\n  allow: {{mastodon: ['a@b@c']}}\n  triggers: {TRIGGER}\n", "bridge.allow.mastodon.0"),
     (f"bridge:\n  allow: {{threads: [a]}}\n  triggers: {TRIGGER}\n", "bridge.allow.threads: unknown key"),
     (f"bridge:\n  allow: {{x: []}}\n  triggers: {TRIGGER}\n", "no account on any network"),

@@ -50,7 +50,8 @@ def test_strangers_reblogs_replies_quotes_edits_and_deletes_do_nothing(mosquitto
     friends = mastodon.post("friend@other.example", "L Chika")
     mastodon.post("stranger", "L Chika")  # not followed: never on the home timeline
     earlier = mastodon.post("kyone", "hello")
-    statuses = [mastodon.post("kyone", reblog_of=friends["id"]), mastodon.post("kyone", "L Chika", reply_to=friends["id"]),
+    statuses = [mastodon.post("kyone", reblog_of=friends["id"]),
+                mastodon.post("kyone", "L Chika", reply_to=friends["id"]),
                 mastodon.post("kyone", "L Chika", quote_of=friends["id"])]
     mastodon.edit(earlier["id"], "L Chika")
     mastodon.delete(earlier["id"])
@@ -122,7 +123,7 @@ def test_dropped_refused_stalled_and_rate_limited_streams_reconnect_per_the_sche
     mastodon.wait_streaming(2, timeout=TIMEOUT + 10 * SCALE)
     got = delays(bridge, "bridge.mastodon")
     assert got[0] == 0 and len(got) == 3, bridge.output
-    for delay, step in zip(got[1:], [1, 2]):
+    for delay, step in zip(got[1:], [1, 2], strict=True):
         assert step * SCALE / 2 <= delay <= step * SCALE, got
 
     started = time.monotonic()
@@ -137,7 +138,9 @@ def test_dropped_refused_stalled_and_rate_limited_streams_reconnect_per_the_sche
     mastodon.plan("/api/v1/timelines/home", 429)  # the next request for the home timeline is rate-limited
     mastodon.push(CLOSE)  # (it is that of the backfill after this reconnect, or of the one still running)
     line = bridge.wait_for_line(r"rate-limited \(HTTP 429: Too many requests\); waiting until X-RateLimit-Reset")
-    waited = float(re.search(r"reconnecting in ([0-9.]+) s", line).group(1))
+    found = re.search(r"reconnecting in ([0-9.]+) s", line)
+    assert found is not None
+    waited = float(found.group(1))
     assert 0 < waited <= 0.5  # the stand-in resets its limit 0.5 s after the 429, not the back-off
     s2 = mastodon.post("kyone")
     listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == command_id(mastodon, s2))

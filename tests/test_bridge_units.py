@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from bridge import matching
 from bridge.backoff import ExponentialBackoff, XBackoff
 from bridge.config import BridgeConfig
+from bridge.matching import Post
 from bridge.sources import Skipped, split_lines
 from bridge.sources.bluesky import parse_commit, subscribe_url
 from bridge.sources.mastodon import Event, html_to_text, parse_status, sse_events
@@ -32,7 +34,8 @@ def verdict(**kwargs) -> matching.Verdict:
 
 @pytest.mark.parametrize("text", ["L Chika", "l chika", "  L CHIKA \n", "\tL Chika\t"])
 def test_trigger_matches_whole_text_whatever_the_case_and_surrounding_space(text):
-    assert verdict(text=text).trigger.phrase == "L Chika"
+    trigger = verdict(text=text).trigger
+    assert trigger is not None and trigger.phrase == "L Chika"
 
 
 @pytest.mark.parametrize("text,reason", [
@@ -43,7 +46,8 @@ def test_phrase_must_be_the_whole_text(text, reason):
 
 
 def test_html_entities_and_nfd_text_are_normalised_for_matching():
-    assert verdict(text="Fish &amp; Chips &lt;3").trigger.command == "ON"
+    trigger = verdict(text="Fish &amp; Chips &lt;3").trigger
+    assert trigger is not None and trigger.command == "ON"
     nfd = BridgeConfig(allow=["k_yone"], triggers=[{"phrase": "Café", "device": "d", "output": "o", "command": "ON"}])
     message = parse_post(post("6", "Cafe\u0301", "1001", "k_yone"))
     assert matching.judge(message, nfd, ALLOWED).trigger is not None
@@ -165,7 +169,7 @@ def test_seen_posts_written_before_other_networks_are_x_posts(tmp_path):
 def test_exponential_backoff_doubles_to_a_minute_with_jitter_and_resets_after_a_healthy_run():
     b = ExponentialBackoff(healthy_after=30)
     delays = [b.failed() for _ in range(9)]
-    for delay, step in zip(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]):
+    for delay, step in zip(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60], strict=True):
         assert step / 2 <= delay <= step
     assert len(set(delays[-3:])) > 1  # jittered, not in step with other clients
     assert b.dropped(lasted=31) == 0 and b.dropped(lasted=1) == 0
@@ -215,15 +219,21 @@ def test_jetstream_subscription_repeats_each_parameter():
 
 def test_bluesky_commits_become_posts_edits_and_reposts():
     handles = {"did:plc:a": "a.bsky.social"}
-    new = parse_commit(post_event("did:plc:a", "3k", "L Chika", time_us=1_725_911_162_329_308), handles)
+
+    def commit(**kwargs: Any) -> Post:
+        found = parse_commit(post_event("did:plc:a", "3k", **kwargs), handles)
+        assert found is not None
+        return found
+
+    new = commit(text="L Chika", time_us=1_725_911_162_329_308)
     assert (new.kind, new.text, new.author, new.time, new.command_id) == (
         "post", "L Chika", "a.bsky.social", 1_725_911_162.329308, "bsky:did:plc:a/3k")
     assert new.source == {"did": "did:plc:a", "handle": "a.bsky.social", "uri": "at://did:plc:a/app.bsky.feed.post/3k"}
-    assert parse_commit(post_event("did:plc:a", "3k", reply=True), handles).reply
-    assert parse_commit(post_event("did:plc:a", "3k", embed="app.bsky.embed.recordWithMedia"), handles).quote
-    assert not parse_commit(post_event("did:plc:a", "3k", embed="app.bsky.embed.images"), handles).quote
-    assert parse_commit(post_event("did:plc:a", "3k", operation="update"), handles).kind == "edit"
-    assert parse_commit(post_event("did:plc:a", "3k", collection="app.bsky.feed.repost"), handles).kind == "repost"
+    assert commit(reply=True).reply
+    assert commit(embed="app.bsky.embed.recordWithMedia").quote
+    assert not commit(embed="app.bsky.embed.images").quote
+    assert commit(operation="update").kind == "edit"
+    assert commit(collection="app.bsky.feed.repost").kind == "repost"
     assert parse_commit(post_event("did:plc:a", "3k", operation="delete"), handles) is None
     assert parse_commit(post_event("did:plc:a", "3k", collection="app.bsky.feed.like"), handles) is None
     with pytest.raises(TypeError, match="no record text"):
@@ -256,8 +266,9 @@ def test_a_mastodon_reply_matches_once_its_mentions_are_gone_when_replies_are_in
 
 
 def test_server_sent_events_are_assembled_from_lines():
-    lines = [b":)", b"event: update", b"data: {\"a\":", b"data: 1}", b"", b":thump", b"event: delete", b"data:42", b"",
-             b"event: update", Skipped("too long"), b"", b"data: no event name", b""]
+    lines: list[bytes | Skipped] = [
+        b":)", b"event: update", b"data: {\"a\":", b"data: 1}", b"", b":thump", b"event: delete", b"data:42", b"",
+        b"event: update", Skipped("too long"), b"", b"data: no event name", b""]
     events = list(sse_events(iter(lines)))
     assert events == [Event("update", '{"a":\n1}'), Event("delete", "42"), Skipped("too long"),
                       Event("message", "no event name")]

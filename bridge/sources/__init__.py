@@ -64,7 +64,8 @@ def split_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterator[b
                 break
             piece = chunk[start:end]
             if oversize or len(buffer) + len(piece) > max_line:
-                yield Skipped(f"line of {oversize + len(buffer) + len(piece) + 1} bytes is over the {max_line}-byte limit")
+                size = oversize + len(buffer) + len(piece) + 1
+                yield Skipped(f"line of {size} bytes is over the {max_line}-byte limit")
                 oversize = 0
                 buffer.clear()
             else:

@@ -98,7 +98,8 @@ def parse_commit(event: dict[str, Any], handles: dict[str, str]) -> Post | None:
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise TypeError(f"post {rkey} has no record text")
     embed = record.get("embed")
-    return post(record["text"], "post" if operation == "create" else "edit", reply=isinstance(record.get("reply"), dict),
+    return post(record["text"], "post" if operation == "create" else "edit",
+                reply=isinstance(record.get("reply"), dict),
                 quote=isinstance(embed, dict) and embed.get("$type") in QUOTE_EMBEDS)
 
 

@@ -333,7 +333,8 @@ class MastodonSource:
             statuses, response = self.client.items("GET", url, params=params)
             if not statuses:
                 break
-            for status in sorted((s for s in statuses if isinstance(s.get("id"), str)), key=lambda s: _status_key(s["id"])):
+            ordered = sorted((s for s in statuses if isinstance(s.get("id"), str)), key=lambda s: _status_key(s["id"]))
+            for status in ordered:
                 self._status(status, "post")
                 count += 1
             url, params = response.links.get("prev", {}).get("url"), None

@@ -141,8 +141,9 @@ class XClient:
             errors = [e for e in body.get("errors") or [] if e.get("title") != "DuplicateRule"]
             summary = (body.get("meta") or {}).get("summary") or {}
             if errors or summary.get("invalid"):
-                details = "; ".join(f"{e.get('value', '')!r}: {e.get('title')} {e.get('details') or e.get('detail') or ''}"
-                                    for e in errors)
+                details = "; ".join(
+                    f"{e.get('value', '')!r}: {e.get('title')} {e.get('details') or e.get('detail') or ''}"
+                    for e in errors)
                 raise Refused(f"X rejected stream rules: {details or summary}")
         return missing, [r.get("value", "") for r in stale]
 
@@ -178,7 +179,8 @@ def parse_post(message: dict[str, Any]) -> Post:
     if not isinstance(post_id, str) or not post_id.isdigit():
         raise NotAPost(f"post id {post_id!r} is not a numeric string")
     if not isinstance(author_id, str) or not author_id.isdigit():
-        raise NotAPost(f"post {post_id}: author_id {author_id!r} is missing or not numeric (tweet.fields lacks author_id?)")
+        raise NotAPost(f"post {post_id}: author_id {author_id!r} is missing or not numeric "
+                       "(tweet.fields lacks author_id?)")
     note = data.get("note_tweet")
     text = note.get("text") if isinstance(note, dict) and isinstance(note.get("text"), str) else data.get("text")
     if not isinstance(text, str):
