@@ -1,1 +1,1 @@
-"""Everything that runs on the reachable host: the embedded broker and the X bridge."""
+"""The reachable host's broker: the embedded amqtt broker and its exports (Mosquitto)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from node.link import Incoming, Message, Session
+from node.link import Acknowledged, Incoming, Message, Session
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
@@ -46,6 +46,7 @@ class FakeLink:
         self.stopped = False
         self.backlog: float | None = None
         self._mid = 0
+        self._unacknowledged: list[Acknowledged] = []  # published while offline: acknowledged at the next connect
         self._changed = threading.Condition()  # publishes come from several threads (blinks, the announcer)
 
     # -- node.link.Link ---------------------------------------------------
@@ -53,14 +54,21 @@ class FakeLink:
     def start(self, session: Session) -> None:
         self.session = session
 
-    def publish(self, message: Message) -> int | None:
+    def publish(self, message: Message, on_acknowledged: Acknowledged | None = None) -> int | None:
+        """Recorded; a QoS 1 publish is acknowledged at once while connected, else at the next connect."""
         if not self.mqtt5:
             message = _without_properties(message)
         with self._changed:
             self.published.append(message)
             self._mid += 1
             self._changed.notify_all()
-            return self._mid if message.qos else None
+            mid = self._mid if message.qos else None
+            if on_acknowledged is not None and mid is not None and not self.connected:
+                self._unacknowledged.append(on_acknowledged)
+                on_acknowledged = None
+        if on_acknowledged is not None and mid is not None:
+            on_acknowledged(None)
+        return mid
 
     def backlog_age(self) -> float | None:
         return self.backlog
@@ -78,6 +86,10 @@ class FakeLink:
     def connect(self, session_present: bool = False, backlog_age: float | None = None) -> None:
         self.connected = True
         self.backlog = backlog_age
+        with self._changed:
+            waiting, self._unacknowledged = self._unacknowledged, []
+        for acknowledged in waiting:
+            acknowledged(None)
         if self.session.birth:
             self.publish(self.session.birth)
         self.session.on_connect(session_present)

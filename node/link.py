@@ -40,6 +40,10 @@ def _ignore(*args: object) -> None:
     return None
 
 
+# Called once the broker has acknowledged a QoS 1 publish: with None, or with the reason it refused it (MQTT 5).
+Acknowledged = Callable[[str | None], None]
+
+
 @dataclass(frozen=True)
 class Session:
     """What a client keeps on its broker and how it hears from it.
@@ -65,8 +69,11 @@ class Link(Protocol):
     def start(self, session: Session) -> None:
         """Connect in the background, and reconnect whenever the connection drops."""
 
-    def publish(self, message: Message) -> int | None:
-        """Queue a publish (sent now or after the next reconnect); the message id of a pending QoS 1 publish."""
+    def publish(self, message: Message, on_acknowledged: Acknowledged | None = None) -> int | None:
+        """Queue a publish (sent now or after the next reconnect); the message id of a pending QoS 1 publish.
+
+        `on_acknowledged` runs once the broker acknowledged it (possibly before publish returns).
+        """
 
     def backlog_age(self) -> float | None:
         """Seconds we were offline, while the broker still delivers what it queued meanwhile; else None."""

@@ -29,7 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from node.link import Incoming, Message, Session
+from node.link import Acknowledged, Incoming, Message, Session
+from node.secret import SecretError, secret
 
 __all__ = ["PROTOCOLS", "BrokerAddress", "Credentials", "LinkError", "LinkSettings", "Message", "MqttLink"]
 
@@ -82,15 +83,10 @@ class Credentials:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Credentials:
         """MQTT_USERNAME with MQTT_PASSWORD, or MQTT_PASSWORD_FILE naming a file that holds it."""
         username = env.get("MQTT_USERNAME") or None
-        password = env.get("MQTT_PASSWORD") or None
-        password_file = env.get("MQTT_PASSWORD_FILE")
-        if password_file:
-            if password:
-                raise LinkError("set MQTT_PASSWORD or MQTT_PASSWORD_FILE, not both")
-            try:
-                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise LinkError(f"MQTT_PASSWORD_FILE: cannot read {password_file}: {exc}") from None
+        try:
+            password = secret("MQTT_PASSWORD", env)
+        except SecretError as exc:
+            raise LinkError(str(exc)) from None
         if password and not username:
             raise LinkError("a password is set but MQTT_USERNAME is not")
         return cls(username, password)
@@ -181,7 +177,8 @@ class MqttLink:
         self.persistent = persistent
         self._session = Session()
         self._version = paho.MQTTv311 if settings.protocol == "3.1.1" else paho.MQTTv5
-        self._pending: dict[int, str] = {}  # mid -> topic of QoS 1 publishes the broker has not acknowledged
+        # mid -> topic and callback of QoS 1 publishes the broker has not acknowledged
+        self._pending: dict[int, tuple[str, Acknowledged | None]] = {}
         self._acked_early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() back to its caller
         self._pending_changed = threading.Condition()
         self._offline_since: float | None = None
@@ -210,7 +207,7 @@ class MqttLink:
         else:
             self._connect(self._client)
 
-    def publish(self, message: Message) -> int | None:
+    def publish(self, message: Message, on_acknowledged: Acknowledged | None = None) -> int | None:
         # Never hold a lock of ours while calling paho: its network thread calls
         # on_publish while holding paho's own locks.
         props = _properties(message) if self.mqtt5 and message.has_properties else None
@@ -228,9 +225,9 @@ class MqttLink:
         with self._pending_changed:
             early = self._acked_early.pop(info.mid, None)
             if early is None:
-                self._pending[info.mid] = message.topic
+                self._pending[info.mid] = (message.topic, on_acknowledged)
         if early is not None:
-            self._check_ack(message.topic, early)
+            self._acknowledged(message.topic, on_acknowledged, early)
         return info.mid
 
     def backlog_age(self) -> float | None:
@@ -342,9 +339,12 @@ class MqttLink:
         user = self.settings.credentials.username
         return f" as user {user!r}" if user else " (MQTT_USERNAME is not set)"
 
-    def _check_ack(self, topic: str, reason_code: ReasonCode) -> None:
-        if reason_code.is_failure:
-            log.warning("the broker refused the publish to %s: %s", topic, reason_code)
+    def _acknowledged(self, topic: str, callback: Acknowledged | None, reason_code: ReasonCode) -> None:
+        refusal = str(reason_code) if reason_code.is_failure else None
+        if refusal:
+            log.warning("the broker refused the publish to %s: %s", topic, refusal)
+        if callback is not None:
+            callback(refusal)
 
     @_guarded
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: paho.SocketLike) -> None:
@@ -402,14 +402,14 @@ class MqttLink:
             self._backlog_age = None  # the broker has moved past what it queued for us
             self._offline_since = None
         with self._pending_changed:
-            topic = self._pending.pop(mid, None)
-            if topic is None:
+            pending = self._pending.pop(mid, None)
+            if pending is None:
                 self._acked_early[mid] = reason_code
                 if len(self._acked_early) > _EARLY_ACKS:  # QoS 0 publishes end up here too: keep the newest
                     del self._acked_early[next(iter(self._acked_early))]
             self._pending_changed.notify_all()
-        if topic is not None:
-            self._check_ack(topic, reason_code)
+        if pending is not None:
+            self._acknowledged(*pending, reason_code)
 
     @_guarded
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd
+from tests.helpers import (TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd,
+                           stop_gracefully)
 
-# Fixtures of the secured broker (users, access rules, the Mosquitto export).
-pytest_plugins = ["tests.broker_setup"]
+# Fixtures of the secured broker (users, access rules, the Mosquitto export) and of the bridge's networks.
+pytest_plugins = ["tests.broker_setup", "tests.bridge_setup"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -159,14 +160,7 @@ class NodeRunner:
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    proc.wait(TIMEOUT)
-                except Exception:
-                    pass
-            proc.stop()
+        stop_gracefully(self.procs)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -236,6 +237,18 @@ class Probe:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def stop_gracefully(procs: list[Proc]) -> None:
+    """SIGTERM each process still running, give it TIMEOUT to exit, then make sure it is gone."""
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.signal(signal.SIGTERM)
+            try:
+                proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        proc.stop()
 
 
 def read_trace(path: Path) -> list[dict]:

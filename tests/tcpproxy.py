@@ -1,7 +1,7 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to make a broker unreachable for one client.
+"""A TCP forwarder on 127.0.0.1 that a test can cut, restore or freeze, to make a server unreachable for one client.
 
 It counts the bytes it has handed to the client, so a test can wait until
-something the broker sent is in the client's socket before cutting.
+something the server sent is in the client's socket before cutting.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ class TcpProxy:
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
+        self._frozen: list[threading.Event] = []
         self._lock = threading.Lock()
         self._to_client = 0
         self._forwarded = threading.Condition()
@@ -45,6 +46,12 @@ class TcpProxy:
                 pass
             conn.close()
 
+    def freeze(self) -> None:
+        """Open connections go silent both ways without closing (a NAT that forgot them); new ones work."""
+        with self._lock:
+            for frozen in self._frozen:
+                frozen.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -52,10 +59,12 @@ class TcpProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            frozen = threading.Event()
             with self._lock:
                 self._conns += [client, upstream]
+                self._frozen.append(frozen)
             for a, b, count in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pump, args=(a, b, count), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, frozen, count), daemon=True).start()
 
     @property
     def to_client(self) -> int:
@@ -68,9 +77,11 @@ class TcpProxy:
             if not self._forwarded.wait_for(lambda: self._to_client >= total, timeout):
                 raise AssertionError(f"only {self._to_client} of {total} bytes reached the client in {timeout} s")
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, frozen: threading.Event, count: bool) -> None:
         try:
             while data := src.recv(65536):
+                if frozen.is_set():
+                    continue
                 dst.sendall(data)
                 if count:
                     with self._forwarded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ FIGURES = [
 
 def run_bench(*args: str) -> str:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "node.py"), "--quick", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -42,6 +43,17 @@ def test_quick_bench_prints_every_figure_with_a_verdict(mosquitto_bin):
     verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("PASS", "MISS"))]
     assert len(verdicts) == 6, out  # 3 round trips to /state, RSS, idle CPU, start -> online
     assert "target(s) missed" in out or "all targets met" in out
+
+
+@pytest.mark.mosquitto
+def test_quick_bridge_bench_prints_every_figure_per_source(mosquitto_bin):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bridge.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    for network in ("x", "bluesky", "mastodon"):
+        assert re.search(rf"^  {network} +[0-9,]+ +[0-9,]+$", done.stdout, re.MULTILINE), done.stdout
+        assert re.search(rf"^  {network} -> bridge -> broker +[0-9.]+ +[0-9.]+ +[0-9.]+x$", done.stdout, re.MULTILINE)
+    assert "broker round trip (QoS 1)" in done.stdout and "bridge RSS" in done.stdout
 
 
 def test_quick_bench_runs_on_the_embedded_broker():

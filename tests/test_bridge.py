@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEVICE, TOPICS_YAML, _mosquitto_binary, start_mosquitto
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, python_cmd, read_trace
+from bridge.state import Outbox
+from tests.bridge_setup import SCALE, SET_TOPIC, STALL_TIMEOUT, BridgeRunner, delays, set_ids
+from tests.bridge_setup import X_ALLOWED as ALLOWED
+from tests.bridge_setup import X_STRANGER as STRANGER
+from tests.conftest import DEVICE, TOPICS_YAML, NodeRunner, start_mosquitto
+from tests.helpers import TIMEOUT, Probe, Proc, free_port, python_cmd, read_trace
 from tests.tcpproxy import TcpProxy
-from tests.xstream import (BODY_401, BODY_429, BODY_429_CAP, BODY_503, CLOSE, OPERATIONAL_DISCONNECT, RESET, STALL,
-                           TOKEN, XStreamServer, post)
+from tests.xstream import (
+    BODY_401,
+    BODY_429,
+    BODY_429_CAP,
+    BODY_503,
+    CLOSE,
+    OPERATIONAL_DISCONNECT,
+    RESET,
+    STALL,
+    TOKEN,
+    post,
+)
 
-ALLOWED, STRANGER = "1001", "666"
-SET_TOPIC = f"edison/{DEVICE}/led/set"
-SCALE = 0.01  # X's reconnect delays, scaled down so the real schedule runs in seconds
-STALL_TIMEOUT = 2.0
 BRIDGE_YAML = TOPICS_YAML + f"""\
 bridge:
   allow: [k_yone]
@@ -36,70 +44,10 @@ def allowed_post(post_id: str, text: str = "L Chika", **kwargs) -> dict:
 
 
 @pytest.fixture
-def xserver() -> Iterator[XStreamServer]:
-    server = XStreamServer({"k_yone": ALLOWED, "stranger": STRANGER}, keepalive=0.3).start()
-    yield server
-    server.stop()
-
-
-class BridgeRunner:
-    def __init__(self, tmp_path: Path, xserver: XStreamServer) -> None:
-        self.tmp_path = tmp_path
-        self.xserver = xserver
-        self.config = tmp_path / "bridge.yaml"
-        self.config.write_text(BRIDGE_YAML)
-        self.state = tmp_path / "state"
-        self.procs: list[Proc] = []
-
-    def start(self, broker_url: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
-        argv = python_cmd("broker.bridge", "--config", str(self.config), "--broker", broker_url,
-                          "--x-api-url", self.xserver.url, "--state", str(self.state),
-                          "--backoff-scale", str(SCALE), *extra)
-        proc = Proc(argv, self.tmp_path / f"bridge-{len(self.procs)}.log",
-                    env={"X_BEARER_TOKEN": TOKEN, "MQTT_USERNAME": "bridge", **(env or {})})
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    proc.wait(TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    pass
-            proc.stop()
-
-
-@pytest.fixture
 def bridges(tmp_path, xserver) -> Iterator[BridgeRunner]:
-    runner = BridgeRunner(tmp_path, xserver)
+    runner = BridgeRunner(tmp_path, BRIDGE_YAML, ["--x-api-url", xserver.url], {"X_BEARER_TOKEN": TOKEN})
     yield runner
     runner.stop_all()
-
-
-@pytest.fixture
-def mosquitto(tmp_path) -> Iterator[Broker]:
-    """One MQTT 5 broker for the tests whose subject is the X side."""
-    broker = start_mosquitto(tmp_path, _mosquitto_binary())
-    yield broker
-    broker.proc.stop()
-
-
-@pytest.fixture
-def listener(mosquitto) -> Iterator[Probe]:
-    probe = Probe(mosquitto)
-    probe.subscribe("edison/#")
-    yield probe
-    probe.close()
-
-
-def set_ids(probe: Probe) -> list[str]:
-    return [m.json()["id"] for m in probe.seen if m.topic == SET_TOPIC]
-
-
-def delays(proc: Proc) -> list[float]:
-    return [float(m) for m in re.findall(r"reconnecting in ([0-9.e-]+) s", proc.output)]
 
 
 def test_allowed_trigger_blinks_the_pin(broker, probe, nodes, bridges, xserver):
@@ -274,7 +222,7 @@ def test_stdin_source_from_a_shell_pipe(mosquitto, listener, tmp_path, bridges):
     posts.write_text("".join(json.dumps(p) + "\n" for p in (
         post("9001", "L Chika", STRANGER, "stranger"), allowed_post("9002", "l chika"),
         allowed_post("9003"), allowed_post("9004", created_at="2020-01-01T00:00:00.000Z"))))
-    command = " ".join(python_cmd("broker.bridge", "--source", "stdin", "--config", str(bridges.config),
+    command = " ".join(python_cmd("bridge", "--source", "stdin", "--config", str(bridges.config),
                                   "--broker", mosquitto.url, "--state", str(tmp_path / "stdin-state")))
     proc = Proc(["sh", "-c", f"cat {posts} | {command}"], tmp_path / "stdin.log", env={"X_BEARER_TOKEN": ""})
     assert proc.wait() == 0, proc.output
@@ -283,3 +231,43 @@ def test_stdin_source_from_a_shell_pipe(mosquitto, listener, tmp_path, bridges):
     assert re.search(r"post 9003 .* ignored: rate-limited", proc.output)
     assert re.search(r"post 9004 .* ignored: expired", proc.output)
     assert set_ids(listener) == ["x:9002"]
+
+
+def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_path, bridges, mosquitto_bin):
+    """Regression: the post was recorded as acted on, the command lost with the process, the post then a duplicate."""
+    port = free_port()
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(json.dumps(allowed_post("9101")) + "\n")
+
+    def run_bridge(name: str) -> Proc:
+        command = " ".join(python_cmd("bridge", "--source", "stdin", "--config", str(bridges.config),
+                                      "--broker", f"mqtt://127.0.0.1:{port}", "--state", str(bridges.state),
+                                      "--drain-timeout", "0.3"))
+        return Proc(["sh", "-c", f"{command} < {posts}"], tmp_path / f"{name}.log", env={"MQTT_USERNAME": "bridge"})
+
+    first = run_bridge("down")
+    assert first.wait() == 1, first.output
+    assert re.search(r"broker unreachable: command x:9101 for edison/edison-t/led/set kept", first.output)
+    assert re.search(r"1 command\(s\) not yet acknowledged by the broker are kept in .*pending-commands.jsonl",
+                     first.output)
+
+    broker = start_mosquitto(tmp_path, mosquitto_bin, port=port)
+    listener = Probe(broker)
+    nodes = NodeRunner(broker, tmp_path, bridges.config)
+    try:
+        listener.subscribe("edison/#")
+        nodes.start(wait_online=listener)
+        second = run_bridge("up")  # the same post again, as a user would retry
+        assert second.wait() == 0, second.output
+        assert "post 9101 from @k_yone (1001) ignored: duplicate" in second.output
+        assert listener.result(DEVICE, "x:9101")["ok"] is True
+        for state in ["ON", "OFF"] * 3:
+            listener.wait_for(f"edison/{DEVICE}/led/state", state)
+        listener.barrier()
+        assert set_ids(listener) == ["x:9101"]
+        assert [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20] == [1, 0] * 3
+        assert len(Outbox(bridges.state)) == 0  # nothing left for a third run to send again
+    finally:
+        nodes.stop_all()
+        listener.close()
+        broker.proc.stop()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.__main__ import parse_args as bridge_args
 from node.__main__ import parse_args as node_args
 from node.journal import default_directory
 from tests.conftest import IN_CI
@@ -29,7 +30,8 @@ UNITS = ["edison-node", "edison-broker", "edison-bridge"]
 PROGRAM_ENV = {
     "edison-node": {"MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_PASSWORD_FILE"},
     "edison-broker": set(),
-    "edison-bridge": {"X_BEARER_TOKEN", "X_BEARER_TOKEN_FILE", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_PASSWORD_FILE"},
+    "edison-bridge": {"X_BEARER_TOKEN", "X_BEARER_TOKEN_FILE", "MASTODON_ACCESS_TOKEN", "MASTODON_ACCESS_TOKEN_FILE",
+                      "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_PASSWORD_FILE"},
 }
 ENV_FILE = {"edison-node": "node.env.example", "edison-broker": "broker.env.example",
             "edison-bridge": "bridge.env.example"}
@@ -66,10 +68,17 @@ def env_example(name: str) -> dict[str, str]:
 
 
 def exec_start(name: str) -> list[str]:
-    """ExecStart as systemd runs it with the example environment (and %d as the credentials directory)."""
+    """ExecStart as systemd runs it with the example environment (and %d as the credentials directory).
+
+    `${VAR}` is one word; `$VAR` standing as a word of its own is split at white space.
+    """
     env = env_example(name)
     line = unit(name)["Service"]["ExecStart"].replace("%d", f"/run/credentials/{name}.service")
-    return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word) for word in shlex.split(line)]
+    argv: list[str] = []
+    for word in shlex.split(line):
+        whole = re.fullmatch(r"\$(\w+)", word)
+        argv += env[whole.group(1)].split() if whole else [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word)]
+    return argv
 
 
 def _system_units() -> Path:
@@ -119,8 +128,14 @@ def test_unit_restarts_on_failure_is_hardened_and_stops_gracefully(name):
 def test_env_example_names_every_variable(name):
     env = env_example(name)
     assert PROGRAM_ENV[name] <= set(env)
-    used = set(re.findall(r"\$\{(\w+)\}", unit(name)["Service"]["ExecStart"]))
+    used = set(re.findall(r"\$\{?(\w+)\}?", unit(name)["Service"]["ExecStart"]))
     assert used <= set(env)
+
+
+def test_bridge_unit_runs_several_sources_with_a_command_line_edison_bridge_accepts():
+    args = bridge_args(exec_start("edison-bridge")[1:])
+    assert args.source == ["bluesky", "mastodon"] and args.mastodon_url.startswith("https://")
+    assert (args.config, args.state) == ("/etc/edison/topics.yaml", Path("/var/lib/edison-bridge"))
 
 
 def test_node_unit_command_line_is_one_edison_node_accepts():

@@ -123,8 +123,6 @@ def test_yaml_1_1_booleans_stay_words():
     ("devices: {}\n", "devices"),
     ("prefix: a/#\ndevices:\n  d:\n    outputs:\n      a: {pin: 1}\n", "prefix"),
     ("devices:\n  d:\n    outputs: {a: {pin: 1}}\naccess: {d: controller}\n", "is a device id"),
-    ("devices:\n  d:\n    outputs: {a: {pin: 1}}\n"
-     "bridge: {allow: [x], triggers: [{phrase: p, device: e, output: a, command: ON}]}\n", "no device 'e'"),
     ("devices: [\n", "not valid YAML"),
     ("- a\n", "expected a mapping"),
 ])

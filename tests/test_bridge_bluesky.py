@@ -1,0 +1,187 @@
+"""edison-bridge --source bluesky as a process, between a local Jetstream and real brokers (and the real node)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+from tests.bridge_setup import (
+    KYONE_DID,
+    KYONE_HANDLE,
+    NETWORKS_YAML,
+    SCALE,
+    SET_TOPIC,
+    STALL_TIMEOUT,
+    STRANGER_DID,
+    BridgeRunner,
+    bluesky_args,
+    delays,
+    set_ids,
+)
+from tests.conftest import DEVICE
+from tests.helpers import TIMEOUT, free_port, read_trace
+from tests.jetstream import DROP, identity_event, now_us, post_event
+from tests.tcpproxy import TcpProxy
+
+POST = "app.bsky.feed.post"
+
+
+def accepted(rkey: str) -> str:
+    return rf"bridge.bluesky: post {rkey} from @{re.escape(KYONE_HANDLE)} \({KYONE_DID}\) accepted"
+
+
+def test_allowed_post_blinks_the_led(broker, probe, nodes, bluesky_bridges, jetstream, resolver):
+    nodes.start(wait_online=probe)
+    bridge = bluesky_bridges.start(broker.url)
+    jetstream.wait_subscribed()
+    query = jetstream.queries[0]
+    assert query["wantedCollections"] == [POST] and query["wantedDids"] == [KYONE_DID]
+    # A first run starts from now (5 s before, as every resume), so a post made after any later stop is replayed.
+    assert 0 < now_us() - int(query["cursor"][0]) < 5_000_000 + TIMEOUT * 1_000_000
+    assert resolver.requests == [KYONE_HANDLE]
+    jetstream.publish(post_event(KYONE_DID, "3l3qo2vuowo2b", "l chika"))
+    command = probe.wait_for(SET_TOPIC)
+    body = command.json()
+    assert body["effect"] == "blink" and body["id"] == f"bsky:{KYONE_DID}/3l3qo2vuowo2b"
+    assert body["source"] == {"via": "bluesky", "did": KYONE_DID, "handle": KYONE_HANDLE,
+                              "uri": f"at://{KYONE_DID}/{POST}/3l3qo2vuowo2b"}
+    if broker.mqtt5:
+        assert ("bluesky_did", KYONE_DID) in command.properties.UserProperty
+    assert probe.result(DEVICE, body["id"])["ok"] is True
+    for state in ["ON", "OFF"] * 3:
+        probe.wait_for(f"edison/{DEVICE}/led/state", state)
+    assert [c["value"] for c in read_trace(nodes.trace) if c["pin"] == 20] == [1, 0] * 3
+    bridge.wait_for_line(accepted("3l3qo2vuowo2b") + r": 'L Chika' -> edison/edison-t/led/set")
+
+
+def test_strangers_reposts_replies_quotes_edits_and_deletes_do_nothing(mosquitto, listener, bluesky_bridges,
+                                                                        jetstream):
+    bridge = bluesky_bridges.start(mosquitto.url)
+    jetstream.wait_subscribed()
+    bridge.wait_for_line(r"connected to mqtt://")
+    # Jetstream's own filters keep these away...
+    jetstream.publish(post_event(STRANGER_DID, "a1"), post_event(KYONE_DID, "a2", collection="app.bsky.feed.repost"))
+    # ...and the bridge checks again every event a server sends anyway.
+    jetstream.push_raw(post_event(STRANGER_DID, "b1", time_us=now_us()),
+                       post_event(KYONE_DID, "b2", collection="app.bsky.feed.repost", time_us=now_us()))
+    jetstream.publish(post_event(KYONE_DID, "c1", reply=True),
+                      post_event(KYONE_DID, "c2", embed="app.bsky.embed.record"),
+                      post_event(KYONE_DID, "c3", embed="app.bsky.embed.recordWithMedia"),
+                      post_event(KYONE_DID, "c4", operation="update"), post_event(KYONE_DID, "c5", operation="delete"),
+                      identity_event(KYONE_DID, "kyone.example.org"), post_event(KYONE_DID, "c6"))
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/c6")
+    for pattern in (rf"post b1 from {STRANGER_DID} ignored: not allowed", r"post b2 .* ignored: repost",
+                    r"post c1 .* ignored: reply \(include_replies is false\)",
+                    r"post c2 .* ignored: quote \(include_quotes is false\)", r"post c3 .* ignored: quote",
+                    r"post c4 .* ignored: edit", rf"app.bsky.feed.post delete of c5 by @{KYONE_HANDLE}.*nothing to do",
+                    rf"account @{KYONE_HANDLE} \({KYONE_DID}\) is now @kyone.example.org",
+                    rf"post c6 from @kyone.example.org \({KYONE_DID}\) accepted"):
+        bridge.wait_for_line(pattern)
+    assert "post a1" not in bridge.output and "post a2" not in bridge.output
+    listener.barrier()
+    assert set_ids(listener) == [f"bsky:{KYONE_DID}/c6"]
+
+
+def test_posts_made_while_away_are_replayed_once_and_never_when_expired(mosquitto, listener, bluesky_bridges,
+                                                                         jetstream):
+    first = bluesky_bridges.start(mosquitto.url)
+    jetstream.wait_subscribed()
+    jetstream.publish(post_event(KYONE_DID, "d1"))
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/d1")
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+    # The bridge was away for 400 s (its last stream position is that old): a post made just after it left has
+    # expired by now (expiry 300 s), one made a moment ago has not.
+    cursors = bluesky_bridges.state / "cursors.json"
+    left = now_us() - 400_000_000
+    cursors.write_text(json.dumps({**json.loads(cursors.read_text()), "bluesky": left}))
+    jetstream.publish(post_event(KYONE_DID, "d2", time_us=left + 1_000_000), post_event(KYONE_DID, "d3"))
+    second = bluesky_bridges.start(mosquitto.url)
+    jetstream.wait_subscribed(2)
+    assert int(jetstream.queries[1]["cursor"][0]) == left - 5_000_000  # a few seconds before the last event seen
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/d3")
+    second.wait_for_line(r"post d2 .* ignored: expired \(posted (399|400) s ago, expiry 300 s\)")
+    second.wait_for_line(r"post d1 .* ignored: duplicate \(already acted on\)")
+
+    # Disconnected, not stopped: the service is away, a post is made, the bridge comes back through the cursor.
+    jetstream.refuse(503)
+    jetstream.close_all()
+    second.wait_for_line(r"refused the subscription: HTTP 503")
+    jetstream.publish(post_event(KYONE_DID, "d4"))
+    jetstream.refuse(None)
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/d4")
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+    third = bluesky_bridges.start(mosquitto.url)  # replays d3 and d4 (within the margin): duplicates, not commands
+    third.wait_for_line(r"post d4 .* ignored: duplicate \(already acted on\)")
+    listener.barrier()
+    assert set_ids(listener) == [f"bsky:{KYONE_DID}/{rkey}" for rkey in ("d1", "d3", "d4")]
+
+
+def test_dropped_refused_and_stalled_connections_reconnect_per_the_schedule(mosquitto, listener, tmp_path,
+                                                                            jetstream, resolver):
+    dead = f"ws://127.0.0.1:{free_port()}/subscribe"  # nothing listens: the bridge moves on to the next instance
+    proxy = TcpProxy(jetstream.port)
+    proxy.up()
+    runner = BridgeRunner(tmp_path, NETWORKS_YAML, [*bluesky_args(jetstream, resolver), "--bluesky-jetstream", dead],
+                          {})
+    try:
+        runner.args[runner.args.index(jetstream.url)] = f"ws://127.0.0.1:{proxy.port}/subscribe"
+        bridge = runner.start(mosquitto.url)
+        jetstream.wait_subscribed()
+        jetstream.publish(post_event(KYONE_DID, "e1"))
+        listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/e1")
+
+        # An established connection drops: reconnect at once. It drops again at once (accepted, then closed):
+        # 1 s. Refused (503): 2 s, and the next instance, where nothing listens: 4 s; 503 again: 8 s; nothing: 16 s.
+        jetstream.plan(DROP, 503, 503)
+        jetstream.close_all()
+        jetstream.wait_subscribed(3, timeout=TIMEOUT + 60 * SCALE)
+        got = delays(bridge, "bridge.bluesky")
+        assert got[0] == 0 and len(got) == 6, bridge.output
+        for delay, step in zip(got[1:], [1, 2, 4, 8, 16], strict=True):
+            assert step * SCALE / 2 <= delay <= step * SCALE, got
+        assert len(re.findall(r"bridge.bluesky: stream: network error: .*Connection refused", bridge.output)) == 2
+        assert len(re.findall(r"refused the subscription: HTTP 503", bridge.output)) == 2
+
+        started = time.monotonic()
+        proxy.freeze()  # silent both ways, never closed: only the pings can tell
+        bridge.wait_for_line(r"bridge.bluesky: stream: connection lost: .*keepalive ping timeout",
+                             timeout=TIMEOUT + STALL_TIMEOUT)
+        assert time.monotonic() - started < STALL_TIMEOUT + 5
+        jetstream.wait_subscribed(4)
+        jetstream.publish(post_event(KYONE_DID, "e2"))
+        listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/e2")
+    finally:
+        runner.stop_all()
+        proxy.down()
+
+
+def test_garbage_frames_are_skipped_and_the_connection_kept(mosquitto, listener, bluesky_bridges, jetstream):
+    bridge = bluesky_bridges.start(mosquitto.url)
+    jetstream.wait_subscribed()
+    jetstream.push_raw("not json", b"\x00\x01binary", "[1, 2]", "x" * ((1 << 20) + 1),
+                       {"did": KYONE_DID, "kind": "commit", "commit": {"operation": "create"}},
+                       {"did": KYONE_DID, "kind": "commit", "commit": {"rkey": "f0", "collection": POST,
+                                                                       "operation": "create", "record": 5}},
+                       {"kind": "unheard-of"})
+    jetstream.publish(post_event(KYONE_DID, "f1"))
+    listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/f1")
+    for pattern in (r"skipped a frame \(8 characters\): Expecting value", r"skipped a binary frame of 8 bytes",
+                    r"skipped a frame \(6 characters\): not a JSON object",
+                    r"skipped a frame of 1048577 characters: over the 1048576 limit",
+                    r"skipped a frame .*commit without rkey", r"skipped a frame .*post f0 has no record text"):
+        bridge.wait_for_line(pattern)
+    assert len(jetstream.queries) == 1
+
+
+def test_an_unknown_handle_stops_the_start_naming_it(mosquitto, bluesky_bridges):
+    bluesky_bridges.config.write_text(NETWORKS_YAML.replace(f"bluesky: [{KYONE_HANDLE}]",
+                                                            f"bluesky: [{KYONE_HANDLE}, nobody.bsky.social]"))
+    bridge = bluesky_bridges.start(mosquitto.url)
+    assert bridge.wait() == 2
+    assert "unknown Bluesky handle in bridge.allow.bluesky: nobody.bsky.social" in bridge.output
