@@ -10,7 +10,7 @@ from broker.bridge import matching
 from broker.bridge.backoff import Backoff
 from broker.bridge.state import SeenPosts
 from broker.bridge.x_api import Skipped, XError, split_lines
-from node.config import BridgeConfig
+from broker.bridge.config import BridgeConfig
 from tests.xstream import BODY_429, BODY_429_CAP, BODY_429_CONNECTIONS, post
 
 CONFIG = BridgeConfig(allow=["k_yone"], triggers=[

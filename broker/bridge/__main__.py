@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from node import __version__
-from node.config import ConfigError, load
+from node.config import ConfigError
 from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings
 
 log = logging.getLogger("edison-bridge")
@@ -76,17 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(args.log_level)
     try:
         from broker.bridge.backoff import Backoff
+        from broker.bridge.config import load
         from broker.bridge.publisher import Publisher
         from broker.bridge.service import Bridge, follow_stream, read_lines
         from broker.bridge.state import SeenPosts, StateError
         from broker.bridge.x_api import XClient
     except ImportError as exc:
-        log.error("the bridge needs httpx: pip install 'edison-mqtt[bridge]' (%s)", exc)
+        log.error("the bridge needs httpx and pydantic: pip install 'edison-mqtt[bridge]' (%s)", exc)
         return 2
     try:
-        config = load(args.config)
-        if config.bridge is None:
-            raise ConfigError(f"{args.config} has no `bridge` section")
+        config, bridge_cfg = load(args.config)
         settings = LinkSettings(BrokerAddress.parse(args.broker), Credentials.from_env(), protocol=args.protocol,
                                 ca_file=args.ca_file)
         token = bearer_token() if args.source == "x" else ""
@@ -96,16 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LinkError, TokenError, StateError) as exc:
         log.error("%s", exc)
         return 2
-    bridge_cfg = config.bridge
     ids = {a for a in bridge_cfg.allow if a.isdigit()}
     names = [a for a in bridge_cfg.allow if not a.isdigit()]
     publisher = Publisher(settings, args.client_id, args.max_pending)
     if args.source == "stdin":
-        bridge = Bridge(config, publisher, seen, ids, frozenset(n.lower() for n in names))
+        bridge = Bridge(config, bridge_cfg, publisher, seen, ids, frozenset(n.lower() for n in names))
         if names:
             log.info("reading posts from stdin: %s matched by username (no X API to resolve ids)", ", ".join(names))
     else:
-        bridge = Bridge(config, publisher, seen, ids)
+        bridge = Bridge(config, bridge_cfg, publisher, seen, ids)
     log.info("%d post id(s) already acted on, from %s", len(seen), seen.path)
 
     stop = threading.Event()

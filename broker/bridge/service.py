@@ -21,6 +21,7 @@ import httpx
 
 from broker.bridge import matching
 from broker.bridge.backoff import Backoff
+from broker.bridge.config import BridgeConfig
 from broker.bridge.publisher import Outgoing, Publisher
 from broker.bridge.state import SeenPosts
 from broker.bridge.x_api import Refused, Skipped, XClient, XError, split_lines
@@ -47,11 +48,10 @@ def _created(value: str | None) -> float | None:
 
 
 class Bridge:
-    def __init__(self, config: Config, publisher: Publisher, seen: SeenPosts,
+    def __init__(self, config: Config, bridge: BridgeConfig, publisher: Publisher, seen: SeenPosts,
                  allowed_ids: set[str], allowed_names: frozenset[str] = frozenset()) -> None:
-        assert config.bridge is not None
         self.config = config
-        self.bridge = config.bridge
+        self.bridge = bridge
         self.publisher = publisher
         self.seen = seen
         self.allowed_ids = allowed_ids
