@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 1883
+SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 
 .PHONY: run test bench clean
 
@@ -15,14 +16,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,
-# printing the LED as it changes. Ctrl-C stops both, the node first (its `offline` reaches the broker); either of
+# printing the LED and the button as they change; lines appended to $(SIM_INPUTS) press the button. Ctrl-C stops both, the node first (its `offline` reaches the broker); either of
 # them ending (a port already taken, say) stops the other. The broker has its own session, so Ctrl-C reaches it last.
 run: $(BIN)/.installed
 	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT)))' 2>/dev/null || \
 		{ echo "make run: port $(PORT) is taken (another MQTT broker?): try make run PORT=1884" >&2; exit 1; }
 	@setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
 	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
-		--broker mqtt://127.0.0.1:$(PORT) --pins sim & node=$$!; \
+		--broker mqtt://127.0.0.1:$(PORT) --pins sim --sim-inputs $(SIM_INPUTS) & node=$$!; \
 	trap 'kill -INT $$node 2>/dev/null; wait $$node; kill -INT $$broker 2>/dev/null; wait' EXIT INT TERM; \
 	wait -n $$broker $$node
 

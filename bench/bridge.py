@@ -55,8 +55,8 @@ SET_TOPIC = "edison/edison-t/led/set"
 DID, HANDLE, X_ID, MASTODON_ID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "kyone.bsky.social", "1001", "201"
 TRIGGERS = [{"phrase": p, "device": "edison-t", "output": "led", "command": "BLINK"}
             for p in ("L Chika", "lights on", "lights off", "blink twice")]
-CONFIG = BridgeConfig.model_validate({"allow": {"x": ["k_yone"], "bluesky": [HANDLE], "mastodon": ["kyone"]},
-                                      "triggers": TRIGGERS})
+CONFIG = BridgeConfig.of({"allow": {"x": ["k_yone"], "bluesky": [HANDLE], "mastodon": ["kyone"]},
+                         "triggers": TRIGGERS})
 NETWORKS = ("x", "bluesky", "mastodon")
 OTHER_TEXT = "Good morning! Coffee first, then the garden &amp; the bees."
 

@@ -41,13 +41,17 @@ from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
 from tests.helpers import Broker, Probe, Proc, Received, free_port, mosquitto_binary, python_cmd, read_trace  # noqa: E402
 
 DEVICE = "edison-bench"
+# A dimmable LED and a button: every part of the node is loaded, as on a board that uses them.
 TOPICS_YAML = f"""\
 prefix: edison
 devices:
   {DEVICE}:
     outputs:
-      led: {{pin: 20}}
+      led: {{pin: 20, pwm: true}}
+    inputs:
+      button: {{pin: 36, debounce: 0.05}}
 """
+DEBOUNCE = 0.05
 WAIT = 15.0  # seconds to wait for any single event before giving up
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GAP, GAP_SECONDS = "gap", 0.1  # key and spacing of the QoS 0 round trips sent with a pause before each
@@ -166,11 +170,17 @@ def alternating(first: str) -> Iterator[str]:
         state = "OFF" if state == "ON" else "ON"
 
 
-def transport_floor(broker: Broker, probe: Probe, n: int) -> Series:
-    """The same exchange without the node, per request QoS: echoed by the node's own Link as a retained QoS 1 reply."""
+def transport_floor(broker: Broker, probe: Probe, n: int, quickack: bool = True) -> Series:
+    """The same exchange without the node, per request QoS: echoed by the node's own Link as a retained QoS 1 reply.
+
+    With `quickack` false the echo does not re-arm TCP_QUICKACK (the link as it was before it did), and only the
+    QoS 0 requests back to back are measured: the case it is for.
+    """
     request, reply = "bench/echo/request", "bench/echo/reply"
     link = MqttLink(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
                     client_id="bench-echo")
+    if not quickack:
+        link._ack_at_once = lambda client: None  # type: ignore[method-assign]
 
     def echo(msg: Incoming) -> None:
         link.publish(Message(reply, msg.payload, retain=True))
@@ -181,9 +191,11 @@ def transport_floor(broker: Broker, probe: Probe, n: int) -> Series:
         _until_answered(lambda: probe.client.publish(request, "warm-up", qos=1),
                         lambda t: probe.wait_for(reply, "warm-up", timeout=t))
         payloads = alternating("ON")
+        if not quickack:
+            return {0: round_trips(probe, request, reply, payloads, n // 2, 0)}
         timings: Series = {1: round_trips(probe, request, reply, payloads, n, 1),
-                   0: round_trips(probe, request, reply, payloads, n // 2, 0),
-                   GAP: round_trips(probe, request, reply, payloads, n // 5, 0, gap=GAP_SECONDS)}
+                           0: round_trips(probe, request, reply, payloads, n // 2, 0),
+                           GAP: round_trips(probe, request, reply, payloads, n // 5, 0, gap=GAP_SECONDS)}
         return timings
     finally:
         link.stop()
@@ -209,10 +221,13 @@ class NodeProcess:
     def __init__(self, broker: Broker, workdir: Path, index: int, *extra: str) -> None:
         self.config = workdir / "topics.yaml"
         self.trace = workdir / "trace.jsonl"
+        self.inputs = workdir / "inputs"
         if not self.config.exists():
             self.config.write_text(TOPICS_YAML)
+            os.mkfifo(self.inputs)
         argv = python_cmd("node", "--config", str(self.config), "--device", DEVICE, "--broker", broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), "--state", str(workdir / "state"), *extra)
+                          "--pins", "sim", "--trace", str(self.trace), "--state", str(workdir / "state"),
+                          "--sim-inputs", str(self.inputs), *extra)
         self.spawned_wall, self.spawned = time.time(), time.perf_counter()
         self.proc = Proc(argv, workdir / f"node-{index}.log", env={"MQTT_USERNAME": DEVICE})
 
@@ -297,7 +312,7 @@ def threads(pid: int) -> int:
 
 # -- where time and memory go -------------------------------------------------
 
-IMPORT_STEPS = ["import yaml", "import paho.mqtt.client", "from pydantic import BaseModel", "import node.config",
+IMPORT_STEPS = ["import yaml", "import paho.mqtt.client", "import voluptuous", "import node.config",
                 "node.config.load('topics.yaml')", "import node.service, node.__main__"]
 _STEP_PROBE = """\
 import time
@@ -341,6 +356,22 @@ class Report:
         print(f"  {label:<44} {value:>16}   {target:<20} {ratio:<16} {verdict}".rstrip(), flush=True)
 
 
+def input_edges(probe: Probe, node: NodeProcess, n: int) -> Timings:
+    """A simulated button pressed and released `n` times, one edge at a time: the edge written to the node's FIFO
+    until its debounced `/state` arrives (QoS 1, retained)."""
+    state_topic = f"edison/{DEVICE}/button/state"
+    out = []
+    with open(node.inputs, "w") as wire:
+        for i in range(n):
+            level = i % 2  # idle high (pull up, active low): 0 presses, 1 releases
+            start = time.perf_counter()
+            wire.write(f'{{"pin": 36, "value": {level}}}\n')
+            wire.flush()
+            probe.wait_for(state_topic, "ON" if level == 0 else "OFF", timeout=WAIT)
+            out.append(time.perf_counter() - start)
+    return Timings(out)
+
+
 def latency_rows(report: Report, floor: Series, node: Series) -> None:
     """Keys: the request's QoS 1 (n times) or 0 (n/2 times) back to back, or GAP (QoS 0, n/5 times, a pause
     before each: a lone command)."""
@@ -363,7 +394,8 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
         probe = requester(broker)
         try:
             floor = transport_floor(broker, probe, n)
-            probe.subscribe(f"edison/{DEVICE}/status", state_topic, result_topic)
+            before = transport_floor(broker, probe, n, quickack=False)[0]
+            probe.subscribe(f"edison/{DEVICE}/status", state_topic, result_topic, f"edison/{DEVICE}/button/state")
             starts = start_times(broker, probe, workdir, args.starts) if full else []
             node, _ = start_node(broker, probe, workdir, len(starts))
             try:
@@ -380,6 +412,9 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 node_rtt[0] = round_trips(probe, set_topic, state_topic, payloads, n // 2, 0)
                 node_rtt[GAP] = round_trips(probe, set_topic, state_topic, payloads, n // 5, 0, gap=GAP_SECONDS)
                 latency_rows(report, floor, node_rtt)
+                report.row("  floor, QoS 0 request, echo without QUICKACK", f"{before.p50:.2f} / {before.p99:.2f} ms",
+                           "(before)", f"{before.p50 / floor[0].p50:.2f}x floor")
+                probe.barrier()  # the results of the round trips above are not answers to what follows
                 result = round_trips(probe, set_topic, result_topic, payloads, n // 5, 1, answers=result_for)
                 report.row("/set -> result p50 / p99", f"{result.p50:.2f} / {result.p99:.2f} ms",
                            "(the 2nd publish)", f"{result.p50 / floor[1].p50:.2f}x floor")
@@ -390,6 +425,11 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 report.row("/set -> pin change p50 / p99", f"{pin.p50:.2f} / {pin.p99:.2f} ms",
                            "(trace, time.time())", f"{pin.p50 / floor[1].p50:.2f}x floor")
                 report.row("node CPU per command", f"{cpu_per_command:.0f} us", "(QoS 1, schedstat)")
+                edges = input_edges(probe, node, max(4, n // 5))
+                excess = edges.p50 - DEBOUNCE * 1000
+                report.row("input edge -> /state p50 / p99", f"{edges.p50:.2f} / {edges.p99:.2f} ms",
+                           f"(debounce {DEBOUNCE * 1000:.0f} ms)", f"+{excess:.2f} ms: {excess / floor[GAP].p50:.2f}x "
+                           "lone floor")
                 round_trips(probe, set_topic, state_topic, payloads, total - (n + n // 2 + 2 * (n // 5)))
                 rss = rss_mib(node.pid)
                 report.row(f"RSS after {total} commands", f"{rss:.1f} MiB", f"<= {RSS_TARGET_MIB:.0f} MiB",

@@ -2,99 +2,148 @@
 
 The bridge validates this section itself; the node reads it as opaque. So a
 mistake here stops edison-bridge at start (exit 2, naming the file and the key
-path) and never edison-node. The rest of the file (devices, outputs, prefix)
-comes from the node's loader, so triggers are checked against real outputs.
+path) and never edison-node. It is checked with the same building blocks as
+the node's part (node.config, on voluptuous), and the rest of the file
+(devices, outputs, prefix) comes from the node's loader, so triggers are
+checked against real outputs.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+import voluptuous as vol
 
-from node.config import BLINK_COUNT, BLINK_SECONDS, Config, ConfigError, Name, describe_error, Strict
+from node.config import (BLINK_COUNT, BLINK_SECONDS, Config, ConfigError, Problems, boolean, describe, integer, name,
+                         number, one_of, problems_text, text)
 from node.config import load as load_topics
 
 NETWORKS = ("x", "bluesky", "mastodon")
+Command = Literal["ON", "OFF", "TOGGLE", "BLINK"]
+
+X_ACCOUNT = r"^([A-Za-z0-9_]{1,15}|[0-9]{1,19})$"  # username, or id (all digits)
+BLUESKY_ACTOR = (r"^(did:(plc|web):[A-Za-z0-9._:%-]*[A-Za-z0-9._-]"  # a DID, or a handle (a domain name)
+                 r"|([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?)$")
+MASTODON_ACCT = r"^[A-Za-z0-9_]{1,30}(@[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$"  # `user` on the bot's instance, or user@domain
 
 
-def _without_at(value: object) -> object:
-    """Profiles show `@name`; the leading @ is not part of the name."""
-    return value.strip().removeprefix("@") if isinstance(value, str) else value
+def account(pattern: str, what: str, fold: bool = False) -> Callable[[Any], str]:
+    """An account as a profile shows it: a leading @ is dropped; `fold`: handles are case-insensitive."""
+    rx = re.compile(pattern)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise vol.Invalid(f"expected {what} (got {value!r})")
+        found = value.strip().removeprefix("@")
+        if fold and not found.startswith("did:"):
+            found = found.lower()
+        if len(found) > 253 or not rx.match(found):
+            raise vol.Invalid(f"expected {what} (got {value!r})")
+        return found
+
+    return check
 
 
-XAccount = Annotated[str, Field(pattern=r"^([A-Za-z0-9_]{1,15}|[0-9]{1,19})$")]  # username, or id (all digits)
-BlueskyActor = Annotated[  # a handle (a domain name) or a DID; handles are case-insensitive
-    str,
-    BeforeValidator(lambda v: _without_at(v).lower() if isinstance(v, str) and not v.startswith("did:") else v),
-    Field(pattern=r"^(did:(plc|web):[A-Za-z0-9._:%-]*[A-Za-z0-9._-]"
-                  r"|([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?)$", max_length=253),
-]
-MastodonAcct = Annotated[  # `user` on the bot's own instance, `user@domain` elsewhere
-    str, BeforeValidator(_without_at), Field(pattern=r"^[A-Za-z0-9_]{1,30}(@[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$"),
-]
-
-
-class Allow(Strict):
+@dataclass(frozen=True)
+class Allow:
     """Allowed accounts per network; everything is keyed on the network's stable id once resolved."""
 
-    x: list[XAccount] = Field(default_factory=list)
-    bluesky: list[BlueskyActor] = Field(default_factory=list)
-    mastodon: list[MastodonAcct] = Field(default_factory=list)
+    x: tuple[str, ...] = ()
+    bluesky: tuple[str, ...] = ()
+    mastodon: tuple[str, ...] = ()
 
-    def of(self, network: str) -> list[str]:
-        accounts: list[str] = getattr(self, network)
+    def of(self, network: str) -> tuple[str, ...]:
+        accounts: tuple[str, ...] = getattr(self, network)
         return accounts
 
 
-class Trigger(Strict):
+@dataclass(frozen=True)
+class Trigger:
     """A phrase that, posted by an allowed account, becomes a command to one output."""
 
-    phrase: str = Field(min_length=1)
-    device: Name
-    output: Name
-    command: Literal["ON", "OFF", "TOGGLE", "BLINK"]
-    count: int | None = Field(None, ge=BLINK_COUNT[0], le=BLINK_COUNT[1])
-    on_time: float | None = Field(None, ge=BLINK_SECONDS[0], le=BLINK_SECONDS[1])
-    off_time: float | None = Field(None, ge=BLINK_SECONDS[0], le=BLINK_SECONDS[1])
-
-    @field_validator("command", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _blink_parameters_only_for_blink(self) -> Trigger:
-        given = [k for k in ("count", "on_time", "off_time") if getattr(self, k) is not None]
-        if given and self.command != "BLINK":
-            raise ValueError(f"{', '.join(given)} only apply to command BLINK")
-        return self
+    phrase: str
+    device: str
+    output: str
+    command: Command
+    count: int | None = None  # BLINK only: overrides of the output's blink pattern
+    on_time: float | None = None
+    off_time: float | None = None
 
 
-class BridgeConfig(Strict):
+@dataclass(frozen=True)
+class BridgeConfig:
     """Which posts become commands; shared by every network unless a key says otherwise."""
 
     allow: Allow
-    triggers: list[Trigger] = Field(min_length=1)
-    expiry: float = Field(300.0, gt=0, description="seconds a command stays valid")
-    rate_limit: int = Field(6, ge=1, description="commands per account per network per minute")
+    triggers: tuple[Trigger, ...]
+    expiry: float = 300.0  # seconds a command stays valid
+    rate_limit: int = 6  # commands per account per network per minute
     include_replies: bool = False
     include_quotes: bool = False
-    rule_max_length: int = Field(512, ge=64, le=2048, description="X: characters per stream rule (512 Basic, 1024 Pro)")
-    stall_timeout: float = Field(30.0, gt=0, description="seconds a connection may look dead before reconnecting")
+    rule_max_length: int = 512  # X: characters per stream rule (512 Basic, 1024 Pro)
+    stall_timeout: float = 30.0  # seconds a connection may look dead before reconnecting
 
-    @field_validator("allow", mode="before")
     @classmethod
-    def _plain_list_is_x(cls, value: object) -> object:
-        """Files written before Bluesky and Mastodon: a plain list names X accounts."""
-        return {"x": value} if isinstance(value, list) else value
+    def of(cls, data: Any) -> BridgeConfig:
+        """The section from its data as read; vol.MultipleInvalid or ValueError when it is wrong."""
+        checked = _BRIDGE(data)
+        problems = _problems(checked)
+        if problems:
+            raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
+        return _build(checked)
 
-    @model_validator(mode="after")
-    def _someone_allowed(self) -> BridgeConfig:
-        if not any(self.allow.of(network) for network in NETWORKS):
-            raise ValueError("allow: no account on any network")
-        return self
+
+def _plain_list_is_x(value: Any) -> Any:
+    """Files written before Bluesky and Mastodon: a plain list names X accounts."""
+    return {"x": value} if isinstance(value, list) else value
+
+
+_ALLOW = vol.All(_plain_list_is_x, vol.Schema({
+    vol.Optional("x"): [account(X_ACCOUNT, "an X username or numeric id")],
+    vol.Optional("bluesky"): [account(BLUESKY_ACTOR, "a Bluesky handle or DID", fold=True)],
+    vol.Optional("mastodon"): [account(MASTODON_ACCT, "a Mastodon account, user or user@domain")],
+}))
+_TRIGGER = vol.Schema({
+    vol.Required("phrase"): text(max_length=280),
+    vol.Required("device"): name,
+    vol.Required("output"): name,
+    vol.Required("command"): one_of("ON", "OFF", "TOGGLE", "BLINK", fold=True),
+    vol.Optional("count"): integer(*BLINK_COUNT),
+    vol.Optional("on_time"): number(*BLINK_SECONDS),
+    vol.Optional("off_time"): number(*BLINK_SECONDS),
+})
+_BRIDGE = vol.Schema({
+    vol.Required("allow"): _ALLOW,
+    vol.Required("triggers"): vol.All([_TRIGGER], vol.Length(min=1, msg="expected at least one trigger")),
+    vol.Optional("expiry"): number(above=0),
+    vol.Optional("rate_limit"): integer(1),
+    vol.Optional("include_replies"): boolean,
+    vol.Optional("include_quotes"): boolean,
+    vol.Optional("rule_max_length"): integer(64, 2048),
+    vol.Optional("stall_timeout"): number(above=0),
+})
+
+
+def _problems(checked: Mapping[str, Any]) -> Problems:
+    """What the schema cannot say: someone must be allowed, blink parameters only for BLINK."""
+    problems: Problems = []
+    if not any(checked["allow"].get(network) for network in NETWORKS):
+        problems.append(("bridge.allow", "no account on any network"))
+    for i, trigger in enumerate(checked["triggers"]):
+        given = [k for k in ("count", "on_time", "off_time") if k in trigger]
+        if given and trigger["command"] != "BLINK":
+            problems.append((f"bridge.triggers.{i}", f"{', '.join(given)} only apply to command BLINK"))
+    return problems
+
+
+def _build(checked: Mapping[str, Any]) -> BridgeConfig:
+    allow = Allow(**{network: tuple(accounts) for network, accounts in checked["allow"].items()})
+    triggers = tuple(Trigger(**t) for t in checked["triggers"])
+    return BridgeConfig(**{**checked, "allow": allow, "triggers": triggers})
 
 
 def section(config: Config, source: str = "topics.yaml") -> BridgeConfig:
@@ -102,25 +151,20 @@ def section(config: Config, source: str = "topics.yaml") -> BridgeConfig:
     if config.bridge is None:
         raise ConfigError(f"{source} has no `bridge` section")
     try:
-        bridge = BridgeConfig.model_validate(config.bridge)
-    except ValidationError as exc:
-        problems = [describe_error({**e, "loc": ("bridge", *e["loc"])}) for e in exc.errors(include_url=False)]
-        raise ConfigError(_report(source, problems)) from None
-    problems = []
-    for i, trigger in enumerate(bridge.triggers):
-        device = config.devices.get(trigger.device)
+        checked = _BRIDGE(config.bridge)
+    except vol.MultipleInvalid as exc:
+        raise ConfigError(problems_text(source, [describe(e, "bridge") for e in exc.errors])) from None
+    problems = _problems(checked)
+    for i, trigger in enumerate(checked["triggers"]):
+        device = config.devices.get(trigger["device"])
         if device is None:
-            problems.append(f"bridge.triggers.{i}.device: no device {trigger.device!r}")
-        elif trigger.output not in device.outputs:
-            problems.append(f"bridge.triggers.{i}.output: device {trigger.device!r} has no output {trigger.output!r}")
+            problems.append((f"bridge.triggers.{i}.device", f"no device {trigger['device']!r}"))
+        elif trigger["output"] not in device.outputs:
+            problems.append((f"bridge.triggers.{i}.output",
+                             f"device {trigger['device']!r} has no output {trigger['output']!r}"))
     if problems:
-        raise ConfigError(_report(source, problems))
-    return bridge
-
-
-def _report(source: str, problems: list[Any]) -> str:
-    lines = "\n".join(f"  {p}" for p in problems)
-    return f"{source}: {len(problems)} problem(s):\n{lines}"
+        raise ConfigError(problems_text(source, problems))
+    return _build(checked)
 
 
 def load(path: str | Path) -> tuple[Config, BridgeConfig]:

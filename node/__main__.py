@@ -16,7 +16,7 @@ from node import __version__
 from node.config import ConfigError, load
 from node.journal import Journal, JournalError, default_directory
 from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink
-from node.pins import BACKENDS, PinError, make_factory
+from node.pins import BACKENDS, PinError, PinFactory, make_factory
 from node.pins.sim import Change
 
 log = logging.getLogger("edison-node")
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
     p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
                    help="with simulated pins: append one JSON line per level change to this file")
+    p.add_argument("--sim-inputs", type=Path, metavar="FILE",
+                   help='with simulated pins: set inputs from JSON lines {"pin": 36, "value": 0} appended to FILE '
+                   "(a regular file, created if missing, or a FIFO)")
     p.add_argument("--state", type=Path,
                    help="directory for the ids of commands carried out, so a repeat is never carried out twice "
                    "(default: $STATE_DIRECTORY under systemd, else ~/.local/state/edison-node/DEVICE)")
@@ -53,15 +56,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _terminal_printer(names: dict[int, str], out: TextIO) -> Callable[[Change], None]:
-    """Show simulated outputs as they change: the laptop stand-in for a real LED."""
+    """Show simulated pins as they change: the laptop stand-in for a real LED and button."""
 
     def show(change: Change) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(change.t)) + f".{int(change.t % 1 * 1000):03d}"
         lamp = "● high" if change.value else "○ low "
+        if change.duty is not None:
+            lamp = f"◐ {change.duty:4.0%}" if 0 < change.duty < 1 else lamp
         cause = f"  (command {change.id})" if change.id else ""
         print(f"{stamp}  {names.get(change.pin, '?')} (pin {change.pin})  {lamp}{cause}", file=out, flush=True)
 
     return show
+
+
+def _open_sim_inputs(path: Path | None) -> int | None:
+    """Open --sim-inputs before the node connects, so nothing written once it is online is missed."""
+    if path is None:
+        return None
+    from node.pins.sim import open_inputs
+
+    return open_inputs(path)
+
+
+def _follow_sim_inputs(path: Path | None, fd: int | None, pins: PinFactory) -> None:
+    if path is None or fd is None:
+        return
+    from node.pins.sim import SimFactory, follow
+
+    assert isinstance(pins, SimFactory)
+    follow(fd, pins, str(path))
+    log.info("simulated inputs: reading JSON lines from %s", path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             from node.service import forget
 
             return 0 if forget(topics, device, MqttLink(settings, f"{device_id}-forget", persistent=False)) else 1
-        if args.trace and args.pins != "sim":
-            raise PinError("--trace records simulated pins: use it with --pins sim")
+        if (args.trace or args.sim_inputs) and args.pins != "sim":
+            raise PinError("--trace and --sim-inputs are for simulated pins: use them with --pins sim")
         names = {out.pin: out.name or name for name, out in device.outputs.items()}
+        names.update({inp.pin: inp.name or name for name, inp in device.inputs.items()})
         listeners = [] if args.trace else [_terminal_printer(names, sys.stdout)]
         pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
+        sim_inputs = _open_sim_inputs(args.sim_inputs)
         journal = Journal(args.state or default_directory(device_id))
         from node.service import Node  # after validation: keeps a bad start fast
 
@@ -105,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda n, f: stop.set())
     log.info("%d command id(s) remembered in %s", len(journal), journal.path)
     node.start()
+    _follow_sim_inputs(args.sim_inputs, sim_inputs, pins)
     stop.wait()
     log.info("stopping: outputs to their safe state, publishing offline")
     node.stop()

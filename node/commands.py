@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+import voluptuous as vol
 
-from node.config import BLINK_COUNT, BLINK_SECONDS, BlinkPattern
+from node.config import (BLINK_COUNT, BLINK_SECONDS, BRIGHTNESS, TRANSITION_SECONDS, BlinkPattern, describe, integer,
+                         number)
 
 MAX_PAYLOAD = 4096
 MAX_DEPTH = 8  # nesting of JSON objects and arrays; a command needs 2 (a `source` object)
@@ -44,65 +45,71 @@ class CommandError(ValueError):
 class Command:
     state: State | None = None
     blink: BlinkPattern | None = None
+    brightness: int | None = None  # 0..255; 0 turns the output off and keeps the brightness ON restores
+    transition: float | None = None  # seconds to fade to the new level
     id: str | None = None
     expires: float | None = None  # unix time
     source: dict[str, Any] | None = None
 
 
-def _seconds() -> Any:
-    return Field(None, ge=BLINK_SECONDS[0], le=BLINK_SECONDS[1], strict=True, allow_inf_nan=False)
+def _word(*choices: str) -> Any:
+    """An ASCII word among `choices`, trimmed and case-folded (look-alikes are refused, not folded)."""
 
-
-class _JsonCommand(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    state: State | None = None
-    effect: Literal["blink"] | None = None
-    count: int | None = Field(None, ge=BLINK_COUNT[0], le=BLINK_COUNT[1], strict=True)
-    on_time: float | None = _seconds()
-    off_time: float | None = _seconds()
-    id: str | None = Field(None, min_length=1, max_length=128)
-    expires: float | None = Field(None, strict=True, allow_inf_nan=False)
-    source: dict[str, Any] | None = None
-
-    @field_validator("state", "effect", mode="before")
-    @classmethod
-    def _fold_case(cls, value: object, info: ValidationInfo) -> object:
+    def check(value: Any) -> str:
         if not isinstance(value, str):
-            return value
+            raise vol.Invalid(f"expected one of {', '.join(choices)} (got {value!r})")
         if not value.isascii():
-            raise ValueError(f"{value[:40]!r} is not an ASCII word")
-        value = value.strip(_SPACE)
-        return value.upper() if info.field_name == "state" else value.lower()
+            raise vol.Invalid(f"{value[:40]!r} is not an ASCII word")
+        word = value.strip(_SPACE)
+        word = word.upper() if choices[0].isupper() else word.lower()
+        if word not in choices:
+            raise vol.Invalid(f"expected one of {', '.join(choices)} (got {value[:40]!r})")
+        return word
 
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_text(cls, value: object) -> object:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str) and not value.isprintable():
-            raise ValueError("has control characters")
-        return value
-
-    @model_validator(mode="after")
-    def _meaningful(self) -> _JsonCommand:
-        if self.state is None and self.effect is None:
-            raise ValueError('needs "state" or "effect"')
-        pattern = [k for k in ("count", "on_time", "off_time") if getattr(self, k) is not None]
-        if pattern and self.effect is None:
-            raise ValueError(f'{", ".join(pattern)} need "effect": "blink"')
-        return self
+    return check
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False):
-        key = ".".join(str(p) for p in error["loc"])
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        if error["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        parts.append(f"{key}: {message}" if key else message)
-    return "; ".join(parts)
+def _command_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        raise vol.Invalid(f"expected a string of 1 to 128 characters (got {str(value)[:40]!r})")
+    if not value.isprintable():
+        raise vol.Invalid("has control characters")
+    return value
+
+
+def _source(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise vol.Invalid(f"expected an object (got {str(value)[:40]!r})")
+    return value
+
+
+_JSON_COMMAND = vol.Schema({
+    vol.Optional("state"): _word("ON", "OFF", "TOGGLE"),
+    vol.Optional("effect"): _word("blink"),
+    vol.Optional("count"): integer(*BLINK_COUNT),
+    vol.Optional("on_time"): number(*BLINK_SECONDS),
+    vol.Optional("off_time"): number(*BLINK_SECONDS),
+    vol.Optional("brightness"): integer(*BRIGHTNESS),
+    vol.Optional("transition"): number(*TRANSITION_SECONDS),
+    vol.Optional("id"): _command_id,
+    vol.Optional("expires"): number(),
+    vol.Optional("source"): _source,
+})
+_PATTERN = ("count", "on_time", "off_time")
+
+
+def _meaning(body: dict[str, Any]) -> str | None:
+    """What the schema cannot say about a JSON command: which keys need which."""
+    if not {"state", "effect", "brightness"} & set(body):
+        return 'needs "state", "effect" or "brightness"'
+    pattern = [k for k in _PATTERN if k in body]
+    if pattern and "effect" not in body:
+        return f'{", ".join(pattern)} need "effect": "blink"'
+    if "transition" in body and not {"state", "brightness"} & set(body):
+        return 'transition needs "state" or "brightness" (what to fade to)'
+    return None
 
 
 def parse(payload: bytes, default_blink: BlinkPattern) -> Command:
@@ -185,11 +192,17 @@ def _parse_json(text: str, default_blink: BlinkPattern) -> Command:
     if not isinstance(data, dict):
         raise CommandError("a JSON command must be an object")
     try:
-        body = _JsonCommand.model_validate(data)
-    except ValidationError as exc:
-        raise CommandError(_describe(exc), _readable_id(data.get("id"))) from None
+        body = _JSON_COMMAND(data)
+    except vol.MultipleInvalid as exc:
+        problems = (describe(e) for e in exc.errors)
+        message = "; ".join(f"{path}: {what}" if path else what for path, what in problems)
+        raise CommandError(message, _readable_id(data.get("id"))) from None
+    problem = _meaning(body)
+    if problem:
+        raise CommandError(problem, body.get("id"))
     blink = None
-    if body.effect == "blink":
-        overrides = {k: getattr(body, k) for k in ("count", "on_time", "off_time") if getattr(body, k) is not None}
-        blink = default_blink.model_copy(update=overrides)
-    return Command(state=body.state, blink=blink, id=body.id, expires=body.expires, source=body.source)
+    if body.get("effect") == "blink":
+        blink = default_blink.but(**{k: body[k] for k in _PATTERN if k in body})
+    return Command(state=body.get("state"), blink=blink, brightness=body.get("brightness"),
+                   transition=body.get("transition"), id=body.get("id"), expires=body.get("expires"),
+                   source=body.get("source"))

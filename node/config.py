@@ -2,98 +2,257 @@
 
 Loaded once at start and validated strictly (unknown keys are errors), so a typo
 is refused with the file, the key path and what was expected instead of
-surfacing later as a device that silently ignores its commands.
+surfacing later as a device that silently ignores its commands. Every problem
+in the file is reported at once.
+
+The node validates with voluptuous (pure Python, imported in a few
+milliseconds, every problem with its key path) into frozen dataclasses; see the
+README ("The device stays lean") for why not pydantic. The `bridge:` section is
+kept as it is read: edison-bridge validates it, so a mistake there never stops
+the node.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
+import voluptuous as vol
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
 
 from node.topics import DeviceTopics, Layout
 
 # Topic levels and Home Assistant object ids allow only these characters.
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
-# A topic prefix may have several levels but no wildcards and no empty level.
-TopicPrefix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")]
+TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"  # several levels, no wildcards, no empty level
 
 BLINK_COUNT = (1, 1000)
 BLINK_SECONDS = (0.02, 60.0)
+BRIGHTNESS = (0, 255)  # Home Assistant's scale
+TRANSITION_SECONDS = (0.0, 3600.0)
+PWM_PERIOD_SECONDS = (1e-5, 1.0)
+
+Pull = Literal["up", "down", "none"]
+InputComponent = Literal["binary_sensor", "event"]
+EVENT_TYPES = ("press", "double_press", "long_press")
 
 
 class ConfigError(Exception):
     """topics.yaml cannot be used; the message names the file, key path and expectation."""
 
 
-class Strict(BaseModel):
-    """A section of topics.yaml: unknown keys are errors (shared with the bridge's own section)."""
+# -- values: strict about types (YAML's `true` is no pin number) --------------------
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def integer(lo: float | None = None, hi: float | None = None) -> Callable[[Any], int]:
+    """An int (not a bool, not a float) within [lo, hi]."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise vol.Invalid(f"expected an integer (got {value!r})")
+        _within(value, lo, hi)
+        return value
+
+    return check
 
 
-class BlinkPattern(Strict):
+def number(lo: float | None = None, hi: float | None = None, above: float | None = None) -> Callable[[Any], float]:
+    """An int or float (not a bool, not NaN) within [lo, hi] and above `above`."""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise vol.Invalid(f"expected a number (got {value!r})")
+        if above is not None and not value > above:
+            raise vol.Invalid(f"expected a number above {above:g} (got {value!r})")
+        _within(value, lo, hi)
+        return float(value)
+
+    return check
+
+
+def _within(value: float, lo: float | None, hi: float | None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"from {lo:g} to {hi:g}" if lo is not None and hi is not None else (
+            f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+        raise vol.Invalid(f"expected {bounds} (got {value!r})")
+
+
+def text(pattern: str | None = None, max_length: int = 256) -> Callable[[Any], str]:
+    rx = re.compile(pattern) if pattern else None
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise vol.Invalid(f"expected a non-empty string (got {value!r})")
+        if len(value) > max_length:
+            raise vol.Invalid(f"expected at most {max_length} characters (got {len(value)})")
+        if rx is not None and not rx.match(value):
+            raise vol.Invalid(f"expected letters, digits, '_' or '-' only (got {value!r})")
+        return value
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise vol.Invalid(f"expected true or false (got {value!r})")
+    return value
+
+
+def one_of(*choices: str, fold: bool = False) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        word = value.strip().upper() if fold and isinstance(value, str) else value
+        if word not in choices:
+            raise vol.Invalid(f"expected one of {', '.join(choices)} (got {value!r})")
+        return str(word)
+
+    return check
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+name = text(NAME_PATTERN, 64)
+
+
+# -- the device's part ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlinkPattern:
     """How an output blinks: `count` times `on_time` seconds on, `off_time` seconds off."""
 
-    count: int = Field(10, ge=BLINK_COUNT[0], le=BLINK_COUNT[1])
-    on_time: float = Field(0.3, ge=BLINK_SECONDS[0], le=BLINK_SECONDS[1])
-    off_time: float = Field(0.3, ge=BLINK_SECONDS[0], le=BLINK_SECONDS[1])
+    count: int = 10
+    on_time: float = 0.3
+    off_time: float = 0.3
+
+    def but(self, **changes: Any) -> BlinkPattern:
+        return replace(self, **changes)
 
 
-class OutputConfig(Strict):
-    """One GPIO output of a device."""
+@dataclass(frozen=True)
+class OutputConfig:
+    """One output of a device: a GPIO line, or with `pwm` a PWM line that dims."""
 
-    pin: int = Field(ge=0, description="mraa GPIO pin number")
-    name: str | None = Field(None, min_length=1, description="human name; defaults to the key")
+    pin: int
+    name: str | None = None
     active_low: bool = False
     safe_state: Literal["ON", "OFF"] = "OFF"
     blink: BlinkPattern = BlinkPattern()
-    max_age: float | None = Field(
-        300.0, gt=0, description="seconds a command may wait in the broker while the node is offline"
-    )
+    max_age: float | None = 300.0  # seconds a command may wait in the broker while the node is offline
     component: Literal["light", "switch"] = "light"
-
-    @field_validator("safe_state", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
+    pwm: bool = False
+    pwm_period: float = 0.001  # seconds
 
 
-class DeviceConfig(Strict):
-    name: str | None = Field(None, min_length=1)
+@dataclass(frozen=True)
+class InputConfig:
+    """One input of a device: a button, a contact or a motion sensor on a GPIO line."""
+
+    pin: int
+    name: str | None = None
+    pull: Pull = "up"
+    active_low: bool = True  # with pull up, a button to ground reads low when pressed
+    debounce: float = 0.05  # seconds a level must hold before it counts
+    component: InputComponent = "binary_sensor"
+    device_class: str | None = None
+    double_press: float = 0.4  # seconds from a release to the next press that make a double press (0: none)
+    long_press: float = 1.0  # seconds held that make a long press
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str | None = None
     model: str = "Intel Edison"
     manufacturer: str = "Intel"
-    outputs: dict[Name, OutputConfig] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _pins_unique(self) -> DeviceConfig:
-        seen: dict[int, str] = {}
-        for name, output in self.outputs.items():
-            if output.pin in seen:
-                raise ValueError(f"outputs {seen[output.pin]!r} and {name!r} both use pin {output.pin}")
-            seen[output.pin] = name
-        return self
+    outputs: Mapping[str, OutputConfig] = field(default_factory=dict)
+    inputs: Mapping[str, InputConfig] = field(default_factory=dict)
 
 
-class Config(Strict):
-    prefix: TopicPrefix = "edison"
-    discovery_prefix: TopicPrefix = "homeassistant"
-    devices: dict[Name, DeviceConfig] = Field(min_length=1)
-    access: dict[Name, Literal["controller", "bridge"]] = {}
-    # edison-bridge validates its own section (bridge/config.py): a mistake there must never stop the node.
-    bridge: Any = None
+_BLINK = vol.Schema({
+    vol.Optional("count"): integer(*BLINK_COUNT),
+    vol.Optional("on_time"): number(*BLINK_SECONDS),
+    vol.Optional("off_time"): number(*BLINK_SECONDS),
+})
+_OUTPUT = vol.Schema({
+    vol.Required("pin"): integer(0),
+    vol.Optional("name"): optional(text()),
+    vol.Optional("active_low"): boolean,
+    vol.Optional("safe_state"): one_of("ON", "OFF", fold=True),
+    vol.Optional("blink"): _BLINK,
+    vol.Optional("max_age"): optional(number(above=0)),
+    vol.Optional("component"): one_of("light", "switch"),
+    vol.Optional("pwm"): boolean,
+    vol.Optional("pwm_period"): number(*PWM_PERIOD_SECONDS),
+})
+_INPUT = vol.Schema({
+    vol.Required("pin"): integer(0),
+    vol.Optional("name"): optional(text()),
+    vol.Optional("pull"): one_of("up", "down", "none"),
+    vol.Optional("active_low"): boolean,
+    vol.Optional("debounce"): number(0, 1),
+    vol.Optional("component"): one_of("binary_sensor", "event"),
+    vol.Optional("device_class"): optional(text(r"^[a-z_]+$", 64)),
+    vol.Optional("double_press"): number(0, 5),
+    vol.Optional("long_press"): number(0.1, 60),
+})
+_DEVICE = vol.Schema({
+    vol.Optional("name"): optional(text()),
+    vol.Optional("model"): text(),
+    vol.Optional("manufacturer"): text(),
+    vol.Optional("outputs"): {name: _OUTPUT},
+    vol.Optional("inputs"): {name: _INPUT},
+})
+_CONFIG = vol.Schema({
+    vol.Optional("prefix"): text(TOPIC_PREFIX_PATTERN),
+    vol.Optional("discovery_prefix"): text(TOPIC_PREFIX_PATTERN),
+    vol.Required("devices"): {name: _DEVICE},
+    vol.Optional("access"): {name: one_of("controller", "bridge")},
+    vol.Optional("bridge"): object,  # edison-bridge's own section: it validates it
+})
 
-    @model_validator(mode="after")
-    def _references(self) -> Config:
-        clash = sorted(set(self.access) & set(self.devices))
-        if clash:
-            raise ValueError(f"access: {', '.join(clash)} is a device id; devices log in as themselves")
-        return self
+Problems = list[tuple[str, str]]  # (key path, what is wrong)
+
+
+def _output(data: dict[str, Any]) -> OutputConfig:
+    blink = BlinkPattern(**data.pop("blink", {}))
+    return OutputConfig(blink=blink, **data)
+
+
+def _device_problems(device_id: str, data: dict[str, Any]) -> Problems:
+    """What one schema cannot say: pins and names shared, keys that apply only with another key."""
+    path = f"devices.{device_id}"
+    outputs, inputs = data.get("outputs", {}), data.get("inputs", {})
+    problems: Problems = []
+    if not outputs and not inputs:
+        problems.append((path, "a device needs at least one output or input"))
+    users: dict[int, str] = {}
+    for kind, items in (("output", outputs), ("input", inputs)):
+        for key, item in items.items():
+            who, pin = f"{kind} {key!r}", item["pin"]
+            if pin in users:
+                problems.append((f"{path}.{kind}s.{key}.pin", f"{users[pin]} and {who} both use pin {pin}"))
+            users.setdefault(pin, who)
+    for key in sorted(set(outputs) & set(inputs)):
+        problems.append((f"{path}.inputs.{key}", f"output and input {key!r} would share the topic {key}/state"))
+    for key, output in outputs.items():
+        if "pwm_period" in output and not output.get("pwm"):
+            problems.append((f"{path}.outputs.{key}.pwm_period", "applies only with pwm: true"))
+    for key, item in inputs.items():
+        given = [k for k in ("double_press", "long_press") if k in item]
+        if given and item.get("component", "binary_sensor") != "event":
+            problems.append((f"{path}.inputs.{key}.{given[0]}", "applies only with component: event"))
+    return problems
+
+
+@dataclass(frozen=True)
+class Config:
+    prefix: str = "edison"
+    discovery_prefix: str = "homeassistant"
+    devices: Mapping[str, DeviceConfig] = field(default_factory=dict)
+    access: Mapping[str, Literal["controller", "bridge"]] = field(default_factory=dict)
+    bridge: Any = None  # as read; edison-bridge validates it
 
     @property
     def layout(self) -> Layout:
@@ -123,15 +282,51 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def describe_error(error: ErrorDetails) -> str:
-    """One validation error as `key.path: what was expected (got ...)` (shared with the bridge's own section)."""
-    path = ".".join(str(part) for part in error["loc"])
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
+def describe(error: vol.Invalid, under: str = "") -> tuple[str, str]:
+    """(key path, message) of one voluptuous error, in the words the README shows; `under` prefixes the path."""
+    path = ".".join(str(part) for part in ([under] if under else []) + list(error.path))
+    message = error.msg
+    if message == "extra keys not allowed":
         message = "unknown key"
-    elif error["type"] not in ("missing", "value_error"):
-        message = f"{message} (got {error['input']!r})"
-    return f"{path}: {message}" if path else message
+    elif message == "required key not provided":
+        message = "missing"
+    elif message.startswith("expected dict"):
+        message = "expected a mapping"
+    return path, message
+
+
+def problems_text(source: str, problems: Problems) -> str:
+    """The message of a ConfigError: the file, then each problem with its key path."""
+    lines = "\n".join(f"  {path}: {message}" if path else f"  {message}" for path, message in problems)
+    return f"{source}: {len(problems)} problem(s):\n{lines}"
+
+
+def validate(data: Any, source: str = "topics.yaml") -> Config:
+    """The Config of already-parsed YAML data; ConfigError lists every problem with its key path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        checked = _CONFIG(data)
+    except vol.MultipleInvalid as exc:
+        raise ConfigError(problems_text(source, [describe(e) for e in exc.errors])) from None
+    problems: Problems = []
+    if not checked["devices"]:
+        problems.append(("devices", "expected at least one device"))
+    for device_id, device in checked["devices"].items():
+        problems += _device_problems(device_id, device)
+    problems += [(f"access.{user}", "is a device id; devices log in as themselves")
+                 for user in sorted(set(checked.get("access", {})) & set(checked["devices"]))]
+    if problems:
+        raise ConfigError(problems_text(source, problems))
+    devices = {
+        device_id: DeviceConfig(
+            **{k: v for k, v in device.items() if k not in ("outputs", "inputs")},
+            outputs={k: _output(dict(v)) for k, v in device.get("outputs", {}).items()},
+            inputs={k: InputConfig(**v) for k, v in device.get("inputs", {}).items()},
+        )
+        for device_id, device in checked["devices"].items()
+    }
+    return Config(**{**checked, "devices": devices})
 
 
 def parse(text: str, source: str = "topics.yaml") -> Config:
@@ -140,13 +335,7 @@ def parse(text: str, source: str = "topics.yaml") -> Config:
         data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        lines = "\n".join(f"  {describe_error(e)}" for e in exc.errors(include_url=False))
-        raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n{lines}") from None
+    return validate(data, source)
 
 
 def load(path: str | Path) -> Config:

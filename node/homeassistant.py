@@ -3,7 +3,8 @@
 Pure functions (configuration in, messages out) so every payload can be checked
 against Home Assistant's documented schema without a broker. Each output
 becomes a `light` (or a `switch`, chosen per output in topics.yaml) and a
-`button` that blinks it; all of them follow the device's `status` topic.
+`button` that blinks it; each input a `binary_sensor` or an `event`; all of
+them follow the device's `status` topic.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import json
 from typing import Any
 
 from node import __version__
-from node.config import DeviceConfig
+from node.config import EVENT_TYPES, DeviceConfig
 from node.link import Message
 from node.topics import DeviceTopics
 
 COMPONENTS = ("light", "switch")  # what an output may be; the button comes with either
+INPUT_COMPONENTS = ("binary_sensor", "event")
 ORIGIN = {"name": "edison-mqtt", "sw_version": __version__}
 BLINK_EFFECT = "blink"  # the node's /set parser reads it as BLINK (plain text is case-insensitive)
 
@@ -55,12 +57,15 @@ def _output_name(device: DeviceConfig, output: str) -> str:
 
 
 def light(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
-    """A light in the default schema: ON/OFF, state from `/state`, and a `blink` effect.
+    """A light in the default schema: ON/OFF, state from `/state`, a `blink` effect reported on `/effect`, and on a
+    PWM output the brightness, commanded as JSON on `/set` and reported on `/brightness`.
 
     Home Assistant sends a turn-on with an effect as two publishes to the same
     `/set`. With its default `on_command_type: last` the `ON` would come after
     `blink` and cancel it; with `first` it comes before, so the blink runs and
-    the LED is ON when it ends.
+    the LED is ON when it ends. A dimmable light uses `brightness` instead: a
+    turn-on is then a brightness command alone (the last brightness when none is
+    chosen), so ON never flashes the old brightness before the new one.
     """
     payload = {
         **_common(topics, device, f"{topics.device}_{output}", _output_name(device, output)),
@@ -70,8 +75,17 @@ def light(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
         "payload_off": "OFF",
         "on_command_type": "first",
         "effect_command_topic": topics.set(output),
+        "effect_state_topic": topics.effect(output),
         "effect_list": [BLINK_EFFECT],
     }
+    if device.outputs[output].pwm:
+        payload.update({
+            "on_command_type": "brightness",
+            "brightness_command_topic": topics.set(output),
+            "brightness_command_template": '{"brightness": {{ value }}}',
+            "brightness_state_topic": topics.brightness(output),
+            "brightness_scale": 255,
+        })
     return _message("light", topics, output, payload)
 
 
@@ -99,20 +113,54 @@ def button(topics: DeviceTopics, device: DeviceConfig, output: str) -> Message:
     return _message("button", topics, f"{output}_blink", payload)
 
 
-_BUILDERS = {"light": light, "switch": switch}
+def _input_name(device: DeviceConfig, input_: str) -> str:
+    return device.inputs[input_].name or input_
+
+
+def binary_sensor(topics: DeviceTopics, device: DeviceConfig, input_: str) -> Message:
+    """An input as a binary sensor (a contact, a motion sensor): ON/OFF from its retained `/state`."""
+    cfg = device.inputs[input_]
+    payload = {
+        **_common(topics, device, f"{topics.device}_{input_}", _input_name(device, input_)),
+        "state_topic": topics.state(input_),
+        "payload_on": "ON",
+        "payload_off": "OFF",
+    }
+    if cfg.device_class:
+        payload["device_class"] = cfg.device_class
+    return _message("binary_sensor", topics, input_, payload)
+
+
+def event(topics: DeviceTopics, device: DeviceConfig, input_: str) -> Message:
+    """An input as an event entity (a button): press, double_press and long_press from `/event`."""
+    cfg = device.inputs[input_]
+    payload = {
+        **_common(topics, device, f"{topics.device}_{input_}", _input_name(device, input_)),
+        "state_topic": topics.event(input_),
+        "event_types": list(EVENT_TYPES),
+    }
+    if cfg.device_class:
+        payload["device_class"] = cfg.device_class
+    return _message("event", topics, input_, payload)
+
+
+_BUILDERS = {"light": light, "switch": switch, "binary_sensor": binary_sensor, "event": event}
 
 
 def announce(topics: DeviceTopics, device: DeviceConfig) -> list[Message]:
-    """Every entity of the device, plus an empty config where an output is *not* configured.
+    """Every entity of the device, plus an empty config for the component an output or input is *not*.
 
     The empty config removes the entity of the other component, so changing
-    `component:` in topics.yaml does not leave a stale light or switch behind.
+    `component:` in topics.yaml does not leave a stale light, switch, binary sensor or event behind.
     """
     messages: list[Message] = []
     for output, cfg in device.outputs.items():
         messages.append(_BUILDERS[cfg.component](topics, device, output))
         messages.extend(_removal(topics, c, output) for c in COMPONENTS if c != cfg.component)
         messages.append(button(topics, device, output))
+    for input_, icfg in device.inputs.items():
+        messages.append(_BUILDERS[icfg.component](topics, device, input_))
+        messages.extend(_removal(topics, c, input_) for c in INPUT_COMPONENTS if c != icfg.component)
     return messages
 
 
@@ -122,6 +170,8 @@ def forget(topics: DeviceTopics, device: DeviceConfig) -> list[Message]:
     for output in device.outputs:
         messages.extend(_removal(topics, c, output) for c in COMPONENTS)
         messages.append(_removal(topics, "button", f"{output}_blink"))
+    for input_ in device.inputs:
+        messages.extend(_removal(topics, c, input_) for c in INPUT_COMPONENTS)
     return messages
 
 

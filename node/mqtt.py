@@ -3,7 +3,7 @@
 paho does the protocol; this module adds what a device behind NAT needs and
 paho leaves to the caller: a persistent session, birth and Last Will
 messages, resubscribing on every connect, MQTT 5 with a fallback to 3.1.1,
-TCP_NODELAY, callbacks that can never kill the network thread, one log line
+TCP_NODELAY and TCP_QUICKACK, callbacks that can never kill the network thread, one log line
 per failed attempt, and a flush of pending publishes before a clean
 disconnect. It is the only module that imports paho: callers see node.link's
 Message and Link.
@@ -352,6 +352,18 @@ class MqttLink:
         # with Nagle and delayed ACKs each burst would wait ~40 ms.
         if isinstance(sock, socket.socket):  # TCP, and TLS over it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _ack_at_once(sock)
+
+    def _ack_at_once(self, client: paho.Client) -> None:
+        """Acknowledge what the broker sent at once, not 40 ms later.
+
+        A broker with Nagle on (Mosquitto's default) holds its next packet to us
+        (the next command) until we acknowledge its last one (the PUBACK of our
+        state publish); Linux delays that ACK when we have nothing to send.
+        TCP_QUICKACK sends a pending ACK when set and does not stay on, so it is
+        set again after every packet read.
+        """
+        _ack_at_once(client.socket())
 
     @_guarded
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -398,6 +410,7 @@ class MqttLink:
     @_guarded
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
                     properties: Properties | None) -> None:
+        self._ack_at_once(client)
         if mid == self._fence_mid:
             self._backlog_age = None  # the broker has moved past what it queued for us
             self._offline_since = None
@@ -420,4 +433,13 @@ class MqttLink:
 
     @_guarded
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._ack_at_once(client)
         self._session.on_message(_incoming(msg))
+
+
+def _ack_at_once(sock: object) -> None:
+    if isinstance(sock, socket.socket) and hasattr(socket, "TCP_QUICKACK"):  # Linux only
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:  # the connection is closing
+            pass

@@ -21,9 +21,10 @@ from typing import Any
 from node import commands, homeassistant
 from node.commands import Command, CommandError
 from node.config import BlinkPattern, DeviceConfig
+from node.inputs import Input, InputWatcher
 from node.journal import Entry, Journal, JournalError
 from node.link import Incoming, Link, Message, Session
-from node.outputs import Output, state_name
+from node.outputs import Output
 from node.pins import PinError, PinFactory
 from node.topics import DeviceTopics
 
@@ -49,10 +50,15 @@ def _correlation_text(data: bytes) -> str:
 
 
 def _describe(command: Command, result: dict[str, Any]) -> str:
+    done = str(result["state"])
+    if "brightness" in result and (command.brightness is not None or command.transition is not None):
+        done += f" at brightness {result['brightness']}"
+    if command.transition:
+        done += f" over {command.transition:g} s"
     if command.blink is None:
-        return str(result["state"])
+        return done
     p = command.blink
-    return f"blink {p.count} x ({p.on_time:g} s on, {p.off_time:g} s off), then {result['state']}"
+    return f"blink {p.count} x ({p.on_time:g} s on, {p.off_time:g} s off), then {done}"
 
 
 class Node:
@@ -68,9 +74,15 @@ class Node:
         self._announce_changed = threading.Condition()
         self._stopping = False
         self.outputs = {
-            name: Output(name, pins.pin(cfg.pin), cfg, on_level=self._publish_level)
+            name: Output(name, pins.pwm(cfg.pin, cfg.pwm_period) if cfg.pwm else pins.pin(cfg.pin), cfg,
+                         on_change=self._publish_output)
             for name, cfg in device.outputs.items()
         }
+        self.inputs = self._watch_inputs(pins)
+
+    def _watch_inputs(self, pins: PinFactory) -> InputWatcher:
+        lines = {name: (cfg, pins.input(cfg.pin, cfg.pull)) for name, cfg in self.device.inputs.items()}
+        return InputWatcher(lines, on_state=self._publish_input, on_event=self._publish_event)
 
     def start(self) -> None:
         status = self.topics.status
@@ -81,9 +93,11 @@ class Node:
             birth=Message(status, b"online", retain=True),
             will=Message(status, b"offline", retain=True),
         ))
+        self.inputs.start()
 
     def stop(self) -> None:
         """Safe state, `offline`, clean disconnect; bounded so the process exits within 2 s."""
+        self.inputs.stop()
         self._stop_announcing()
         for output in self.outputs.values():
             try:
@@ -104,9 +118,20 @@ class Node:
             self.link.publish(message)
         for output in self.outputs.values():
             output.report()
+        for item in self.inputs.inputs.values():
+            self._publish_input(item)
 
-    def _publish_level(self, output: Output, on: bool) -> None:
-        self.link.publish(Message(self.topics.state(output.name), state_name(on).encode(), retain=True))
+    def _publish_output(self, output: Output, changes: dict[str, str]) -> None:
+        topics = {"state": self.topics.state, "brightness": self.topics.brightness, "effect": self.topics.effect}
+        for field, value in changes.items():
+            self.link.publish(Message(topics[field](output.name), value.encode(), retain=True))
+
+    def _publish_input(self, item: Input) -> None:
+        self.link.publish(Message(self.topics.state(item.name), item.state.encode(), retain=True))
+
+    def _publish_event(self, item: Input, event_type: str) -> None:
+        payload = json.dumps({"event_type": event_type, "id": uuid.uuid4().hex[:12]}, separators=(",", ":"))
+        self.link.publish(Message(self.topics.event(item.name), payload.encode()))
 
     def _on_message(self, message: Incoming) -> None:
         if message.topic == self.topics.ha_status:
@@ -193,12 +218,19 @@ class Node:
             raise Refused(f"queued while the node was offline for {waited:.0f} s, longer than max_age {max_age:g} s")
 
     def _apply(self, command: Command, output: Output, cause: str) -> dict[str, Any]:
-        if command.state:
-            output.set(command.state, cause)
+        dims = command.brightness is not None or command.transition is not None
+        if dims and not output.config.pwm:
+            raise Refused(f"output {output.name!r} has no brightness: it is on a GPIO pin (set pwm: true in "
+                          "topics.yaml for a PWM pin)")
+        if command.state or command.brightness is not None:
+            output.set(command.state, cause, command.brightness, command.transition)
+        result: dict[str, Any] = {"ok": True, "state": output.state}
+        if output.config.pwm:
+            result["brightness"] = output.brightness
         if command.blink:
             output.blink(command.blink, cause)
-            return {"ok": True, "state": output.state, "effect": "blink"}
-        return {"ok": True, "state": output.state}
+            result["effect"] = "blink"
+        return result
 
     def _log_done(self, message: Incoming, command: Command, result: dict[str, Any]) -> None:
         source = f" (from {json.dumps(command.source)})" if command.source else ""

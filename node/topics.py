@@ -82,8 +82,21 @@ class DeviceTopics:
     def set(self, output: str) -> str:
         return f"{self.base}/{output}/set"
 
-    def state(self, output: str) -> str:
-        return f"{self.base}/{output}/state"
+    def state(self, name: str) -> str:
+        """An output's or an input's ON/OFF, retained."""
+        return f"{self.base}/{name}/state"
+
+    def brightness(self, output: str) -> str:
+        """A PWM output's brightness (0..255, what ON shows), retained."""
+        return f"{self.base}/{output}/brightness"
+
+    def effect(self, output: str) -> str:
+        """An output's running effect (`blink`, or `off`), retained."""
+        return f"{self.base}/{output}/effect"
+
+    def event(self, input_: str) -> str:
+        """An input's press events, not retained."""
+        return f"{self.base}/{input_}/event"
 
     def output_of_set(self, topic: str) -> str | None:
         """The output named by a `/set` topic of this device, else None."""

@@ -23,17 +23,30 @@ devices:
 """
 CONFIG = parse(TOPICS_YAML)
 TOPICS = CONFIG.topics(DEVICE)
+# A dimmable LED and a button, for brightness and inputs.
+DIMMER_YAML = f"""\
+prefix: edison
+devices:
+  {DEVICE}:
+    outputs:
+      led: {{pin: 20, pwm: true, blink: {{count: 2, on_time: 0.02, off_time: 0.02}}}}
+      relay: {{pin: 21}}
+    inputs:
+      button: {{pin: 36, component: event, double_press: 0, debounce: 0.01}}
+      door: {{pin: 37, pull: down, active_low: false, debounce: 0.01}}
+"""
 
 
 class Rig:
     """A started Node on a FakeLink and SimFactory, its journal in `state`; connected unless told otherwise."""
 
-    def __init__(self, state: Path, mqtt5: bool = True, connect: bool = True) -> None:
+    def __init__(self, state: Path, mqtt5: bool = True, connect: bool = True, topics_yaml: str = TOPICS_YAML) -> None:
         self.state = state
         self.pins = SimFactory()
         self.link = FakeLink(mqtt5)
         self.journal = Journal(state)
-        self.node = Node(TOPICS, CONFIG.device(DEVICE), self.pins, self.link, self.journal, announce_delay=(0, 0))
+        device = parse(topics_yaml).device(DEVICE)
+        self.node = Node(TOPICS, device, self.pins, self.link, self.journal, announce_delay=(0, 0))
         self.node.start()
         if connect:
             self.link.connect()
@@ -54,6 +67,9 @@ class Rig:
 
     def states(self, output: str = "led") -> list[str]:
         return [m.payload.decode() for m in self.link.on(TOPICS.state(output))]
+
+    def duties(self, pin: int = 20) -> list[float | None]:
+        return [c.duty for c in self.changes(pin)]
 
     def close(self) -> None:
         """The node stops (safe state, `offline`) and its journal is released, as at the end of the process."""

@@ -24,7 +24,9 @@ FIGURES = [
     "start -> online, median of 2",
     "with --protocol given",
     "interpreter start",
-    "from pydantic import BaseModel",
+    "import voluptuous",
+    "echo without QUICKACK",
+    "input edge -> /state",
 ]
 
 

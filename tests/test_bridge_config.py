@@ -20,20 +20,20 @@ def bridge_section(text: str):
 
 def test_a_plain_allow_list_keeps_meaning_x_accounts():
     cfg = bridge_section(f"bridge:\n  allow: [k_yone, '2244994945']\n  triggers: {TRIGGER}\n")
-    assert cfg.allow.x == ["k_yone", "2244994945"] and cfg.allow.bluesky == [] and cfg.allow.mastodon == []
+    assert cfg.allow.x == ("k_yone", "2244994945") and cfg.allow.bluesky == () and cfg.allow.mastodon == ()
 
 
 def test_allow_lists_per_network():
     cfg = bridge_section("bridge:\n  allow:\n    bluesky: ['@KYone.bsky.social', 'did:plc:ewvi7nxzyoun6zhxrhs64oiz']\n"
                          f"    mastodon: ['@kyone@mastodon.social', bot]\n  triggers: {TRIGGER}\n")
-    assert cfg.allow.x == []
-    assert cfg.allow.bluesky == ["kyone.bsky.social", "did:plc:ewvi7nxzyoun6zhxrhs64oiz"]
-    assert cfg.allow.mastodon == ["kyone@mastodon.social", "bot"]
+    assert cfg.allow.x == ()
+    assert cfg.allow.bluesky == ("kyone.bsky.social", "did:plc:ewvi7nxzyoun6zhxrhs64oiz")
+    assert cfg.allow.mastodon == ("kyone@mastodon.social", "bot")
 
 
 @pytest.mark.parametrize("text, message", [
     (f"bridge:\n  allow: {{bluesky: [not a handle]}}\n  triggers: {TRIGGER}\n",
-     "bridge.allow.bluesky.0: String should match"),
+     "bridge.allow.bluesky.0: expected a Bluesky handle or DID"),
     (f"bridge:\n  allow: {{mastodon: ['a@b@c']}}\n  triggers: {TRIGGER}\n", "bridge.allow.mastodon.0"),
     (f"bridge:\n  allow: {{threads: [a]}}\n  triggers: {TRIGGER}\n", "bridge.allow.threads: unknown key"),
     (f"bridge:\n  allow: {{x: []}}\n  triggers: {TRIGGER}\n", "no account on any network"),

@@ -17,6 +17,13 @@ PUBLISHES = [
     ("edison-t", "edison/edison-t/status", True),
     ("edison-t", "edison/edison-t/result", True),
     ("edison-t", "homeassistant/light/edison-t/led/config", True),
+    ("edison-t", "edison/edison-t/button/state", True),  # an input's state and events
+    ("edison-t", "edison/edison-t/button/event", True),
+    ("edison-t", "edison/edison-t/led/brightness", True),
+    ("edison-t", "homeassistant/event/edison-t/button/config", True),
+    ("edison-t", "homeassistant/binary_sensor/edison-t/door/config", True),
+    ("edison-t", "edison/edison-u/button/event", False),
+    ("laptop", "edison/edison-t/button/event", False),
     ("edison-t", "edison/edison-u/led/state", False),
     ("edison-t", "edison/edison-u/led/set", False),
     ("edison-t", "homeassistant/light/edison-u/led/config", False),

@@ -35,7 +35,8 @@ def trial(tmp_path) -> Iterator[tuple[Broker, Proc, Probe]]:
         pytest.skip("mosquitto_pub missing (Debian: mosquitto-clients)")
     broker = start_amqtt(tmp_path)
     node = Proc(python_cmd("node", "--config", "topics.yaml", "--device", DEVICE, "--broker", broker.url,
-                           "--pins", "sim", "--state", str(tmp_path / "state")), tmp_path / "node.log",
+                           "--pins", "sim", "--state", str(tmp_path / "state"),
+                           "--sim-inputs", str(tmp_path / "inputs.jsonl")), tmp_path / "node.log",
                 env={"MQTT_USERNAME": DEVICE})
     watcher = Probe(broker)
     try:
@@ -52,14 +53,24 @@ def trial(tmp_path) -> Iterator[tuple[Broker, Proc, Probe]]:
         broker.proc.stop()
 
 
-def test_the_readmes_commands_work_as_written_on_any_port(trial):
+def test_the_readmes_commands_work_as_written_on_any_port(trial, tmp_path):
     broker, node, watcher = trial
+    inputs = tmp_path / "inputs.jsonl"
     env = {"PORT": str(broker.port), "PATH": "/usr/bin:/bin:/usr/local/bin"}
     commands = readme_block("In a third, send commands:")
     subprocess.run(["sh", "-ec", commands], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     results = [watcher.wait_for(f"edison/{DEVICE}/result").json() for _ in range(4)]
     assert [r["ok"] for r in results] == [True] * 4 and results[-1]["id"] == "try-1"
     node.wait_for_line(r"LED \(pin 20\)  ● high  \(command try-1\)")
+    dim = readme_block("Dim the LED")
+    subprocess.run(["sh", "-ec", dim], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    assert [watcher.wait_for(f"edison/{DEVICE}/result").json()["brightness"] for _ in range(2)] == [64, 255]
+    watcher.wait_for(f"edison/{DEVICE}/led/brightness", "255")
+    press = readme_block("Press the simulated button").replace("/tmp/edison-inputs.jsonl", str(inputs))
+    subprocess.run(["sh", "-ec", press], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    watcher.wait_for(f"edison/{DEVICE}/button/state", "ON")
+    assert watcher.wait_for(f"edison/{DEVICE}/button/event").json()["event_type"] == "press"
+    node.wait_for_line(r"Button \(pin 36\)  ○ low")  # the terminal shows the button too
     bridge = readme_block("Try triggers without any network")
     subprocess.run(["sh", "-ec", bridge], cwd=ROOT, env=env, check=True, timeout=TIMEOUT, capture_output=True)
     assert watcher.result(DEVICE, "x:1")["effect"] == "blink"

@@ -28,7 +28,13 @@ DOCUMENTED = {
         "command_topic", "state_topic", "state_value_template", "payload_on", "payload_off", "optimistic",
         "on_command_type", "effect_command_topic", "effect_command_template", "effect_list", "effect_state_topic",
         "effect_value_template", "brightness_command_topic", "brightness_state_topic", "schema",
+        "brightness_command_template", "brightness_scale", "brightness_value_template",
     },
+    "binary_sensor": COMMON | {
+        "state_topic", "payload_on", "payload_off", "device_class", "value_template", "expire_after", "force_update",
+        "off_delay",
+    },
+    "event": COMMON | {"state_topic", "event_types", "device_class", "value_template"},
     "switch": COMMON | {
         "command_topic", "command_template", "state_topic", "value_template", "payload_on", "payload_off",
         "state_on", "state_off", "optimistic", "device_class",
@@ -39,6 +45,8 @@ REQUIRED = {
     "light": {"command_topic"},
     "switch": {"command_topic"},
     "button": {"command_topic"},
+    "binary_sensor": {"state_topic"},
+    "event": {"state_topic", "event_types"},
 }
 ON_COMMAND_TYPES = {"first", "last", "brightness"}
 DEVICE_KEYS = {
@@ -46,7 +54,8 @@ DEVICE_KEYS = {
     "serial_number", "suggested_area", "via_device", "configuration_url",
 }
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
-CONFIG_TOPIC = re.compile(r"^homeassistant/(light|switch|button)/([A-Za-z0-9_-]+)/([A-Za-z0-9_-]+)/config$")
+CONFIG_TOPIC = re.compile(
+    r"^homeassistant/(light|switch|button|binary_sensor|event)/([A-Za-z0-9_-]+)/([A-Za-z0-9_-]+)/config$")
 
 FLEET = """\
 prefix: edison
@@ -205,3 +214,42 @@ def test_forget_empties_every_config_announce_can_publish():
         removals = homeassistant.forget(topics, device)
         assert {m.topic for m in removals} == announced
         assert all(m.payload == b"" and m.retain for m in removals)
+
+
+BOARD = """\
+devices:
+  edison-1:
+    outputs:
+      led: {name: LED, pin: 20, pwm: true}
+    inputs:
+      button: {name: Button, pin: 36, component: event, device_class: button}
+      door: {pin: 37, device_class: door}
+"""
+
+
+def test_inputs_and_a_dimmable_light_follow_the_documented_schema():
+    found = {(c[0], c[2]): (c[3], c[4]) for c in configs(parse(BOARD))}
+    assert set(found) == {("light", "led"), ("button", "led_blink"), ("event", "button"), ("binary_sensor", "door")}
+    for (component, object_id), (topics, payload) in found.items():
+        assert set(payload) <= DOCUMENTED[component], f"undocumented keys: {set(payload) - DOCUMENTED[component]}"
+        assert REQUIRED[component] <= set(payload)
+        assert payload["availability_topic"] == topics.status and payload["unique_id"] == f"edison-1_{object_id}"
+    topics, event = found[("event", "button")]
+    assert (event["state_topic"], event["event_types"], event["device_class"]) == (
+        topics.event("button"), ["press", "double_press", "long_press"], "button")
+    topics, door = found[("binary_sensor", "door")]
+    assert (door["state_topic"], door["payload_on"], door["payload_off"]) == (topics.state("door"), "ON", "OFF")
+    topics, light = found[("light", "led")]
+    assert light["brightness_state_topic"] == topics.brightness("led")
+    assert light["effect_state_topic"] == topics.effect("led")
+    # Home Assistant renders the template with the brightness as `value` and publishes it to /set.
+    rendered = light["brightness_command_template"].replace("{{ value }}", "77")
+    assert parsed(rendered) == commands.Command(brightness=77)
+
+
+def test_forget_also_empties_the_inputs_configs():
+    config = parse(BOARD)
+    topics = config.topics("edison-1")
+    announced = {m.topic for m in homeassistant.announce(topics, config.devices["edison-1"])}
+    assert {m.topic for m in homeassistant.forget(topics, config.devices["edison-1"])} == announced
+    assert "homeassistant/binary_sensor/edison-1/button/config" in announced  # the other component, emptied

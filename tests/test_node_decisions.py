@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import threading
 import os
 import time
 from collections.abc import Iterator
@@ -301,3 +302,95 @@ def test_turn_on_with_the_blink_effect_from_home_assistant_blinks_then_stays_on(
         rig.link.deliver(topic, payload)
     assert wait_levels(rig, 5) == [1, 0, 1, 0, 1]
     assert rig.node.outputs["led"].state == "ON"
+
+
+# -- brightness and inputs ------------------------------------------------------------
+
+@pytest.fixture
+def dimmer(tmp_path: Path) -> Iterator[Rig]:
+    from tests.node_rig import DIMMER_YAML
+
+    r = Rig(tmp_path / "state", topics_yaml=DIMMER_YAML)
+    yield r
+    r.close()
+
+
+def wait_duty(rig: Rig, duty: float, pin: int = 20) -> None:
+    reached = threading.Event()
+    rig.pins._listeners.append(lambda change: reached.set() if (change.pin, change.duty) == (pin, duty) else None)
+    if rig.pins.pin(pin).duty != duty:  # type: ignore[attr-defined]
+        assert reached.wait(10), rig.duties(pin)
+
+
+def payloads(rig: Rig, topic: str) -> list[str]:
+    return [m.payload.decode() for m in rig.link.on(topic)]
+
+
+def test_brightness_sets_the_duty_and_is_reported_and_on_restores_it(dimmer):
+    result = dimmer.send('{"brightness": 51, "id": "b1"}')
+    assert result == {"id": "b1", "output": "led", "ok": True, "state": "ON", "brightness": 51}
+    assert dimmer.duties() == [0.2] and {c.id for c in dimmer.changes()} == {"b1"}
+    assert payloads(dimmer, TOPICS.brightness("led")) == ["255", "51"]  # at connect, then the change
+    assert all(m.retain for m in dimmer.link.on(TOPICS.brightness("led")))
+    assert dimmer.send("OFF")["brightness"] == 51  # kept while OFF
+    assert dimmer.send("ON")["state"] == "ON"
+    assert dimmer.duties() == [0.2, 0.0, 0.2]
+    assert dimmer.send('{"brightness": 0}')["state"] == "OFF" and dimmer.duties()[-1] == 0.0
+    assert dimmer.states() == ["OFF", "ON", "OFF", "ON", "OFF"]
+
+
+def test_a_transition_reaches_its_target_and_off_cancels_it(dimmer):
+    dimmer.send('{"state": "ON", "brightness": 200, "transition": 0.1, "id": "t1"}')
+    dimmer.link.wait_for(TOPICS.state("led"), 2)  # ON once the fade has begun
+    wait_duty(dimmer, round(200 / 255, 4))  # the fade runs on its own thread: its last step
+    steps = dimmer.duties()
+    assert steps == sorted(steps) and len(steps) > 2  # upwards, in steps
+    dimmer.send('{"state": "OFF", "transition": 30, "id": "t2"}')
+    dimmer.link.wait_for(TOPICS.state("led"), 2)
+    assert dimmer.node.outputs["led"].changing
+    result = dimmer.send("OFF")
+    assert result["state"] == "OFF" and not dimmer.node.outputs["led"].changing
+    assert dimmer.duties()[-1] == 0.0
+
+
+def test_a_blink_blinks_at_the_brightness_and_its_effect_is_reported(dimmer):
+    dimmer.send('{"brightness": 102}')
+    dimmer.send('{"effect": "blink", "id": "e1"}')
+    dimmer.link.wait_for(TOPICS.effect("led"), 3)  # off at connect, blink, off at the end
+    assert payloads(dimmer, TOPICS.effect("led")) == ["off", "blink", "off"]
+    assert set(dimmer.duties()[1:]) == {0.4, 0.0} and dimmer.duties()[-1] == 0.4  # back to the state: ON at 102
+
+
+@pytest.mark.parametrize("payload, error", [
+    ('{"brightness": 300}', "brightness: expected from 0 to 255 (got 300)"),
+    ('{"state": "ON", "transition": -1}', "transition: expected from 0 to 3600 (got -1)"),
+    ('{"effect": "blink", "transition": 2}', 'transition needs "state" or "brightness" (what to fade to)'),
+])
+def test_bad_brightness_values_are_refused(dimmer, payload, error):
+    result = dimmer.send(payload)
+    assert result["ok"] is False and result["error"] == error and dimmer.changes() == []
+
+
+def test_brightness_on_a_gpio_output_is_refused(dimmer):
+    result = dimmer.send('{"brightness": 10}', output="relay")
+    assert result["ok"] is False and "has no brightness: it is on a GPIO pin" in result["error"]
+    assert dimmer.changes(21) == []
+
+
+def test_inputs_publish_state_at_connect_and_events_on_a_press(dimmer):
+    assert payloads(dimmer, TOPICS.state("button")) == ["OFF"] and payloads(dimmer, TOPICS.state("door")) == ["OFF"]
+    button = dimmer.pins.input(36, "up")
+    button.drive(0)
+    dimmer.link.wait_for(TOPICS.state("button"), 2)
+    button.drive(1)
+    event = json.loads(dimmer.link.wait_for(TOPICS.event("button"))[0].payload)
+    assert event["event_type"] == "press" and len(event["id"]) == 12
+    assert payloads(dimmer, TOPICS.state("button")) == ["OFF", "ON", "OFF"]
+    assert not dimmer.link.on(TOPICS.event("button"))[0].retain
+    dimmer.pins.input(37, "down").drive(1)
+    assert payloads(dimmer, TOPICS.state("door"))[-1] == "OFF"  # not yet: debounced
+    dimmer.link.wait_for(TOPICS.state("door"), 2)
+    assert dimmer.link.on(TOPICS.event("door")) == []  # a binary sensor has no events
+    dimmer.link.drop()
+    dimmer.link.connect(session_present=True)
+    assert payloads(dimmer, TOPICS.state("door"))[-1] == "ON"  # right after a reconnect

@@ -14,6 +14,8 @@ silence. websockets does the protocol, the pings and the size limit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import logging
 import threading
@@ -106,7 +108,7 @@ def parse_commit(event: dict[str, Any], handles: dict[str, str]) -> Post | None:
 class BlueskySource:
     network = "bluesky"
 
-    def __init__(self, pipeline: Pipeline, accounts: list[str], jetstreams: list[str], api_url: str,
+    def __init__(self, pipeline: Pipeline, accounts: Sequence[str], jetstreams: list[str], api_url: str,
                  cursors: Cursors, stall_timeout: float, backoff_scale: float = 1.0) -> None:
         self.pipeline = pipeline
         self.accounts = accounts

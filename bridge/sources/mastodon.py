@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -202,7 +202,7 @@ class MastodonClient:
 class MastodonSource:
     network = "mastodon"
 
-    def __init__(self, pipeline: Pipeline, accounts: list[str], base_url: str, token: str, cursors: Cursors,
+    def __init__(self, pipeline: Pipeline, accounts: Sequence[str], base_url: str, token: str, cursors: Cursors,
                  stall_timeout: float, backoff_scale: float = 1.0) -> None:
         self.pipeline = pipeline
         self.accounts = accounts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 import threading
 
@@ -19,7 +21,7 @@ class StdinSource:
 
     network = "x"
 
-    def __init__(self, pipeline: Pipeline, accounts: list[str], fd: int) -> None:
+    def __init__(self, pipeline: Pipeline, accounts: Sequence[str], fd: int) -> None:
         self.pipeline = pipeline
         self.fd = fd
         usernames = [a for a in accounts if not a.isdigit()]

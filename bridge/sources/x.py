@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -264,7 +264,7 @@ class XSource:
 
     network = "x"
 
-    def __init__(self, pipeline: Pipeline, client: XClient, accounts: list[str], rule_tag: str,
+    def __init__(self, pipeline: Pipeline, client: XClient, accounts: Sequence[str], rule_tag: str,
                  rule_max_length: int, backoff: XBackoff) -> None:
         """`accounts`: usernames, or ids (all digits), from allow.x."""
         self.pipeline = pipeline
