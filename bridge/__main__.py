@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ca-file", help="CA certificate(s) to trust for mqtts:// (default: the system's)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
-    p.add_argument("--client-id", default="edison-bridge", help="MQTT client id (default: %(default)s)")
+    p.add_argument("--client-id", help="MQTT client id (default: the MQTT user name, which the broker keeps for that "
+                   "user alone; edison-bridge without one)")
     p.add_argument("--source", action="append", choices=SOURCES,
                    help="a network to follow, repeatable: x (the filtered stream), bluesky (Jetstream), mastodon "
                    "(the bot account's home timeline), or stdin (posts as JSON lines in X's stream format, alone); "
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LinkError, SecretError, StateError) as exc:
         log.error("%s", exc)
         return 2
-    publisher = Publisher(settings, args.client_id, outbox, seen, args.max_pending)
+    client_id = args.client_id or settings.credentials.username or "edison-bridge"
+    publisher = Publisher(settings, client_id, outbox, seen, args.max_pending)
     pipeline = Pipeline(topics, config, publisher, seen)
     log.info("%d post id(s) already acted on, from %s", len(seen), seen.path)
     sources: list[Source] = []

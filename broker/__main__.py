@@ -48,14 +48,26 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     d = Limits()
     p.add_argument("--max-connections", type=_count, default=d.max_connections,
                    help="logged-in clients; more are refused (default: %(default)s)")
+    p.add_argument("--max-connections-per-user", type=_count, default=d.max_connections_per_user,
+                   help="logged-in clients of one user; more are refused (default: %(default)s)")
     p.add_argument("--max-pending", type=_count, default=d.max_pending,
-                   help="connections waiting to log in, a quarter of them from one address (default: %(default)s)")
+                   help="connections waiting to log in, an eighth of them from one address (default: %(default)s)")
     p.add_argument("--connect-timeout", type=float, default=d.connect_timeout,
                    help="seconds a new connection may take to send CONNECT (default: %(default)s)")
     p.add_argument("--max-message-size", type=_count, default=d.max_message_size,
                    help="drop larger publishes, bytes (default: %(default)s)")
     p.add_argument("--max-queued", type=_count, default=d.max_queued,
                    help="messages kept for one client; newer ones are dropped and logged (default: %(default)s)")
+    p.add_argument("--max-queued-bytes", type=_count, default=d.max_queued_bytes,
+                   help="bytes of messages kept for one client, likewise (default: %(default)s)")
+    p.add_argument("--max-subscriptions", type=_count, default=d.max_subscriptions,
+                   help="topic filters of one client; more are refused (default: %(default)s)")
+    p.add_argument("--max-sessions-per-user", type=_count, default=d.max_sessions_per_user,
+                   help="persistent sessions of one user; more are refused (default: %(default)s)")
+    p.add_argument("--session-expiry", type=float, default=d.session_expiry,
+                   help="seconds a persistent session outlives its client's absence, 0: forever (default: %(default)s)")
+    p.add_argument("--max-retained-bytes", type=_count, default=d.max_retained_bytes,
+                   help="bytes of all retained messages; beyond, new ones are not retained (default: %(default)s)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options:
@@ -65,8 +77,9 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options
 
     rules = access.rules(load(args.config)) if args.config else None
     listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
-    limits = Limits(args.max_connections, args.max_pending, args.connect_timeout, args.max_message_size,
-                    args.max_queued)
+    limits = Limits(args.max_connections, args.max_connections_per_user, args.max_pending, args.connect_timeout,
+                    args.max_message_size, args.max_queued, args.max_queued_bytes, args.max_subscriptions,
+                    args.max_sessions_per_user, args.session_expiry, args.max_retained_bytes)
     return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits)
 
 
@@ -91,17 +104,18 @@ def _serve(argv: list[str]) -> int:
         log.error("%s", problem)
         return 2
     from broker.passwords import PasswordFileError
-    from broker.server import SetupError, check, serve
+    from broker.server import SetupError, check, open_store, serve
     from node.config import ConfigError
 
     try:
         options = _options(args, args.allow_anonymous)
         check(options)
+        store = open_store(options)
     except (SetupError, ConfigError, PasswordFileError) as exc:
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(serve(options))
+        asyncio.run(serve(options, store))
     except OSError as exc:
         log.error("cannot listen on %s: %s%s", ", ".join(options.listeners.binds), exc.strerror or exc,
                   " (another broker? choose another port with --bind, or `make run PORT=1884`)"

@@ -1,10 +1,10 @@
 """One client connection: its login, then its packets, read one at a time and answered in order.
 
 What a stranger can do to a connection slot is bounded: CONNECT must arrive
-within `connect_timeout`, at most `max_pending` connections (a quarter of
-them from one address) may be waiting to log in, a packet's size is checked
-before its body is read, and a malformed packet closes the connection as
-MQTT 3.1.1 prescribes. After the login a connection that sends nothing for
+within `connect_timeout`, only so many connections may be logging in at once
+(broker.login.Admission), a failed login waits out its delay outside those
+places, a packet's size is checked before its body is read, and a malformed
+packet closes the connection as MQTT 3.1.1 prescribes. After the login a connection that sends nothing for
 1.5 times its keep-alive is closed and its will published.
 
 A QoS 1 publish is routed as soon as it is read; its PUBACK follows once the
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
@@ -27,14 +27,16 @@ from broker import wire
 from broker.access import Access
 from broker.core import Core, Session
 from broker.filters import topic_problem
-from broker.login import Passwords, Throttle
+from broker.login import Admission, Passwords, Throttle, network_of
+from broker.logs import Squelch, shown
 from broker.server import Limits
-from broker.store import StoreError
 
 log = logging.getLogger("edison-broker")
 T = TypeVar("T")
 
 MAX_WRITE_BUFFER = 4 * 1024 * 1024  # bytes a client may leave unread before it is dropped as not reading
+CLOSE_WAIT = 2.0  # seconds a stopping broker waits for its aborted connections to wind up
+HIGH_WATER = 256 * 1024  # bytes waiting for the network above which a client's queue is not sent from
 MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement still waits for the disk
 
 
@@ -46,6 +48,9 @@ class Transport(Protocol):
     """A byte stream to one client (TCP, TLS or WebSocket)."""
 
     peer: tuple[str, int]
+
+    async def secure(self, timeout: float | None) -> None:
+        """The TLS handshake, where the listener has TLS and it was left to the connection; Closed if it fails."""
 
     async def read_exactly(self, n: int) -> bytes:
         """n bytes, or Closed."""
@@ -64,23 +69,6 @@ class Transport(Protocol):
         """Send what is buffered, then close; bounded by the caller."""
 
 
-class Squelch:
-    """One warning per kind of event every `every` seconds, counting those not logged: floods must not flood the log."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        last, hidden = self._seen.get(key, (-self.every, 0))
-        if now - last < self.every:
-            self._seen[key] = (last, hidden + 1)
-            return
-        self._seen[key] = (now, 0)
-        log.warning(message + (f" (and {hidden} more in the last {self.every:g} s)" if hidden else ""), *args)
-
-
 class Connections:
     """What all connections share: the core, the logins, the limits and the counts they keep."""
 
@@ -91,7 +79,9 @@ class Connections:
         self.limits = limits
         self.throttle = Throttle()
         self.squelch = Squelch()
-        self.pending: Counter[str] = Counter()
+        self.admission = Admission(limits.max_pending, max(1, limits.max_pending // 8))
+        self.refusing: Counter[str] = Counter()  # per address: refusals waiting out their delay
+        self.per_user: Counter[str] = Counter()  # logged-in connections of each user
         self.logged_in = 0
         self.live: set[Connection] = set()
         self.stopping = False
@@ -116,10 +106,8 @@ class Connections:
         for c in list(self.live):
             c.end("the broker is stopping")
         tasks = [asyncio.ensure_future(c.finished.wait()) for c in list(self.live)]
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.5, deadline - loop.time()))
-        for c in list(self.live):
-            c.transport.abort()
+        if tasks:  # each was aborted: they end at once, but a busy loop takes its time to run them
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT)
 
 
 class Connection:
@@ -135,6 +123,7 @@ class Connection:
         self._flush_wanted = asyncio.Event()
         self._acks: asyncio.Queue[bytes] = asyncio.Queue(MAX_UNACKNOWLEDGED)
         self._tasks: list[asyncio.Task[None]] = []
+        self.session: Session | None = None
 
     # -- Outlet -----------------------------------------------------------------
 
@@ -146,6 +135,9 @@ class Connection:
             self.end(f"it left {self.transport.buffered()} bytes unread")
             return
         self._flush_wanted.set()
+
+    def writable(self) -> bool:
+        return self._ended is None and self.transport.buffered() < HIGH_WATER
 
     def close(self, reason: str) -> None:
         self.end(reason)
@@ -173,7 +165,7 @@ class Connection:
     async def run(self) -> None:
         session: Session | None = None
         try:
-            session = await self._login()
+            session = self.session = await self._login()
             if session is None:
                 return
             self._tasks = [asyncio.create_task(self._flusher()), asyncio.create_task(self._acknowledger())]
@@ -185,6 +177,8 @@ class Connection:
         finally:
             if session is not None:
                 self.hub.logged_in -= 1
+                if session.username is not None:
+                    self.hub.per_user[session.username] -= 1
                 if not self.hub.stopping:  # a stopping broker keeps the will for the next start
                     self.hub.core.detach(session, self, self._graceful)
                 if self._ended and not self.hub.stopping:
@@ -195,36 +189,52 @@ class Connection:
             self.finished.set()
 
     async def _close(self) -> None:
-        try:
-            await asyncio.wait_for(self.transport.close(), 1.0)
-        except (TimeoutError, OSError, Closed):
-            pass
-        finally:
-            self.transport.abort()
+        """Send what is left (a refusal, say) and close; a connection that was ended is dropped at once."""
+        if self._ended is None:
+            with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
+                await asyncio.wait_for(self.transport.close(), 1.0)
+        self.transport.abort()
 
     async def _read(self, timeout: float | None) -> tuple[int, int, bytes]:
         return await asyncio.wait_for(wire.read_packet(self.transport.read_exactly, self.hub.max_packet), timeout)
 
     async def _login(self) -> Session | None:
         hub = self.hub
-        limit = hub.limits.max_pending
-        if limit and (sum(hub.pending.values()) >= limit or hub.pending[self.address] >= max(1, limit // 4)):
-            hub.squelch.warning("pending", "refused connection from %s: %d connections are waiting to log in "
-                                "(--max-pending)", self.peer, sum(hub.pending.values()))
+        if not hub.admission.admit(self.address):
+            hub.squelch.warning("pending", "refused connection from %s: %d connections are waiting to log in, "
+                                "at most %d from one address (--max-pending)", self.peer, hub.admission.waiting(),
+                                hub.admission.per_address)
             return None
-        hub.pending[self.address] += 1
+        admitted = True
         try:
-            return await self._handshake()
+            try:
+                await self.transport.secure(hub.limits.connect_timeout or None)
+            except Closed as exc:
+                log.info("closed connection from %s: %s", self.peer, exc)
+                return None
+            connect = await self._connect_packet()
+            if connect is None:
+                return None
+            user = connect.username
+            if hub.passwords is not None:
+                urgent = hub.admission.trusted(self.address)
+                if user is None or not await self._unless_ended(hub.passwords.check(user, connect.password, urgent)):
+                    hub.admission.release(self.address)  # a refusal waits out its delay outside the admission
+                    admitted = False
+                    await self._refuse_login(connect)
+                    return None
+                hub.throttle.succeeded(self.address, user)
+            return self._accept(connect)
         finally:
-            hub.pending[self.address] -= 1
-            if not hub.pending[self.address]:
-                del hub.pending[self.address]
+            if admitted:
+                hub.admission.release(self.address)
 
-    async def _handshake(self) -> Session | None:
+    async def _connect_packet(self) -> wire.Connect | None:
+        """The CONNECT, or None once the connection was answered or closed as MQTT 3.1.1 says."""
         hub = self.hub
         try:
             connect = wire.parse_connect(*await self._read(hub.limits.connect_timeout or None))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             log.info("closed connection from %s: no CONNECT within %g s", self.peer, hub.limits.connect_timeout)
             return None
         except wire.UnsupportedProtocol as exc:
@@ -237,44 +247,75 @@ class Connection:
         except Closed:
             log.debug("connection from %s closed before its CONNECT", self.peer)
             return None
-        user, client_id = connect.username, connect.client_id
-        if not client_id:
+        problem = topic_problem(connect.will.topic) if connect.will else None
+        if connect.will and problem:
+            log.warning("closed connection from %s: will topic %s: %s", self.peer, shown(connect.will.topic), problem)
+            return None
+        if not connect.client_id:
             if not connect.clean_session:
                 log.warning("refused client %s: empty client id needs clean session [MQTT-3.1.3-8]", self.peer)
                 await self._answer(wire.IDENTIFIER_REJECTED)
                 return None
-            client_id = f"auto-{uuid.uuid4().hex[:16]}"
-            connect = wire.Connect(client_id, True, connect.keepalive, connect.will, user, connect.password)
-        who = f"user={user or '(none)'} client={client_id} from {self.peer}"
-        if hub.passwords is not None:
-            if user is None or not await self._unless_ended(hub.passwords.check(user, connect.password)):
-                why = ("no user name" if user is None else
-                       "wrong password" if hub.passwords.known(user) else "unknown user")
-                by_address, by_user = hub.throttle.failed(self.address, user)
-                delay = max(by_address, by_user)
-                log.warning("refused login: %s: %s; failed logins from %s: next answer in %.1f s%s", who, why,
-                            self.address, by_address, f", as {user}: {by_user:.1f} s" if user else "")
-                await self._unless_ended(asyncio.sleep(delay))
-                await self._answer(wire.NOT_AUTHORIZED)
-                return None
-            hub.throttle.succeeded(self.address, user)
+            connect = dataclasses.replace(connect, client_id=f"auto-{uuid.uuid4().hex[:16]}")
+        return connect
+
+    async def _refuse_login(self, connect: wire.Connect) -> None:
+        """Answer a failed login after its delay; an address already waiting out many refusals gets none."""
+        hub, user = self.hub, connect.username
+        assert hub.passwords is not None
+        why = "no user name" if user is None else "wrong password" if hub.passwords.known(user) else "unknown user"
+        by_address, by_user = hub.throttle.failed(self.address, user)
+        key = network_of(self.address)
+        if hub.refusing[key] >= hub.admission.per_address:
+            hub.squelch.warning(f"refusing {key}", "refused login from %s: %s; %d refusals from there are already "
+                                "waiting out their delay: closed without an answer", self.peer, why, hub.refusing[key])
+            return
+        log.warning("refused login: user=%s client=%s from %s: %s; failed logins from %s: next answer in %.1f s%s",
+                    shown(user), shown(connect.client_id), self.peer, why, self.address, by_address,
+                    f", as {shown(user)}: {by_user:.1f} s" if user else "")
+        hub.refusing[key] += 1
+        try:
+            await self._unless_ended(asyncio.sleep(max(by_address, by_user)))
+            await self._answer(wire.NOT_AUTHORIZED)
+        finally:
+            hub.refusing[key] -= 1
+            if hub.refusing[key] <= 0:
+                del hub.refusing[key]
+
+    def _accept(self, connect: wire.Connect) -> Session | None:
+        """Attach an authenticated login to its session, unless its client id or the limits say no."""
+        hub, user, client_id = self.hub, connect.username, connect.client_id
         refusal = self._client_id_refusal(client_id, user)
         if refusal:
-            log.warning("refused login: user=%s client=%s: %s", user or "(none)", client_id, refusal)
-            await self._answer(wire.NOT_AUTHORIZED)
+            log.warning("refused login: user=%s client=%s: %s", shown(user), shown(client_id), refusal)
+            self.transport.write(wire.connack(False, wire.NOT_AUTHORIZED))
             return None
-        if hub.limits.max_connections and hub.logged_in >= hub.limits.max_connections:
-            hub.squelch.warning("full", "refused connection from %s: already %d connections (--max-connections)",
-                                self.peer, hub.logged_in)
-            await self._answer(wire.SERVER_UNAVAILABLE)
+        taking_over = client_id in hub.core.sessions and hub.core.sessions[client_id].outlet is not None
+        full = None
+        if hub.limits.max_connections and hub.logged_in >= hub.limits.max_connections and not taking_over:
+            full = f"already {hub.logged_in} connections (--max-connections)"
+        elif (hub.limits.max_connections_per_user and user is not None and not taking_over
+              and hub.per_user[user] >= hub.limits.max_connections_per_user):
+            full = f"user {shown(user)} already has {hub.per_user[user]} connections (--max-connections-per-user)"
+        elif (hub.limits.max_sessions_per_user and not connect.clean_session and client_id not in hub.core.sessions
+              and hub.core.sessions_of(user) >= hub.limits.max_sessions_per_user):
+            full = (f"user {shown(user)} already has {hub.core.sessions_of(user)} persistent sessions "
+                    "(--max-sessions-per-user): log in with a clean session or one of their client ids")
+        if full:
+            hub.squelch.warning(f"full {user}", "refused connection from %s: %s", self.peer, full)
+            self.transport.write(wire.connack(False, wire.SERVER_UNAVAILABLE))
             return None
         if hub.stopping:
             return None
         hub.logged_in += 1
+        if user is not None:
+            hub.per_user[user] += 1
+        hub.admission.logged_in(self.address)
         session, present = hub.core.attach(connect, user, self)
         self.send(wire.connack(present, wire.ACCEPTED))
         hub.core.resume(session)
-        log.debug("%s logged in (%s session)", who, "resumed" if present else "new")
+        log.debug("user=%s client=%s from %s logged in (%s session)", shown(user), shown(client_id), self.peer,
+                  "resumed" if present else "new")
         return session
 
     def _client_id_refusal(self, client_id: str, user: str | None) -> str | None:
@@ -296,7 +337,7 @@ class Connection:
         while True:
             try:
                 packet = wire.parse(*await self._read(timeout))
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 self.end(f"nothing received for {timeout:g} s (keep-alive {s.keepalive} s)")
                 return
             except wire.Malformed as exc:
@@ -310,7 +351,7 @@ class Connection:
                 if packet.kind == wire.PUBACK:
                     core.acked(s, packet.packet_id)
                 elif packet.kind == wire.PUBREL:
-                    s.awaiting_release.discard(packet.packet_id)
+                    core.released(s, packet.packet_id)
                     await self._unless_ended(self._acks.put(wire.ack(wire.PUBCOMP, packet.packet_id)))
                 else:
                     self.end(f"it sent packet type {packet.kind}, but nothing was sent to it at QoS 2")
@@ -347,11 +388,7 @@ class Connection:
     async def _committed(self) -> None:
         store = self.hub.core.store
         if store is not None:
-            try:
-                await self._unless_ended(store.committed())
-            except StoreError:
-                self.end("the data directory cannot be written")
-                raise Closed from None
+            await self._unless_ended(store.committed())
 
     async def _acknowledger(self) -> None:
         """Acknowledge publishes in the order they came, each once what it changed is on disk."""
@@ -372,3 +409,5 @@ class Connection:
             except (OSError, Closed):
                 self.transport.abort()  # the reader sees the connection closed, as when the client drops it
                 return
+            if self.session is not None:
+                self.hub.core.pump(self.session)  # the network took what it held: the queue may go on

@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import socket
+import ssl
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.contexts import ListenerType
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -43,15 +45,29 @@ def amqtt_problem() -> str | None:
 
 
 class StreamTransport:
-    """A TCP or TLS connection, with Nagle off: acknowledgements must not wait for the client's delayed ACK."""
+    """A TCP or TLS connection, with Nagle off: acknowledgements must not wait for the client's delayed ACK.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
+    With `tls`, the handshake happens in `secure()`, which the connection calls
+    once it was let in: a stranger's half-done handshake (asyncio keeps a
+    256 KiB buffer for each) counts against the same limits as any login.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self._reader, self._writer, self._tls = reader, writer, tls
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer: tuple[str, int] = (str(peer[0]), int(peer[1]))
+
+    async def secure(self, timeout: float | None) -> None:
+        if self._tls is not None:
+            try:
+                # Python 3.11+; on 3.10 the listener does TLS itself (see EdisonBroker._create_server_instance)
+                await self._writer.start_tls(self._tls, ssl_handshake_timeout=timeout)  # type: ignore[attr-defined]
+            except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                raise Closed(f"TLS handshake: {exc or type(exc).__name__}") from None
 
     async def read_exactly(self, n: int) -> bytes:
         try:
@@ -89,6 +105,9 @@ class WebSocketTransport:
         self._outbox = bytearray()
         peer = ws.remote_address or ("?", 0)
         self.peer = (str(peer[0]), int(peer[1]))
+
+    async def secure(self, timeout: float | None) -> None:
+        """TLS, if any, was done by the WebSocket server before the upgrade."""
 
     async def read_exactly(self, n: int) -> bytes:
         while len(self._inbox) < n:
@@ -130,6 +149,18 @@ class EdisonBroker(Broker):
     def __init__(self, listeners: dict[str, dict[str, Any]], connections: Connections) -> None:
         super().__init__({"listeners": listeners, "plugins": {}})
         self.connections = connections
+        self._tls: dict[str, ssl.SSLContext] = {}  # TCP listeners whose TLS handshake the connection does
+
+    async def _create_server_instance(self, listener_name: str, listener_type: ListenerType, address: str | None,
+                                      port: int, ssl_context: ssl.SSLContext | None) -> Any:
+        """amqtt's servers, but a TCP listener with TLS accepts plain TCP: the handshake comes after admission.
+
+        Python 3.10 has no StreamWriter.start_tls: there asyncio does the handshake before the connection exists.
+        """
+        if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):
+            self._tls[listener_name] = ssl_context
+            ssl_context = None
+        return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
 
     async def start(self) -> None:
         """amqtt's start without its session monitor and broadcast loop (nothing would feed them)."""
@@ -143,7 +174,7 @@ class EdisonBroker(Broker):
 
     async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                listener_name: str) -> None:
-        await self.connections.serve(StreamTransport(reader, writer))
+        await self.connections.serve(StreamTransport(reader, writer, self._tls.get(listener_name)))
 
     async def ws_connected(self, websocket: ServerConnection, listener_name: str) -> None:
         await self.connections.serve(WebSocketTransport(websocket))
@@ -159,5 +190,5 @@ class EdisonBroker(Broker):
         for server in self._servers.values():
             try:
                 await asyncio.wait_for(server.close_instance(), 1.0)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass

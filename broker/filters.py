@@ -11,6 +11,8 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+MAX_LEVELS = 64  # topic levels; real topics have a handful, and deeper ones only cost time
+
 
 def topic_problem(topic: str) -> str | None:
     """Why `topic` cannot be published to, or None (UTF-8 and U+0000 are checked on the wire)."""
@@ -18,8 +20,8 @@ def topic_problem(topic: str) -> str | None:
         return "empty topic [MQTT-4.7.3-1]"
     if "+" in topic or "#" in topic:
         return "wildcard in a topic name [MQTT-3.3.2-2]"
-    if len(topic.encode("utf-8")) > 65535:
-        return "topic longer than 65535 bytes"
+    if topic.count("/") >= MAX_LEVELS:
+        return f"topic deeper than {MAX_LEVELS} levels"
     return None
 
 
@@ -28,6 +30,8 @@ def filter_problem(topic_filter: str) -> str | None:
     if not topic_filter:
         return "empty topic filter [MQTT-4.7.3-1]"
     levels = topic_filter.split("/")
+    if len(levels) > MAX_LEVELS:
+        return f"topic filter deeper than {MAX_LEVELS} levels"
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):
             return "'#' must be a whole level and the last [MQTT-4.7.1-2]"
@@ -112,7 +116,10 @@ class SubscriptionTree:
             del nodes[depth - 1].children[path[depth - 1]]
 
     def match(self, topic: str) -> dict[str, int]:
-        """client id -> QoS of every subscription matching `topic` (the highest QoS where several match)."""
+        """client id -> QoS of every subscription matching `topic` (the highest QoS where several match).
+
+        Walked with a stack, not recursion: a topic may have thousands of levels.
+        """
         found: dict[str, int] = {}
         levels = topic.split("/")
         last = len(levels) - 1
@@ -123,7 +130,9 @@ class SubscriptionTree:
                 if qos > found.get(client_id, -1):
                     found[client_id] = qos
 
-        def walk(node: _Node, i: int) -> None:
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
             wild = not (dollar and i == 0)  # [MQTT-4.7.2-1]: wildcards at the first level skip $ topics
             if wild:
                 take(node.rest)
@@ -135,9 +144,7 @@ class SubscriptionTree:
                     take(child.here)
                     take(child.rest)  # 'a/#' also matches 'a'
                 else:
-                    walk(child, i + 1)
-
-        walk(self._root, 0)
+                    stack.append((child, i + 1))
         return found
 
 
@@ -176,27 +183,26 @@ class RetainedTree(Generic[T]):
             del nodes[depth - 1][levels[depth - 1]]
 
     def matching(self, topic_filter: str) -> list[tuple[str, T]]:
-        """(topic, value) of every retained message that `topic_filter` matches."""
+        """(topic, value) of every retained message that `topic_filter` matches (walked with a stack, not recursion)."""
         found: list[str] = []
         levels = topic_filter.split("/")
-
-        def everything(node: dict, prefix: list[str]) -> None:
-            for level, child in node.items():
-                found.append("/".join(prefix + [level]))
-                everything(child, prefix + [level])
-
-        def walk(node: dict, i: int, prefix: list[str]) -> None:
+        stack: list[tuple[dict, int, tuple[str, ...]]] = [(self._root, 0, ())]
+        while stack:
+            node, i, prefix = stack.pop()
             if levels[i] == "#":
                 if prefix:
                     found.append("/".join(prefix))  # 'a/#' also matches 'a'
-                everything(node, prefix)
-                return
+                below: list[tuple[dict, tuple[str, ...]]] = [(node, prefix)]
+                while below:
+                    subtree, at = below.pop()
+                    for level, child in subtree.items():
+                        found.append("/".join((*at, level)))
+                        below.append((child, (*at, level)))
+                continue
             names = list(node) if levels[i] == "+" else [levels[i]] if levels[i] in node else []
-            for name in names:
+            for level in names:
                 if i == len(levels) - 1:
-                    found.append("/".join(prefix + [name]))
+                    found.append("/".join((*prefix, level)))
                 else:
-                    walk(node[name], i + 1, prefix + [name])
-
-        walk(self._root, 0, [])
+                    stack.append((node[level], i + 1, (*prefix, level)))
         return [(t, self._values[t]) for t in found if t in self._values and matches(topic_filter, t)]

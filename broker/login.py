@@ -1,16 +1,20 @@
-"""Logins: password checks that cannot stall the broker, and a growing delay after failures.
+"""Logins: who may try, password checks that cannot stall the broker, and a growing delay after failures.
+
+Who may try: at most `per_address` connections from one address (an IPv6 /64
+counts as one) may be logging in at once, and `total` from everywhere; an
+address that logged in successfully in the last day is let in past the total,
+so strangers who fill it from many addresses do not lock the devices out.
 
 An argon2 check takes about 0.1 s of CPU on purpose. It runs on one worker
 thread, never on the event loop, so clients that are logged in keep their
-round trips while strangers guess. An unknown user costs the same check as a
-known one (against a hash made at start), so the time of the answer does not
-tell which users exist. A password that passed once is remembered as a keyed
-digest, so a device reconnecting (or a thousand after a restart) costs no
-argon2; a wrong password always pays it. After a failed login the refusal is sent only after a
+round trips while strangers guess, and logins from addresses that succeeded
+before are checked first. An unknown user costs the same check as a known one
+(against a hash made at start), so the time of the answer does not tell which
+users exist. A password that passed once is remembered as a keyed digest, so a
+device reconnecting (or a thousand after a restart) costs no argon2; a wrong
+password always pays it. After a failed login the refusal is sent only after a
 delay that doubles with each failure from the same address or for the same
-user name (0.5 s up to 30 s, forgotten after 10 quiet minutes): the connection
-waits meanwhile, and the number of connections that may wait is capped, so a
-guesser gets a few tries a minute.
+user name (0.5 s up to 30 s, forgotten after 10 quiet minutes).
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
+import itertools
 import logging
+import queue
 import secrets
+import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,89 @@ log = logging.getLogger("edison-broker")
 
 FIRST_DELAY, MAX_DELAY, FORGET_AFTER = 0.5, 30.0, 600.0
 MAX_TRACKED = 10_000  # addresses and user names remembered; the oldest go first
+TRUSTED_FOR = 86400.0  # seconds an address that logged in is let in past the total
+
+
+def network_of(address: str) -> str:
+    """What counts as one address: an IPv4 address, or the /64 of an IPv6 one (one subscriber's share)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class Admission:
+    """How many connections may be logging in at once, per address and in all."""
+
+    def __init__(self, total: int, per_address: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.per_address = per_address
+        self._clock = clock
+        self._waiting: Counter[str] = Counter()
+        self._trusted: OrderedDict[str, float] = OrderedDict()  # address -> when it last logged in
+
+    def admit(self, address: str) -> bool:
+        """Take a place for a connection from `address`, or False (then it is closed at once)."""
+        key = network_of(address)
+        if self.total and self._waiting[key] >= self.per_address:
+            return False
+        if self.total and sum(self._waiting.values()) >= self.total and not self.trusted(key):
+            return False
+        self._waiting[key] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        key = network_of(address)
+        self._waiting[key] -= 1
+        if self._waiting[key] <= 0:
+            del self._waiting[key]
+
+    def waiting(self) -> int:
+        return sum(self._waiting.values())
+
+    def logged_in(self, address: str) -> None:
+        key = network_of(address)
+        self._trusted.pop(key, None)
+        self._trusted[key] = self._clock()
+        while len(self._trusted) > MAX_TRACKED:
+            self._trusted.popitem(last=False)
+
+    def trusted(self, address: str) -> bool:
+        since = self._trusted.get(network_of(address))
+        return since is not None and self._clock() - since < TRUSTED_FOR
+
+
+class _Checker:
+    """One thread that runs argon2 checks, the urgent ones first."""
+
+    def __init__(self, verify: Callable[[str, str], bool]) -> None:
+        self._verify = verify
+        self._jobs: queue.PriorityQueue[tuple[int, int, str, str, asyncio.Future[bool]]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        threading.Thread(target=self._run, name="login", daemon=True).start()
+
+    def submit(self, password: str, hashed: str, urgent: bool) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._jobs.put((0 if urgent else 1, next(self._order), password, hashed, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            _, _, password, hashed, future = self._jobs.get()
+            if future.cancelled():
+                continue  # its connection is gone: no argon2 for nobody
+            ok = self._verify(password, hashed)
+            future.get_loop().call_soon_threadsafe(_settle, future, ok)
+
+
+def _settle(future: asyncio.Future[bool], ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)
 
 
 class Passwords:
@@ -45,7 +135,7 @@ class Passwords:
         self._hasher = PasswordHash((Argon2Hasher(),))
         self._hashes = passwords.read(path)
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="login")
+        self._checker = _Checker(self._verify)
         self._key = secrets.token_bytes(32)
         self._proven: dict[str, bytes] = {}  # user -> keyed digest of the password that last passed argon2
 
@@ -56,7 +146,8 @@ class Passwords:
     def known(self, user: str) -> bool:
         return user in self._hashes
 
-    async def check(self, user: str, password: bytes | None) -> bool:
+    async def check(self, user: str, password: bytes | None, urgent: bool = False) -> bool:
+        """Whether `password` is the user's; `urgent` checks go before the others (addresses that logged in)."""
         try:
             text = (password or b"").decode("utf-8")
         except UnicodeDecodeError:
@@ -66,8 +157,7 @@ class Passwords:
         proven = self._proven.get(user)
         if proven is not None and hmac.compare_digest(proven, digest):
             return True  # the same password passed argon2 before: a reconnect storm costs no argon2
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._verify, text, stored or self._decoy)
+        ok = await self._checker.submit(text, stored or self._decoy, urgent)
         ok = ok and stored is not None and bool(text)
         if ok:
             self._proven[user] = digest
@@ -79,9 +169,6 @@ class Passwords:
         except Exception:  # an unusable hash in the file: a refusal, never a crash
             log.exception("cannot check a password against its hash")
             return False
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import passwords
 from broker.access import Rules
 
+if TYPE_CHECKING:
+    from broker.store import Store
+
 log = logging.getLogger("edison-broker")
 
 DATA_FILE = "broker.sqlite3"
+EXPIRY_CHECK = 60.0  # seconds between looks for expired sessions
 
 
 class SetupError(Exception):
@@ -40,10 +47,16 @@ class Limits:
     """0 means no limit."""
 
     max_connections: int = 100  # logged-in clients
-    max_pending: int = 64  # connections not yet logged in (a quarter of them from one address)
+    max_connections_per_user: int = 10
+    max_pending: int = 128  # connections not yet logged in (an eighth of them from one address)
     connect_timeout: float = 5.0  # seconds from accept to CONNECT
     max_message_size: int = 65536  # bytes of payload; commands are a few bytes
     max_queued: int = 10_000  # messages kept for one client
+    max_queued_bytes: int = 16 * 1024 * 1024  # bytes of payload kept for one client
+    max_subscriptions: int = 256  # topic filters of one client
+    max_sessions_per_user: int = 20  # persistent sessions (clean_session=0) of one user
+    session_expiry: float = 7 * 86400.0  # seconds a persistent session outlives its client's absence
+    max_retained_bytes: int = 32 * 1024 * 1024  # bytes of payload of all retained messages
 
 
 @dataclass(frozen=True)
@@ -101,26 +114,33 @@ def listener_config(ls: Listeners) -> dict[str, dict]:
     return listeners
 
 
-async def serve(o: Options, grace: float = 2.0) -> None:
+def open_store(o: Options) -> Store | None:
+    """The data directory's store, opened before anything listens; SetupError when it cannot be used."""
+    from broker.store import Store, StoreError
+
+    if not o.data:
+        return None
+    try:
+        return Store(o.data / DATA_FILE)
+    except StoreError as exc:
+        raise SetupError(str(exc)) from None
+
+
+async def serve(o: Options, store: Store | None, grace: float = 2.0) -> None:
     """Run until SIGINT or SIGTERM; then clients get `grace` seconds to take what was sent to them."""
     from broker.access import Access
     from broker.connection import Connections
     from broker.core import Core
     from broker.engine import EdisonBroker
     from broker.login import Passwords
-    from broker.store import Store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    store = None
-    if o.data:
-        o.data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = Store(o.data / DATA_FILE)
     users = None if o.allow_anonymous else Passwords(o.passwd)  # type: ignore[arg-type]
     access = Access(None if o.allow_anonymous else o.rules, users.users if users else ())
-    core = Core(access, store, o.limits.max_queued, o.limits.max_message_size)
+    core = Core(access, store, o.limits)
     if store:
         state = store.load()
         core.restore(state, loop)
@@ -133,7 +153,10 @@ async def serve(o: Options, grace: float = 2.0) -> None:
         mode = "trial mode: every client is accepted" if o.allow_anonymous else f"users from {o.passwd}"
         kept = f"state in {o.data}" if o.data else "state is in memory (lost on restart; use --data DIR to keep it)"
         log.info("listening on %s (%s; %s)", ", ".join(o.listeners.binds), mode, kept)
-        await stop.wait()
+        while not stop.is_set():  # now and then: sessions whose client stayed away too long
+            core.expire(time.time())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), EXPIRY_CHECK)
         log.info("shutting down")
         await broker.stop(grace)
         left = core.unacknowledged()
@@ -143,6 +166,4 @@ async def serve(o: Options, grace: float = 2.0) -> None:
     finally:
         if store:
             store.close()
-        if users:
-            users.close()
     log.info("stopped")

@@ -5,21 +5,25 @@ thread, which commits whatever has gathered in one transaction (WAL, fsync on
 commit). `committed()` resolves once everything handed over before it is on
 disk; the broker acknowledges a QoS 1 publish only then, so a SIGKILL or a
 power cut after the PUBACK loses nothing. Concurrent publishers share one
-fsync, which keeps the cost per message small.
+fsync, which keeps the cost per message small. When the disk refuses a commit
+(full, read-only), the changes are kept and tried again until it takes them:
+acknowledgements wait meanwhile, and nothing is lost or needs a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("edison-broker")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, data BLOB NOT NULL, qos INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, username TEXT NOT NULL);
@@ -30,6 +34,7 @@ CREATE TABLE IF NOT EXISTS queued (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     client_id TEXT NOT NULL REFERENCES sessions(client_id) ON DELETE CASCADE,
     topic TEXT NOT NULL, data BLOB NOT NULL, qos INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS queued_by_client ON queued (client_id, id);
 """
 # Version 2: a session remembers its keep-alive, its Last Will and whether its client was connected,
 # so a client that was connected when the broker stopped gets its will published if it does not return.
@@ -38,20 +43,29 @@ MIGRATIONS = {2: ["ALTER TABLE sessions ADD COLUMN keepalive INTEGER NOT NULL DE
                   "ALTER TABLE sessions ADD COLUMN will_data BLOB",
                   "ALTER TABLE sessions ADD COLUMN will_qos INTEGER NOT NULL DEFAULT 0",
                   "ALTER TABLE sessions ADD COLUMN will_retain INTEGER NOT NULL DEFAULT 0",
-                  "ALTER TABLE sessions ADD COLUMN connected INTEGER NOT NULL DEFAULT 0"]}
+                  "ALTER TABLE sessions ADD COLUMN connected INTEGER NOT NULL DEFAULT 0"],
+              # Version 3: when its client left (sessions expire), and QoS 2 publishes routed before their PUBREL.
+              3: ["ALTER TABLE sessions ADD COLUMN offline_since REAL",
+                  "CREATE TABLE IF NOT EXISTS awaiting_release ("
+                  "client_id TEXT NOT NULL REFERENCES sessions(client_id) ON DELETE CASCADE, "
+                  "packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id))"]}
 
 
 KEEP_SESSION = """
-INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected,
+                      offline_since)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = excluded.keepalive,
     will_topic = excluded.will_topic, will_data = excluded.will_data, will_qos = excluded.will_qos,
-    will_retain = excluded.will_retain, connected = excluded.connected
+    will_retain = excluded.will_retain, connected = excluded.connected, offline_since = excluded.offline_since
 """
 
 
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between tries while the disk refuses a commit
+
+
 class StoreError(Exception):
-    """The data directory cannot be written: nothing more may be acknowledged."""
+    """The data directory cannot be opened; the message says why (raised at start only)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,10 @@ class StoredSession:
     keepalive: int = 0
     will: StoredWill | None = None
     connected: bool = False
+    offline_since: float | None = None  # unix time its client left
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     queued: list[StoredMessage] = field(default_factory=list)
+    awaiting_release: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -92,25 +108,32 @@ Op = tuple[str, tuple]
 
 class Store:
     def __init__(self, path: Path) -> None:
+        """Open (or create) the data; StoreError says why it cannot be used."""
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._migrate()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+            self.next_id = 1 + (self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0])
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"--data {path.parent}: cannot use {path.name}: {exc}") from None
         self._ops: list[Op] = []
         self._submitted = 0  # ops handed over so far
         self._done = 0  # ops committed so far
-        self._failed: BaseException | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._write_loop, name="store", daemon=True)
-        self.next_id = 1 + (self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queued").fetchone()[0])
 
     def _migrate(self) -> None:
         version = max(1, self._db.execute("PRAGMA user_version").fetchone()[0])  # 0: the first layout, unnumbered
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"written by a newer release (layout {version}; this one knows up to "
+                                        f"{SCHEMA_VERSION}): upgrade edison-broker, or move the file away")
         self._db.executescript(SCHEMA)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[target]:
@@ -118,21 +141,22 @@ class Store:
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def load(self) -> State:
-        """Everything on disk, read once at start before the writer runs."""
+        """Everything on disk, read once at start before the writer runs (a query per table, not per session)."""
         q = self._db.execute
         retained = [StoredMessage(t, bytes(d), n) for t, d, n in q("SELECT topic, data, qos FROM retained")]
-        sessions = []
-        for row in q("SELECT client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected "
-                     "FROM sessions"):
-            client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected = row
+        sessions: dict[str, StoredSession] = {}
+        for row in q("SELECT client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected, "
+                     "offline_since FROM sessions"):
+            client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected, offline = row
             will = StoredWill(will_topic, bytes(will_data), will_qos, bool(will_retain)) if will_topic else None
-            s = StoredSession(client_id, username, keepalive, will, bool(connected))
-            s.subscriptions = list(q("SELECT filter, qos FROM subscriptions WHERE client_id = ? ORDER BY filter",
-                                     (client_id,)))
-            s.queued = [StoredMessage(t, bytes(d), n, i) for i, t, d, n in q(
-                "SELECT id, topic, data, qos FROM queued WHERE client_id = ? ORDER BY id", (client_id,))]
-            sessions.append(s)
-        return State(retained, sessions)
+            sessions[client_id] = StoredSession(client_id, username, keepalive, will, bool(connected), offline)
+        for client_id, topic_filter, qos in q("SELECT client_id, filter, qos FROM subscriptions ORDER BY filter"):
+            sessions[client_id].subscriptions.append((topic_filter, qos))
+        for i, client_id, t, d, n in q("SELECT id, client_id, topic, data, qos FROM queued ORDER BY id"):
+            sessions[client_id].queued.append(StoredMessage(t, bytes(d), n, i))
+        for client_id, packet_id in q("SELECT client_id, packet_id FROM awaiting_release"):
+            sessions[client_id].awaiting_release.append(packet_id)
+        return State(retained, list(sessions.values()))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -151,7 +175,7 @@ class Store:
         w = s.will
         self._submit(KEEP_SESSION, (s.client_id, s.username, s.keepalive, w.topic if w else None,
                                     bytes(w.data) if w else None, w.qos if w else 0, int(w.retain) if w else 0,
-                                    int(s.connected)))
+                                    int(s.connected), s.offline_since))
 
     def drop_session(self, client_id: str) -> None:
         self._submit("DELETE FROM sessions WHERE client_id = ?", (client_id,))
@@ -169,6 +193,13 @@ class Store:
                      (message_id, client_id, topic, bytes(data), qos))
         return message_id
 
+    def awaiting_release(self, client_id: str, packet_id: int) -> None:
+        """A QoS 2 publish was routed: its id is kept until the PUBREL, so a resend after a crash is not routed."""
+        self._submit("INSERT OR IGNORE INTO awaiting_release VALUES (?, ?)", (client_id, packet_id))
+
+    def released(self, client_id: str, packet_id: int) -> None:
+        self._submit("DELETE FROM awaiting_release WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
+
     def delivered(self, message_id: int) -> None:
         self._submit("DELETE FROM queued WHERE id = ?", (message_id,))
 
@@ -181,11 +212,9 @@ class Store:
     # -- durability -------------------------------------------------------------
 
     async def committed(self) -> None:
-        """Wait until every change handed over so far is on disk; StoreError if the disk refused it."""
+        """Wait until every change handed over so far is on disk (while the disk refuses, that waits)."""
         assert self._loop is not None, "start() the store first"
         with self._cond:
-            if self._failed is not None:
-                raise StoreError(str(self._failed))
             if self._done >= self._submitted:
                 return
             future = self._loop.create_future()
@@ -193,6 +222,9 @@ class Store:
         await future
 
     def _write_loop(self) -> None:
+        """Commit what gathered, in one transaction; when the disk refuses, keep it and try again, backing off."""
+        retry_in = RETRY_FIRST
+        failing_since: float | None = None
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._ops or self._closing)
@@ -200,28 +232,36 @@ class Store:
                 upto = self._submitted
                 if not ops and self._closing:
                     return
-            error: BaseException | None = None
             try:
                 self._db.execute("BEGIN")
                 for sql, args in ops:
                     self._db.execute(sql, args)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                error = exc
-                log.error("cannot write the data directory %s: %s; no further publish is acknowledged",
-                          self.path.parent, exc)
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error("cannot write the data directory %s: %s; publishes are not acknowledged until it can "
+                              "be written (trying again, every %g s at most)", self.path.parent, exc, RETRY_MAX)
+                with self._cond:
+                    self._ops = ops + self._ops  # in order, before what came meanwhile
+                    if self._closing:
+                        log.error("stopping with %d change(s) not written to %s", len(self._ops), self.path)
+                        return
+                    self._cond.wait(retry_in)
+                retry_in = min(retry_in * 2, RETRY_MAX)
+                continue
+            if failing_since is not None:
+                log.warning("the data directory %s can be written again, after %.0f s", self.path.parent,
+                            time.monotonic() - failing_since)
+                failing_since, retry_in = None, RETRY_FIRST
             with self._cond:
                 self._done = upto
-                if error is not None:
-                    self._failed = error
-                ready = [w for w in self._waiters if w[0] <= upto or error is not None]
-                self._waiters = [w for w in self._waiters if w not in ready]
+                ready = [f for n, f in self._waiters if n <= upto]
+                self._waiters = [(n, f) for n, f in self._waiters if n > upto]
             if ready and self._loop is not None:
-                self._loop.call_soon_threadsafe(_resolve, [f for _, f in ready], error)
+                self._loop.call_soon_threadsafe(_resolve, ready)
 
     def close(self) -> None:
         """Commit what is pending and close (blocks: call it once the broker stops)."""
@@ -233,12 +273,7 @@ class Store:
         self._db.close()
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
     for f in futures:
-        if f.done():
-            continue
-        if error is None:
+        if not f.done():
             f.set_result(None)
-        else:
-            f.set_exception(StoreError(str(error)))
-

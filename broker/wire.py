@@ -223,6 +223,8 @@ def parse(kind: int, flags: int, body: bytes) -> Packet:
         b.end("packet")
         return Control(kind)
     packet_id = b.u16("packet id")
+    if packet_id == 0:
+        raise Malformed("packet id 0 [MQTT-2.3.1-1]")
     if kind == SUBSCRIBE:
         requests = []
         while b.left:

@@ -13,7 +13,8 @@ from broker import wire
 from broker.access import Access
 from broker.core import MAX_INFLIGHT, Core
 from broker.filters import RetainedTree, SubscriptionTree, covers, filter_problem, matches
-from broker.login import Throttle
+from broker.login import Admission, Throttle, network_of
+from broker.server import Limits
 from broker.store import Store
 
 # -- wire -----------------------------------------------------------------------
@@ -148,6 +149,11 @@ class Wire:
     def send(self, data: bytes) -> None:
         self.sent.append(data)
 
+    full = False
+
+    def writable(self) -> bool:
+        return not self.full
+
     def close(self, reason: str) -> None:
         self.closed = reason
 
@@ -228,7 +234,7 @@ def test_unclean_end_publishes_the_will_and_a_clean_one_does_not():
 
 
 def test_queue_limit_drops_and_counts():
-    core = Core(Access(None), max_queued=2)
+    core = Core(Access(None), limits=Limits(max_queued=2))
     s, w, _ = login(core, "dev")
     core.subscribe(s, wire.Subscribe(1, (("cmd", 1),)))
     core.detach(s, w, graceful=True)
@@ -280,3 +286,94 @@ def test_throttle_doubles_per_address_and_user_and_forgets():
     assert t.failed("1.2.3.4", None) == (30.0, 0.0)
     now[0] = 1000.0
     assert t.failed("1.2.3.4", "dev") == (0.5, 0.5)
+
+
+def test_store_keeps_changes_the_disk_refused_and_writes_them_once_it_can(tmp_path):
+    class Refusing:
+        """sqlite3's connection, refusing the next `failures` COMMITs as a full disk does."""
+
+        def __init__(self, db: sqlite3.Connection, failures: int) -> None:
+            self.db, self.failures = db, failures
+
+        def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+            if sql == "COMMIT" and self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, args)
+
+        def close(self) -> None:
+            self.db.close()
+
+    async def write() -> None:
+        store = Store(tmp_path / "broker.sqlite3")
+        store._db = Refusing(store._db, failures=2)  # type: ignore[assignment]
+        store.start(asyncio.get_running_loop())
+        store.set_retained("t", b"kept", 1)
+        await asyncio.wait_for(store.committed(), 10)  # waits out two refusals (0.5 s, 1 s), then is on disk
+        store.close()
+
+    asyncio.run(write())
+    assert [(m.topic, m.data) for m in Store(tmp_path / "broker.sqlite3").load().retained] == [("t", b"kept")]
+
+
+def test_a_qos2_publish_is_routed_once_even_when_sent_again_after_a_restart(tmp_path):
+    async def run() -> None:
+        store = Store(tmp_path / "broker.sqlite3")
+        store.start(asyncio.get_running_loop())
+        core = Core(Access(None), store)
+        device, dw, _ = login(core, "dev")
+        core.subscribe(device, wire.Subscribe(1, (("cmd", 1),)))
+        sender, _, _ = login(core, "sender")
+        core.publish(sender, wire.Publish("cmd", b"once", 2, False, packet_id=7))
+        await store.committed()
+        store.close()
+        restarted = Store(tmp_path / "broker.sqlite3")
+        restarted.start(asyncio.get_running_loop())
+        core = Core(Access(None), restarted)
+        core.restore(restarted.load(), asyncio.get_running_loop())
+        assert core.sessions["sender"].awaiting_release == {7}  # a resend of id 7 before its PUBREL is not routed
+        core.released(core.sessions["sender"], 7)
+        await restarted.committed()
+        restarted.close()
+
+    asyncio.run(run())
+
+
+def test_sessions_expire_after_their_client_stayed_away():
+    core = Core(Access(None), limits=Limits(session_expiry=100))
+    s, w, _ = login(core, "dev")
+    core.detach(s, w, graceful=True)
+    assert s.offline_since is not None
+    assert core.expire(s.offline_since + 50) == 0 and "dev" in core.sessions
+    assert core.expire(s.offline_since + 150) == 1 and "dev" not in core.sessions
+
+
+def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
+    core = Core(Access(None))
+    s, w, _ = login(core, "dev")
+    core.subscribe(s, wire.Subscribe(1, (("cmd", 0),)))
+    w.full = True
+    for n in range(3):
+        core.route("cmd", b"%d" % n, 0, False)
+    assert w.publishes() == [] and len(s.queue) == 3
+    w.full = False
+    core.pump(s)
+    assert [p.payload for p in w.publishes()] == [b"0", b"1", b"2"]
+
+
+def test_admission_per_address_and_in_all_with_known_addresses_let_in():
+    now = [0.0]
+    a = Admission(total=4, per_address=2, clock=lambda: now[0])
+    assert a.admit("10.0.0.1") and a.admit("10.0.0.1") and not a.admit("10.0.0.1")
+    assert a.admit("2001:db8::1") and a.admit("2001:db8::ffff")
+    assert not a.admit("2001:db8::2"), "one /64 counts as one address"
+    assert not a.admit("10.0.0.9"), "all four places taken"
+    a.logged_in("10.0.0.9")
+    assert a.admit("10.0.0.9"), "an address that logged in is let in past the total"
+    now[0] = 2 * 86400
+    assert not a.admit("::ffff:10.0.0.9") and network_of("::ffff:10.0.0.9") == "10.0.0.9"
+
+
+def test_subscribe_with_packet_id_0_is_malformed():
+    with pytest.raises(wire.Malformed, match="packet id 0"):
+        wire.parse(wire.SUBSCRIBE, 2, b"\x00\x00\x00\x01a\x01")
