@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -33,10 +34,33 @@ def mosquitto_binary() -> str | None:
     )
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_ports()
+_next_port = itertools.count(10000 + (os.getpid() * 97) % 10000)  # spread concurrent test runs apart
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so no outgoing connection (of this or any other
+    process on the machine) takes it between now and the server's bind."""
+    while True:
+        port = next(_next_port)
+        if port >= _EPHEMERAL[0]:
+            port = 10000 + port % 10000
+        if _EPHEMERAL[0] <= port <= _EPHEMERAL[1]:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Proc:
