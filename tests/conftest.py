@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -146,8 +146,10 @@ class NodeRunner:
         self.procs: list[Proc] = []
 
     def start(self, *extra: str, env: dict[str, str] | None = None, wait_online: Probe | None = None,
-              device: str = DEVICE) -> Proc:
-        argv = python_cmd("node", "--config", str(self.config), "--device", device, "--broker", self.broker.url,
+              device: str = DEVICE, brokers: Sequence[str] = ()) -> Proc:
+        """`brokers`: the node's --broker URLs, in order (default: the runner's broker)."""
+        broker_args = [arg for url in brokers or [self.broker.url] for arg in ("--broker", url)]
+        argv = python_cmd("node", "--config", str(self.config), "--device", device, *broker_args,
                           "--pins", "sim", "--trace", str(self.trace),
                           "--state", str(self.tmp_path / f"state-{device}"), "--log-level", "DEBUG", *extra)
         env = {"MQTT_USERNAME": device, **(env or {})}
