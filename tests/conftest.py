@@ -13,20 +13,24 @@ import pytest
 
 from tests.helpers import TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd
 
-# Fixtures of the secured broker (users, access rules, the Mosquitto export).
-pytest_plugins = ["tests.broker_setup"]
+# Fixtures of the secured broker (users, access rules, the Mosquitto export) and of the NATS cluster.
+pytest_plugins = ["tests.broker_setup", "tests.cluster"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _mosquitto_binary() -> str:
-    found = mosquitto_binary()
+def required(found: str | None, reason: str) -> str:
+    """A tool the tests need: `found`, else skip saying why (under CI=true, where every tool is installed: fail)."""
     if found:
         return found
-    reason = "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)"
     if IN_CI:
         pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
     pytest.skip(reason)
+
+
+def _mosquitto_binary() -> str:
+    return required(mosquitto_binary(),
+                    "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)")
 
 
 @pytest.fixture

