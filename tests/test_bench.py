@@ -47,3 +47,15 @@ def test_quick_bench_prints_every_figure_with_a_verdict(mosquitto_bin):
 def test_quick_bench_runs_on_the_embedded_broker():
     out = run_bench("--broker", "amqtt")
     assert "broker: amqtt" in out and "start -> online" in out, out
+
+
+@pytest.mark.mosquitto
+def test_quick_fleet_bench_runs_every_broker_and_misses_nothing(mosquitto_bin):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| amqtt | 20", "| mosquitto | 20",
+                                                                          "| nats | 20"))]
+    assert len(rows) == 3 + 2, done.stdout  # the table, and the ratios of the two others
+    assert "MISSING" not in done.stdout and "run failed" not in done.stdout, done.stdout
+    assert done.stdout.count("20/20 sessions kept") == 3 and done.stdout.count("| 20/20 |") == 3, done.stdout
