@@ -95,7 +95,10 @@ class Connection:
         self._suback = asyncio.get_running_loop().create_future()
         asyncio.create_task(self._read(reader))
         writer.write(wire.subscribe(self.packet_id(), [(s, 1) for s in subscriptions]))
-        await asyncio.wait_for(self._suback, 60)
+        suback = await asyncio.wait_for(self._suback, 60)
+        if wire.SUBSCRIBE_FAILURE in suback.codes:  # as the node does: leave, and try again
+            writer.close()
+            raise ConnectionError("subscription refused")
         return connack.session_present
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:

@@ -227,6 +227,8 @@ class MqttLink:
         self._fence_mid: int | None = None
         self._connack: ReasonCode | None = None  # the answer to the connection being made
         self._disconnect_reason = "connection lost"
+        self._subscribing: dict[int, str] = {}  # SUBSCRIBE message id -> its filter, until the SUBACK
+        self._refused: str | None = None  # a subscription the broker refused on this connection
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = self._new_client()
@@ -321,7 +323,7 @@ class MqttLink:
             version = self._versions[address] = paho.MQTTv5 if self._speaks_mqtt5(address) else paho.MQTTv311
             if version == paho.MQTTv311:
                 log.info("broker %s does not speak MQTT 5: using MQTT 3.1.1", address)
-        self._address, self._connack = address, None
+        self._address, self._connack, self._refused = address, None, None
         self._use_version(version)
         try:
             self._connect(address)
@@ -330,6 +332,8 @@ class MqttLink:
         self._await_connack(address)
         while self._client.loop(timeout=1.0) == paho.MQTT_ERR_SUCCESS:
             pass
+        if self._refused:  # connected but deaf: a failed attempt, backed off like one
+            raise _Failed(f"broker {address} refused the subscription to {self._refused}", logging.ERROR)
 
     def _connect(self, address: BrokerAddress) -> None:
         client, s = self._client, self.settings
@@ -475,8 +479,11 @@ class MqttLink:
         )
         # Subscribe before announcing: the broker handles our packets in order,
         # so whoever sees `online` can send a command that will reach us.
+        self._subscribing.clear()
         for topic in self._session.subscriptions:
-            client.subscribe(topic, qos=1)
+            mid = client.subscribe(topic, qos=1)[1]
+            if mid is not None:
+                self._subscribing[mid] = topic
         if self._session.birth:
             self._fence_mid = self.publish(self._session.birth)
         self._session.on_connect(resumed)
@@ -510,9 +517,16 @@ class MqttLink:
     @_guarded
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
                       properties: Properties | None) -> None:
-        for code in reason_codes:
-            if code.is_failure:
-                log.error("broker %s refused a subscription: %s", self._address, code)
+        """A refused subscription leaves the client deaf to its commands: leave, and try again as after a failure.
+
+        An access rule refuses for good (the attempts back off to 30 s, each logged); a NATS member whose
+        JetStream did not answer in time refuses once.
+        """
+        topic = self._subscribing.pop(mid, "?")
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused and not self._stopping.is_set():
+            self._refused = f"{topic} ({refused[0]})"
+            client.disconnect()
 
     @_guarded
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

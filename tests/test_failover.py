@@ -175,3 +175,17 @@ def test_a_node_stopped_while_waiting_for_an_answer_exits_at_once(nodes):
         assert node.wait(TIMEOUT) == 0
     finally:
         silent.close()
+
+
+def test_a_refused_subscription_is_a_failed_attempt_not_a_deaf_connection(tmp_path, user_files, logs):
+    """Connected but refused its commands' subscription, the link leaves and tries again, backing off."""
+    secured = start_secured_amqtt(tmp_path, user_files)
+    link = MqttLink(LinkSettings(parse_brokers(secured.broker.url), Credentials(DEVICE, USERS[DEVICE])), DEVICE)
+    try:
+        link.start(Session(subscriptions=("edison/edison-u/+/set",)))  # another device's commands
+        logs.wait_for(rf"ERROR broker {secured.broker.url} refused the subscription to edison/edison-u/\+/set "
+                      r"\(.*\) \(retrying in 1\.\d s\)")
+        logs.wait_for(r"refused the subscription to .* \(retrying in [23]\.\d s\)")  # backed off, not a loop
+    finally:
+        link.stop(timeout=0)
+        secured.broker.proc.stop()
