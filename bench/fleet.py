@@ -196,6 +196,18 @@ class Controller(Connection):
             if len(self.latency) >= self._expected and self._all_in:
                 self._all_in.set()
 
+    async def start(self, port: int) -> None:
+        """Subscribed to every result; tried again (for a minute) while the broker refuses, as a device would."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await self.connect(port, [f"{PREFIX}/+/result"])
+                return
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+
     def send(self, device: int, command_id: str) -> None:
         self.sent[command_id] = time.perf_counter()
         self.publish(f"{PREFIX}/dev-{device}/led/set", json.dumps({"state": "TOGGLE", "id": command_id}).encode())
@@ -377,7 +389,7 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     row.figures["CPU storm"] = f"{fleet.cpu_seconds() - cpu0:.1f} s"
 
     controller = Controller()
-    await controller.connect(fleet.ports[0], [f"{PREFIX}/+/result"])
+    await controller.start(fleet.ports[0])
     cpu1 = fleet.cpu_seconds()
     ids = [f"fan-{n}" for n in range(count)]
     start = time.perf_counter()
@@ -419,7 +431,7 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     row.figures["storm after restart"] = (f"{again.seconds:.2f} s, {again.resumed}/{count} sessions kept"
                                           + (f" ({again.retries} retries)" if again.retries else ""))
     controller = Controller()
-    await controller.connect(fleet.ports[0], [f"{PREFIX}/+/result"])
+    await controller.start(fleet.ports[0])
     ids = [f"after-{n}" for n in range(count)]
     for n, command_id in enumerate(ids):
         controller.send(n, command_id)
