@@ -4,7 +4,8 @@ Each device is a light asyncio MQTT 3.1.1 client (broker/wire.py's codec), so
 thousands fit in one process: a persistent session (clean session 0)
 subscribed to its own `/set` on every connect, answering each command as the
 node does, with a retained QoS 1 state and a QoS 1 result. A device that is
-refused or cut off tries again after 0.5-1.5 s, as a node would. A controller
+refused (its login or its subscription) tries again with the node's own
+reconnect policy (1 s doubling to 30 s, with jitter). A controller
 sends the commands and reads the results. For the embedded broker (with
 --data), Mosquitto (persistence as the export sets it) and a 3-member NATS
 cluster (the export's member configs; devices spread over the members):
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from broker import wire  # noqa: E402
+from node.reconnect import ReconnectPolicy  # noqa: E402
 from tests.cluster import NatsCluster  # noqa: E402
 from tests.conftest import start_amqtt  # noqa: E402
 from tests.helpers import BROKER_KINDS, Proc, bench_brokers, free_port  # noqa: E402
@@ -146,6 +148,8 @@ class Device(Connection):
                                                           "state": state.decode()}).encode())
 
     async def connect_retrying(self, port: int, tally: StormTally) -> None:
+        """Until connected and subscribed, backing off as the node does (its reconnect policy)."""
+        policy = ReconnectPolicy(1)
         while True:
             try:
                 present = await self.connect(port, [f"{self.base}/+/set"])
@@ -153,7 +157,8 @@ class Device(Connection):
                 return
             except (OSError, ConnectionError, asyncio.TimeoutError):
                 tally.retries += 1
-                await asyncio.sleep(random.uniform(0.5, 1.5))
+                policy.failed(0)
+                await asyncio.sleep(policy.next()[1])
 
 
 @dataclass
