@@ -410,7 +410,7 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     row.figures["fan-out all in"] = f"{done - start:.2f} s" + (f", {missing} MISSING" if missing else "")
     row.figures["CPU fan-out"] = f"{fleet.cpu_seconds() - cpu1:.1f} s"
 
-    cpu2 = fleet.cpu_seconds()
+    cpu2, began = fleet.cpu_seconds(), time.perf_counter()
     steady = []
     interval = 1.0 / rate
     next_at = time.perf_counter()
@@ -425,7 +425,7 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     row.numbers["steady p50"] = p50
     row.figures[f"steady {rate:g}/s p50 / p99"] = f"{p50:.1f} / {p99:.1f} ms" + (
         f", {missing} MISSING" if missing else "")
-    row.figures["CPU steady"] = f"{(fleet.cpu_seconds() - cpu2) / steady_seconds * 100:.0f} %"
+    row.figures["CPU steady"] = f"{(fleet.cpu_seconds() - cpu2) / (time.perf_counter() - began) * 100:.0f} %"
 
     controller.close()
     for d in devices:
