@@ -11,6 +11,7 @@ import queue
 import random
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,11 +131,15 @@ class NatsCluster:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("nats-*.log")))
 
     def close(self) -> None:
+        """SIGTERM every member; one that has not exited after TIMEOUT is killed (and said so in its log)."""
         for n in list(self.procs):
             proc = self.procs.pop(n)
             proc.signal(signal.SIGTERM)
             try:
                 proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with open(proc.log_path, "a") as log:
+                    log.write(f"-- member {n} had not exited {TIMEOUT:.0f} s after SIGTERM: killed\n")
             finally:
                 proc.stop()
 
