@@ -29,9 +29,17 @@ def nats_server_binary() -> str:
 
 
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1."""
+    """The first of `count` consecutive ports free on 127.0.0.1, below the ephemeral range.
+
+    A killed member starts again on its ports; in the ephemeral range a client's outgoing
+    connection could have taken one of them meanwhile.
+    """
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(10000, max(10001, ephemeral - count))
         held = []
         try:
             for port in range(base, base + count):
