@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,14 +63,20 @@ class NatsCluster:
     authorization (anyone may connect: the fleet benchmark's trial mode).
     """
 
-    def __init__(self, workdir: Path, user_files: tuple[Path, Path] | None = None, size: int = 3) -> None:
+    def __init__(self, workdir: Path, user_files: tuple[Path, Path] | None = None, size: int = 3,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA, certificate, key) for MQTT over TLS on every member."""
         self.workdir = workdir
         self.binary = nats_server_binary()
         self.size = size
         base = free_ports(3 * size)  # MQTT, cluster and client ports, each `size` in a row
         self.mqtt_port = base
         self.out = workdir / "nats"
-        self.login = {"username": "watcher", "password": USERS["watcher"]} if user_files else {"username": None}
+        self.tls = tls
+        self.login: dict[str, Any] = (
+            {"username": "watcher", "password": USERS["watcher"]} if user_files else {"username": None})
+        if tls:
+            self.login["tls_ca"] = tls[0]
         if user_files is None:
             cluster = nats.Cluster(nats.members(size, "127.0.0.1", base, base + size, base + 2 * size),
                                    workdir / "nats-data")
@@ -82,7 +89,8 @@ class NatsCluster:
             done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes",
                                  str(size), "--data", str(workdir / "nats-data"), "--out", str(self.out),
                                  "--mqtt-port", str(base), "--cluster-port", str(base + size),
-                                 "--client-port", str(base + 2 * size))
+                                 "--client-port", str(base + 2 * size),
+                                 *(("--tls-cert", str(tls[1]), "--tls-key", str(tls[2])) if tls else ()))
             assert done.returncode == 0, done.stderr
         self.procs: dict[int, Proc] = {}
         self.starts = 0
@@ -99,7 +107,7 @@ class NatsCluster:
         return self.mqtt_port + n - 1
 
     def url(self, n: int) -> str:
-        return f"mqtt://127.0.0.1:{self.port(n)}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port(n)}"
 
     @property
     def urls(self) -> list[str]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 from tests.broker_setup import USERS
 from tests.cluster import NatsCluster
@@ -119,3 +121,27 @@ def test_member_killed_under_the_node_then_a_queued_command_survives_another_los
         nodes.stop_all()
         laptop.close()
         watcher.close()
+
+
+def test_a_cluster_exported_with_tls_serves_mqtts_on_every_member(tmp_path, user_files):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = [tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")]
+    ca.cert_pem.write_to_path(str(paths[0]))
+    cert.cert_chain_pems[0].write_to_path(str(paths[1]))
+    cert.private_key_pem.write_to_path(str(paths[2]))
+    cluster = NatsCluster(tmp_path, user_files, tls=(paths[0], paths[1], paths[2]))
+    nodes = NodeRunner(cluster.broker(1), tmp_path, user_files[0])
+    watcher = on(cluster, 3, "watcher", tls_ca=paths[0])
+    try:
+        watcher.subscribe(STATUS)
+        node = nodes.start("--ca-file", str(paths[0]), env=NODE_ENV, wait_online=watcher, brokers=cluster.urls)
+        node.wait_for_line(rf"connected to {cluster.url(1)} \(MQTT 3\.1\.1, ")
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        with pytest.raises(ssl.SSLError):  # a client that does not trust the CA gets nowhere
+            on(cluster, 2, "watcher", tls_ca=other)
+    finally:
+        nodes.stop_all()
+        watcher.close()
+        cluster.close()
