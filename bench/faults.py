@@ -1,18 +1,20 @@
 """The fault matrix on every broker, and what durability costs.
 
-For each fault of tests/faults.py, on the embedded broker and on Mosquitto with
-the exported configuration (both with a data directory): commands sent,
+For each fault of tests/faults.py, on the embedded broker, on Mosquitto with
+the exported configuration (both with a data directory) and on the exported
+3-member NATS cluster (the fault strikes member 1; the node is given every
+member and fails over): commands sent,
 acknowledged by the broker, carried out by the real node, lost and doubled,
 how the broker exited where the fault stops it, and the round trip of a
 bystander client meanwhile. Then the price of committing before the PUBACK:
 QoS 1 publish -> PUBACK with and without a data directory, against the
 embedded broker without one as the baseline of the same run.
 
-    python bench/faults.py                  # both brokers, the whole matrix (several minutes)
+    python bench/faults.py                  # every broker, the whole matrix (several minutes)
     python bench/faults.py --quick          # smoke run: small counts, three faults
     python bench/faults.py --broker amqtt   # one broker
 
-Not a test: the tests assert nothing is lost on the embedded broker; this prints the figures for both.
+Not a test: the tests assert nothing is lost on the embedded broker; this prints the figures for all.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from tests import faults  # noqa: E402
 from tests.broker_setup import USERS, make_users  # noqa: E402
-from tests.helpers import mosquitto_binary  # noqa: E402
+from tests.helpers import BROKER_KINDS, bench_brokers  # noqa: E402
 
 QUICK = [(faults.publisher_leaves, 30), (faults.broker_killed_after_pubacks, 10), (faults.malformed_packets, 10)]
 COLUMNS = ["fault", "broker", "sent", "acked", "carried out", "lost", "doubled", "broker exit",
@@ -173,7 +175,7 @@ def cost_rows(kinds: list[str], workdir: Path, users: tuple[Path, Path], mosquit
     print("|---|---|---|---|---|---|")
     baseline = None
     for kind in kinds:
-        for data in (False, True):
+        for data in (True,) if kind == "nats" else (False, True):  # a cluster keeps everything in JetStream
             f = cost(kind, data, workdir, users, mosquitto_bin, one_by_one, burst)
             baseline = baseline or f["p50"]
             print(f"| {kind} | {'yes' if data else 'no'} | {f['p50']:.2f} / {f['p99']:.2f} ms "
@@ -183,12 +185,9 @@ def cost_rows(kinds: list[str], workdir: Path, users: tuple[Path, Path], mosquit
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small counts, three faults")
-    p.add_argument("--broker", choices=("amqtt", "mosquitto", "both"), default="both")
+    p.add_argument("--broker", choices=(*BROKER_KINDS, "all"), default="all")
     args = p.parse_args(argv)
-    kinds = ["amqtt", "mosquitto"] if args.broker == "both" else [args.broker]
-    mosquitto_bin = mosquitto_binary()
-    if "mosquitto" in kinds and not mosquitto_bin:
-        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
+    kinds, mosquitto_bin = bench_brokers(args.broker)
     matrix = QUICK if args.quick else faults.MATRIX
     with tempfile.TemporaryDirectory(prefix="edison-faults-") as tmp:
         workdir = Path(tmp)

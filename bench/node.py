@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # its name would shadow the `node` package; the project root must win.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
+import node.mqtt as node_mqtt  # noqa: E402
 from node.link import Incoming, Message, Session  # noqa: E402
 from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
 from tests.helpers import Broker, Probe, Proc, Received, free_port, mosquitto_binary, python_cmd, read_trace  # noqa: E402
@@ -179,8 +180,9 @@ def transport_floor(broker: Broker, probe: Probe, n: int, quickack: bool = True)
     request, reply = "bench/echo/request", "bench/echo/reply"
     link = MqttLink(LinkSettings(BrokerAddress.parse(broker.url), protocol="5" if broker.mqtt5 else "3.1.1"),
                     client_id="bench-echo")
+    rearm = node_mqtt._quickack
     if not quickack:
-        link._ack_at_once = lambda client: None  # type: ignore[method-assign]
+        node_mqtt._quickack = lambda sock: None  # the echo's link as it was before it re-armed TCP_QUICKACK
 
     def echo(msg: Incoming) -> None:
         link.publish(Message(reply, msg.payload, retain=True))
@@ -198,6 +200,7 @@ def transport_floor(broker: Broker, probe: Probe, n: int, quickack: bool = True)
                            GAP: round_trips(probe, request, reply, payloads, n // 5, 0, gap=GAP_SECONDS)}
         return timings
     finally:
+        node_mqtt._quickack = rearm
         link.stop()
         probe.client.publish(reply, b"", qos=1, retain=True)  # leave no retained message behind
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from bridge.sources import Source
 from node import __version__
 from node.config import ConfigError
-from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings
+from node.mqtt import DEFAULT_BROKER, PROTOCOLS, Credentials, LinkError, LinkSettings, parse_brokers
 from node.secret import SecretError, secret
 
 log = logging.getLogger("edison-bridge")
@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or the same names with _FILE naming a file that holds them; MQTT_USERNAME names the MQTT user.",
     )
     p.add_argument("--config", default="topics.yaml", help="the topics.yaml contract (default: %(default)s)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts://host[:port]")
+    p.add_argument("--broker", action="append",
+                   help="mqtt://host[:port] or mqtts://host[:port]; repeat it (or separate with commas) for several "
+                   f"brokers: the first that answers is used, the next when it fails (default: {DEFAULT_BROKER})")
     p.add_argument("--ca-file", help="CA certificate(s) to trust for mqtts:// (default: the system's)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--source mastodon needs --mastodon-url (the bot account's instance)")
         if args.max_pending < 1 or args.backoff_scale <= 0 or args.drain_timeout < 0:
             raise ConfigError("--max-pending must be at least 1, --backoff-scale above 0, --drain-timeout not negative")
-        settings = LinkSettings(BrokerAddress.parse(args.broker), Credentials.from_env(), protocol=args.protocol,
+        settings = LinkSettings(parse_brokers(args.broker), Credentials.from_env(), protocol=args.protocol,
                                 ca_file=args.ca_file)
         tokens = {
             "x": required_secret("X_BEARER_TOKEN", "no X bearer token (or use --source stdin)")

@@ -1,4 +1,4 @@
-"""edison-broker: serve (the default), `passwd` to manage users, `mosquitto-config` to export."""
+"""edison-broker: serve (the default), `passwd` to manage users, `mosquitto-config` and `nats-config` to export."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options
 
 def _serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (amqtt). "
-                                "Subcommands: `passwd` (users), `mosquitto-config` (export).")
+                                "Subcommands: `passwd` (users), `mosquitto-config` and `nats-config` (exports).")
     _listener_args(p)
     p.add_argument("--allow-anonymous", action="store_true", help="accept every client: local trials on loopback only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -199,10 +199,61 @@ def _mosquitto_config(argv: list[str]) -> int:
     return 0
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}")
+    return int(value)
+
+
+def _nats_config(argv: list[str]) -> int:
+    from broker import access, mosquitto, nats, passwords
+    from node.config import ConfigError, load
+
+    p = argparse.ArgumentParser(prog="edison-broker nats-config",
+                                description="Write one nats-server config per member of a NATS cluster, with the "
+                                "same users and rules, MQTT on each member and the sessions replicated.")
+    p.add_argument("--config", type=Path, required=True, help="topics.yaml: devices and `access:` give the rules")
+    p.add_argument("--passwd", type=Path, required=True, help="password file made with `edison-broker passwd`")
+    p.add_argument("--out", type=Path, required=True, help="directory for nats-N.conf and authorization.conf")
+    p.add_argument("--data", type=Path, required=True, help="directory under which each member keeps its JetStream")
+    p.add_argument("--nodes", type=int, default=3, help="members on one host (default: %(default)s)")
+    p.add_argument("--member", action="append", default=[], metavar="HOST",
+                   help="a member on its own host, same ports on each (repeat it; instead of --nodes)")
+    p.add_argument("--host", default="127.0.0.1", help="with --nodes: the address all members bind (default: "
+                   "%(default)s)")
+    p.add_argument("--mqtt-port", type=_port, default=1883, help="MQTT port of the first member (default: %(default)s)")
+    p.add_argument("--cluster-port", type=_port, default=6222, help="route port of the first member (default: "
+                   "%(default)s)")
+    p.add_argument("--client-port", type=_port, default=4222, help="NATS client port of the first member, on "
+                   "loopback (default: %(default)s)")
+    p.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): MQTT over TLS on every member")
+    p.add_argument("--tls-key", type=Path, help="private key (PEM) of the certificate")
+    args = p.parse_args(argv)
+    try:
+        if args.member and args.nodes not in (3, len(args.member)):
+            raise nats.ExportError(f"--nodes {args.nodes} but {len(args.member)} --member: give one or the other")
+        rules = access.rules(load(args.config))
+        cluster = nats.Cluster(nats.members(args.nodes, args.host, args.mqtt_port, args.cluster_port,
+                                            args.client_port, args.member), args.data, args.tls_cert, args.tls_key)
+        written = nats.export(cluster, rules, args.passwd, args.out)
+        for name in mosquitto.unknown_users(rules, passwords.names(args.passwd)):
+            print(f"warning: user {name} has a password but no access rule in {args.config}: it may log in and "
+                  "do nothing", file=sys.stderr)
+    except (ConfigError, passwords.PasswordFileError, nats.ExportError, OSError) as exc:
+        print(f"edison-broker nats-config: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)
+    print("MQTT on " + ", ".join(f"{'mqtts' if args.tls_cert else 'mqtt'}://{m.host}:{m.mqtt_port}"
+                                 for m in cluster.members), file=sys.stderr)
+    print(f"run on each member (nats-server {nats.MIN_VERSION} or newer): nats-server -c {written[1]} ...",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"passwd": _passwd, "mosquitto-config": _mosquitto_config}
+    commands = {"passwd": _passwd, "mosquitto-config": _mosquitto_config, "nats-config": _nats_config}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _serve(argv)

@@ -60,12 +60,7 @@ def export(o: Options, out: Path) -> list[Path]:
     """Write mosquitto.conf, acl and passwd into `out`; the written paths."""
     if not (o.passwd and o.rules):
         raise ValueError("the export needs the password file and the access rules")
-    hashes = passwords.read(passwords.mosquitto_path(o.passwd))
-    missing = sorted(set(passwords.read(o.passwd)) - set(hashes))
-    if missing:
-        raise passwords.PasswordFileError(
-            f"no Mosquitto hash for {', '.join(missing)} in {passwords.mosquitto_path(o.passwd)}: "
-            "set their passwords again with `edison-broker passwd add`")
+    hashes = passwords.twin(o.passwd, "mosquitto")
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "mosquitto.conf", out / "acl", out / "passwd"]
     written[0].write_text(conf_text(o, out.resolve()))

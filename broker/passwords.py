@@ -1,9 +1,10 @@
-"""Broker users: one password file for amqtt (argon2) and a Mosquitto twin beside it.
+"""Broker users: one password file for the embedded broker (argon2) and twins beside it for the exports.
 
-The password is known only when a user is added, so `add` writes both hashes at
-once: amqtt's FileAuthPlugin reads `FILE` (`name:argon2-hash`), and
-`mosquitto-config` copies `FILE.mosquitto` (`name:$7$...`, PBKDF2-SHA512 as
-Mosquitto 2 expects) so moving to Mosquitto needs no password typed again.
+The password is known only when a user is added, so `add` writes every hash at
+once: the embedded broker reads `FILE` (`name:argon2-hash`), `mosquitto-config`
+copies `FILE.mosquitto` (`name:$7$...`, PBKDF2-SHA512 as Mosquitto 2 expects)
+and `nats-config` reads `FILE.nats` (`name:$2b$...`, bcrypt as nats-server
+expects), so moving to Mosquitto or a NATS cluster needs no password typed again.
 """
 
 from __future__ import annotations
@@ -18,17 +19,30 @@ from pathlib import Path
 
 from node.config import NAME_PATTERN
 
-MOSQUITTO_SUFFIX = ".mosquitto"
 # mosquitto_passwd's own default; Mosquitto reads the count from each hash.
 MOSQUITTO_ITERATIONS = 101
+# The cost of NATS's own `nats server passwd`; nats-server checks it at every login (it caches nothing).
+BCRYPT_COST = 11
 
 
 class PasswordFileError(Exception):
     """The password file or a user name cannot be used; the message says why."""
 
 
-def mosquitto_path(path: Path) -> Path:
-    return path.with_name(path.name + MOSQUITTO_SUFFIX)
+def twin_path(path: Path, kind: str) -> Path:
+    """The file beside `path` with the hashes for `kind` ("mosquitto" or "nats")."""
+    return path.with_name(f"{path.name}.{kind}")
+
+
+def twin(path: Path, kind: str) -> dict[str, str]:
+    """The users of `path` with their hashes for `kind`; refused, naming them, if some have none."""
+    hashes = read(twin_path(path, kind))
+    missing = sorted(set(read(path)) - set(hashes))
+    if missing:
+        raise PasswordFileError(
+            f"no {TWIN_LABELS[kind]} hash for {', '.join(missing)} in {twin_path(path, kind)} (added before this "
+            "export existed): set their passwords again with `edison-broker passwd add`")
+    return hashes
 
 
 def check_name(name: str) -> str:
@@ -58,6 +72,16 @@ def mosquitto_hash(password: str, iterations: int = MOSQUITTO_ITERATIONS) -> str
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def bcrypt_hash(password: str, cost: int = BCRYPT_COST) -> str:
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(cost)).decode("ascii")
+
+
+TWINS = {"mosquitto": mosquitto_hash, "nats": bcrypt_hash}
+TWIN_LABELS = {"mosquitto": "Mosquitto", "nats": "NATS (bcrypt)"}
+
+
 def read(path: Path) -> dict[str, str]:
     """name -> hash, in file order; a missing file is an empty one."""
     try:
@@ -80,7 +104,11 @@ def read(path: Path) -> dict[str, str]:
 
 def write(path: Path, users: dict[str, str]) -> None:
     """Replace the file atomically, readable by its owner only."""
-    text = "".join(f"{name}:{hashed}\n" for name, hashed in users.items())
+    write_private(path, "".join(f"{name}:{hashed}\n" for name, hashed in users.items()))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, readable by its owner only (it holds hashes or secrets)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600)
@@ -98,23 +126,29 @@ def add(path: Path, name: str, password: str) -> bool:
     """Add or replace a user in both files; True if the user already existed."""
     check_name(name)
     check_password(password)
-    users, twins = read(path), read(mosquitto_path(path))
+    if len(password.encode("utf-8")) > 72:  # bcrypt reads no further, and the library refuses longer ones
+        raise PasswordFileError("the password is longer than 72 bytes (bcrypt, which NATS uses, stops there)")
+    users = read(path)
     existed = name in users
+    for kind, make_hash in TWINS.items():
+        twins = read(twin_path(path, kind))
+        twins[name] = make_hash(password)
+        write(twin_path(path, kind), twins)
     users[name] = argon2_hash(password)
-    twins[name] = mosquitto_hash(password)
-    write(mosquitto_path(path), twins)
     write(path, users)
     return existed
 
 
 def delete(path: Path, name: str) -> None:
-    users, twins = read(path), read(mosquitto_path(path))
+    users = read(path)
     if name not in users:
         raise PasswordFileError(f"{path}: no user {name!r}")
     del users[name]
-    twins.pop(name, None)
     write(path, users)
-    write(mosquitto_path(path), twins)
+    for kind in TWINS:
+        twins = read(twin_path(path, kind))
+        if twins.pop(name, None) is not None:
+            write(twin_path(path, kind), twins)
 
 
 def names(path: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""MQTT 3.1.1 packets on the wire: strict decoding of what clients send, encoding of what the broker sends.
+"""MQTT 3.1.1 packets on the wire: strict decoding of what clients send, encoding of what the broker sends,
+and the mirror for a light client (the fleet benchmark's simulated devices).
 
 The broker reads every packet whole (its size known from the fixed header
 before a byte of the body is read) and decodes it here, refusing what
@@ -300,3 +301,63 @@ def unsuback(packet_id: int) -> bytes:
 
 
 PINGRESP_PACKET = bytes([PINGRESP << 4, 0])
+
+
+# -- the client's side: what bench/fleet.py's simulated devices send and read -----------------
+
+@dataclass(frozen=True)
+class Connack:
+    session_present: bool
+    code: int
+
+
+@dataclass(frozen=True)
+class Suback:
+    packet_id: int
+    codes: tuple[int, ...]
+
+
+def connect(client_id: str, clean_session: bool, keepalive: int, username: str | None = None,
+            password: bytes | None = None) -> bytes:
+    """A CONNECT without a will; parse_connect reads it back."""
+    flags = (0x02 if clean_session else 0) | (0x80 if username is not None else 0) | (
+        0x40 if password is not None else 0)
+    body = _string("MQTT") + bytes([PROTOCOL_LEVEL, flags]) + struct.pack("!H", keepalive) + _string(client_id)
+    if username is not None:
+        body += _string(username)
+    if password is not None:
+        body += struct.pack("!H", len(password)) + password
+    return _packet(CONNECT << 4, body)
+
+
+def subscribe(packet_id: int, requests: list[tuple[str, int]]) -> bytes:
+    return _packet(SUBSCRIBE << 4 | 2, struct.pack("!H", packet_id) + b"".join(
+        _string(topic_filter) + bytes([qos]) for topic_filter, qos in requests))
+
+
+PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
+
+
+def parse_from_broker(kind: int, flags: int, body: bytes) -> Connack | Suback | Publish | Ack | Control:
+    """A packet a broker sends to a client, checked as strictly as the other direction."""
+    if kind == PUBLISH:
+        return _publish(flags, body)
+    b = _Body(body)
+    if kind == CONNACK and flags == 0:
+        session_present, code = b.byte("acknowledge flags"), b.byte("return code")
+        b.end("CONNACK")
+        return Connack(bool(session_present & 0x01), code)
+    if kind == SUBACK and flags == 0:
+        packet_id = b.u16("packet id")
+        codes = tuple(b.take(b.left, "return codes"))
+        if not codes:
+            raise Malformed("SUBACK without a return code")
+        return Suback(packet_id, codes)
+    if kind in (PUBACK, UNSUBACK) and flags == 0:
+        packet_id = b.u16("packet id")
+        b.end("packet id")
+        return Ack(kind, packet_id)
+    if kind == PINGRESP and flags == 0:
+        b.end("PINGRESP")
+        return Control(kind)
+    raise Malformed(f"packet type {kind} with flags {flags:#x} is not one this client reads")

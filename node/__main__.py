@@ -15,7 +15,7 @@ from typing import TextIO
 from node import __version__
 from node.config import ConfigError, load
 from node.journal import Journal, JournalError, default_directory
-from node.mqtt import PROTOCOLS, BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink
+from node.mqtt import DEFAULT_BROKER, PROTOCOLS, Credentials, LinkError, LinkSettings, MqttLink, parse_brokers
 from node.pins import BACKENDS, PinError, PinFactory, make_factory
 from node.pins.sim import Change
 
@@ -30,11 +30,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--config", default="topics.yaml", help="the topics.yaml contract (default: %(default)s)")
     p.add_argument("--device", help="device id in the config (default: the only device)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host[:port] or mqtts://host[:port]")
+    p.add_argument("--broker", action="append",
+                   help="mqtt://host[:port] or mqtts://host[:port]; repeat it (or separate with commas) for several "
+                   "brokers, such as the members of a cluster: the first that answers is used, the next when it "
+                   f"fails (default: {DEFAULT_BROKER})")
     p.add_argument("--ca-file", help="CA certificate(s) to trust for mqtts:// (default: the system's)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="MQTT version; auto tries 5 and falls back to 3.1.1 (default: %(default)s)")
     p.add_argument("--keepalive", type=int, default=60, help="seconds between pings (default: %(default)s)")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds a broker has to accept the connection (CONNACK) before the next is tried "
+                   "(default: %(default)s)")
     p.add_argument("--session-expiry", type=int, default=86400,
                    help="MQTT 5: seconds the broker keeps our session and commands while offline "
                    "(default: %(default)s)")
@@ -100,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         device = config.device(device_id)
         topics = config.topics(device_id)
         settings = LinkSettings(
-            BrokerAddress.parse(args.broker),
+            parse_brokers(args.broker),
             Credentials.from_env(),
             protocol=args.protocol,
             ca_file=args.ca_file,
             keepalive=args.keepalive,
             session_expiry=args.session_expiry,
+            connect_timeout=args.connect_timeout,
         )
         if args.forget:
             from node.service import forget

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,11 @@ class Secured:
     broker: Broker
     topics: Path
     passwd: Path
+    members: tuple[int, ...] = ()  # a cluster's MQTT ports: each login goes to the next member
+    _logins: itertools.count = field(default_factory=itertools.count)
+
+    def next_port(self) -> int:
+        return self.members[next(self._logins) % len(self.members)] if self.members else self.broker.port
 
 
 def edison_broker(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -62,7 +68,7 @@ def user_files(tmp_path_factory) -> tuple[Path, Path]:
 
 def copy_users(user_files: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
     topics, passwd = user_files
-    for f in (topics, passwd, passwd.with_name(passwd.name + ".mosquitto")):
+    for f in (topics, passwd, passwd.with_name(passwd.name + ".mosquitto"), passwd.with_name(passwd.name + ".nats")):
         shutil.copy2(f, tmp_path / f.name)
     return tmp_path / topics.name, tmp_path / passwd.name
 
@@ -89,8 +95,14 @@ def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], bina
     return Secured(Broker("mosquitto", port, proc), topics, passwd)
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
+@pytest.fixture(params=["amqtt", "mosquitto", "nats"])
 def secured(request, tmp_path, user_files) -> Iterator[Secured]:
+    """The embedded broker, Mosquitto with the exported configuration, or the exported NATS cluster."""
+    if request.param == "nats":
+        cluster = request.getfixturevalue("nats_cluster")
+        topics, passwd = user_files
+        yield Secured(cluster.broker(1), topics, passwd, members=tuple(cluster.port(n) for n in cluster.numbers))
+        return
     if request.param == "amqtt":
         s = start_secured_amqtt(tmp_path, user_files)
     else:
@@ -104,6 +116,8 @@ def secured(request, tmp_path, user_files) -> Iterator[Secured]:
 
 
 def login(s: Secured, user: str, **kwargs) -> Probe:
+    """A client of `user`; on a cluster each login is on the next member, so clients are spread over them."""
+    kwargs.setdefault("port", s.next_port())
     return Probe(s.broker, username=user, password=USERS[user], **kwargs)
 
 

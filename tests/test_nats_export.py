@@ -1,0 +1,71 @@
+"""`edison-broker nats-config`: the files it writes and what it refuses. The cluster itself runs in test_cluster.py."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from broker import nats
+from broker.access import Rules, rules
+from node.config import parse
+from tests.broker_setup import TOPICS, copy_users, edison_broker
+
+
+def test_mqtt_filters_become_the_subjects_the_mqtt_layer_uses():
+    assert nats.subjects("edison/edison-t/+/set") == ["edison.edison-t.*.set"]
+    assert nats.subjects("edison/#") == ["edison", "edison.>"]  # MQTT's a/# matches a too
+    assert nats.subjects("#") == [">"]
+    r = rules(parse(TOPICS))
+    assert nats.permissions(r, "edison-t") == {
+        "publish": {"allow": ["edison.edison-t", "edison.edison-t.>", "homeassistant.*.edison-t",
+                              "homeassistant.*.edison-t.>"]},
+        "subscribe": {"allow": ["edison.edison-t.*.set", "homeassistant.status"]}}
+    assert nats.permissions(r, "stranger") == {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
+
+
+@pytest.mark.parametrize("topic_filter", ["edison/a.b/set", "edison//set", "/edison", "edison/$x"])
+def test_a_rule_nats_cannot_express_fails_the_export(topic_filter):
+    r = Rules({"odd": [topic_filter]}, {})
+    with pytest.raises(nats.ExportError, match=r"user odd, subscribe rule .*has no NATS subject of its own"):
+        nats.authorization_text(r, {"odd": "$2b$11$x"})
+
+
+def test_one_config_per_member_on_one_host_and_the_authorization_they_share(tmp_path, user_files):
+    topics, passwd = copy_users(user_files, tmp_path)
+    done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--data",
+                         str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--mqtt-port", "2883")
+    assert done.returncode == 0, done.stderr
+    assert "user stranger has a password but no access rule" in done.stderr
+    assert "MQTT on mqtt://127.0.0.1:2883, mqtt://127.0.0.1:2884, mqtt://127.0.0.1:2885" in done.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["authorization.conf", "nats-1.conf", "nats-2.conf", "nats-3.conf"]
+    second = (tmp_path / "out" / "nats-2.conf").read_text()
+    assert 'server_name: "edison-2"' in second and 'listen: "127.0.0.1:6223"' in second
+    assert "@127.0.0.1:6222" in second and "@127.0.0.1:6224" in second and "@127.0.0.1:6223" not in second
+    assert "stream_replicas: 3" in second and 'listen: "127.0.0.1:4223"' in second
+    assert f'store_dir: "{(tmp_path / "data").resolve()}/edison-2"' in second
+    auth = (tmp_path / "out" / "authorization.conf").read_text()
+    assert auth.count('"allowed_connection_types": ["MQTT"]') == 6 and "$2b$11$" in auth and "pw-" not in auth
+    for f in (tmp_path / "out").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+
+
+def test_members_on_their_own_hosts_with_tls(tmp_path):
+    cluster = nats.Cluster(nats.members(3, "127.0.0.1", 8883, 6222, 4222, ["a.example", "b.example"]),
+                           tmp_path, tmp_path / "cert.pem", tmp_path / "key.pem")
+    text = nats.member_text(cluster, cluster.members[1], "secret")
+    assert 'listen: "b.example:8883"' in text and '"nats-route://route:secret@a.example:6222"' in text
+    assert "stream_replicas: 2" in text and f'cert_file: "{tmp_path}/cert.pem"' in text
+    with pytest.raises(nats.ExportError, match="overlap"):
+        nats.members(3, "127.0.0.1", 6222, 6223, 4222)
+
+
+def test_users_added_before_the_nats_export_are_named(tmp_path, user_files):
+    topics, passwd = copy_users(user_files, tmp_path)
+    twin = passwd.with_name("passwd.nats")
+    twin.write_text("".join(line + "\n" for line in twin.read_text().splitlines() if not line.startswith("laptop:")))
+    done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--data",
+                         str(tmp_path / "data"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "no NATS (bcrypt) hash for laptop" in done.stderr and "edison-broker passwd add" in done.stderr
