@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_BROKER", "PROTOCOLS", "BrokerAddress", "Credentials", "LinkE
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("auto", "5", "3.1.1")
+IDLE_WAKE = 10.0  # seconds at most between idle wake-ups of the network loop (a quarter of the keep-alive if less)
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: Unsupported Protocol Version (paho maps 3.1.1's code 1 to it)
 _EARLY_ACKS = 64  # PUBACKs kept for publish() calls that have not returned yet; one is waited for in microseconds
@@ -327,7 +328,9 @@ class MqttLink:
         except OSError as exc:
             raise _Failed(f"cannot reach {address}: {exc}") from None
         self._await_connack(address)
-        while self._client.loop(timeout=1.0) == paho.MQTT_ERR_SUCCESS:
+        # Idle, paho's loop wakes only to keep the connection alive: a publish or a stop wakes it at once.
+        wake = min(IDLE_WAKE, self.settings.keepalive / 4) if self.settings.keepalive else IDLE_WAKE
+        while self._client.loop(timeout=wake) == paho.MQTT_ERR_SUCCESS:
             pass
         if self._refused:  # connected but deaf: a failed attempt, backed off like one
             raise _Failed(f"broker {address} refused the subscription to {self._refused}", logging.ERROR)
