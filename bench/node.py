@@ -448,7 +448,11 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
             probe.close()
 
 
+IDLE_SETTLE = 2.0  # seconds for the last round trip's acknowledgements to finish before idle is measured
+
+
 def idle_rows(report: Report, pid: int, seconds: float) -> None:
+    time.sleep(IDLE_SETTLE)  # the measurement's start, not a wait: its first 0.1 s would hold the last PUBACKs
     ticks, ns, t0 = cpu_ticks(pid), cpu_ns(pid), time.perf_counter()
     time.sleep(seconds)  # the measurement itself: the node is left alone for this long
     elapsed = time.perf_counter() - t0
