@@ -345,6 +345,9 @@ class Connection:
                 return
             if self._ended is not None:
                 return  # taken over or stopped: what is still buffered belongs to no session any more
+            # Reading what is already buffered never yields, so a client that keeps its buffer full would hold
+            # the event loop (other clients, SIGTERM) for as long as it sends: every packet gives the others a turn.
+            await asyncio.sleep(0)
             if isinstance(packet, wire.Publish):
                 await self._publish(s, packet)
             elif isinstance(packet, wire.Ack):

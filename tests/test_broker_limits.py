@@ -233,3 +233,49 @@ def test_a_stopping_broker_under_a_subscribe_flood_exits_within_5_s(tmp_path, us
         device.close()
     finally:
         s.broker.proc.stop()
+
+
+def test_a_user_flooding_packets_without_keepalive_neither_stalls_others_nor_the_stop(tmp_path, user_files):
+    """A connection whose buffer never runs dry must still let the others (and SIGTERM) have their turn."""
+    import struct
+    import threading
+    import time
+
+    s = start_secured_amqtt(tmp_path, user_files)
+    stop = threading.Event()
+    flooders: list[Raw] = []
+    try:
+        device = login(s, DEVICE, client_id=DEVICE, mqtt5=False)
+        device.subscribe(f"edison/{DEVICE}/led/set")
+        laptop = login(s, "laptop", client_id="laptop-1", mqtt5=False)
+        # PUBACKs for ids never used: no rights needed, nothing to answer, 4 bytes each
+        chunk = b"".join(b"\x40\x02" + struct.pack("!H", 40000 + i) for i in range(16384))
+        for n in range(6):
+            r = Raw(s.broker.port)
+            assert r.login(f"flood-{n}", "stranger", USERS["stranger"], keepalive=0) == 0
+            flooders.append(r)
+
+        def flood(r: Raw) -> None:
+            while not stop.is_set():
+                try:
+                    r.send(chunk)
+                except OSError:
+                    return
+        for r in flooders:
+            threading.Thread(target=flood, args=(r,), daemon=True).start()
+        slowest = 0.0
+        for n in range(10):
+            started = time.monotonic()
+            laptop.publish(f"edison/{DEVICE}/led/set", f"ON {n}")
+            device.wait_for(f"edison/{DEVICE}/led/set", f"ON {n}")
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0, f"a command took {slowest:.2f} s to pass the broker while strangers flooded it"
+        s.broker.proc.signal(signal.SIGTERM)
+        assert s.broker.proc.wait(5.5) == 0
+        device.close()
+        laptop.close()
+    finally:
+        stop.set()
+        for r in flooders:
+            r.close()
+        s.broker.proc.stop()
