@@ -8,6 +8,9 @@ power cut after the PUBACK loses nothing. Concurrent publishers share one
 fsync, which keeps the cost per message small. When the disk refuses a commit
 (full, read-only), the changes are kept and tried again until it takes them:
 acknowledgements wait meanwhile, and nothing is lost or needs a restart.
+What waits for the disk is bounded (`MAX_BACKLOG`): beyond it, connections
+stop reading publishes until the writer catches up, so a QoS 0 flood meets
+TCP back-pressure instead of filling the broker's memory.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = e
 
 
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between tries while the disk refuses a commit
+MAX_BACKLOG = 8 * 1024 * 1024  # bytes of changes waiting for the disk above which publishers are held back
+OP_OVERHEAD = 64  # bytes counted for a change besides its text and blobs
 
 
 class StoreError(Exception):
@@ -103,7 +108,7 @@ class State:
     sessions: list[StoredSession]
 
 
-Op = tuple[str, tuple]
+Op = tuple[str, tuple, int]  # statement, arguments, bytes counted against MAX_BACKLOG
 
 
 class Store:
@@ -124,6 +129,8 @@ class Store:
         self._submitted = 0  # ops handed over so far
         self._done = 0  # ops committed so far
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._backlog = 0  # bytes of changes handed over and not yet committed
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._cond = threading.Condition()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,10 +211,26 @@ class Store:
         self._submit("DELETE FROM queued WHERE id = ?", (message_id,))
 
     def _submit(self, sql: str, args: tuple) -> None:
+        size = OP_OVERHEAD + sum(len(a) for a in args if isinstance(a, (bytes, str)))
         with self._cond:
-            self._ops.append((sql, args))
+            self._ops.append((sql, args, size))
             self._submitted += 1
+            self._backlog += size
             self._cond.notify()
+
+    def crowded(self) -> bool:
+        """Whether more than MAX_BACKLOG bytes of changes wait for the disk (then wait for `room()`)."""
+        return self._backlog > MAX_BACKLOG
+
+    async def room(self) -> None:
+        """Wait until the writer has brought the backlog down to half of MAX_BACKLOG (at once if it is not crowded)."""
+        assert self._loop is not None, "start() the store first"
+        with self._cond:
+            if self._backlog <= MAX_BACKLOG:
+                return
+            future = self._loop.create_future()
+            self._room_waiters.append(future)
+        await future
 
     # -- durability -------------------------------------------------------------
 
@@ -234,7 +257,7 @@ class Store:
                     return
             try:
                 self._db.execute("BEGIN")
-                for sql, args in ops:
+                for sql, args, _ in ops:
                     self._db.execute(sql, args)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -260,6 +283,10 @@ class Store:
                 self._done = upto
                 ready = [f for n, f in self._waiters if n <= upto]
                 self._waiters = [(n, f) for n, f in self._waiters if n > upto]
+                self._backlog -= sum(size for _, _, size in ops)
+                if self._room_waiters and self._backlog <= MAX_BACKLOG // 2:
+                    ready += self._room_waiters
+                    self._room_waiters = []
             if ready and self._loop is not None:
                 self._loop.call_soon_threadsafe(_resolve, ready)
 

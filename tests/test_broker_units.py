@@ -310,25 +310,26 @@ def test_throttle_doubles_per_address_and_user_and_forgets():
     assert t.failed("1.2.3.4", "dev") == (0.5, 0.5)
 
 
+class _Refusing:
+    """sqlite3's connection, refusing the next `failures` COMMITs as a full disk does."""
+
+    def __init__(self, db: sqlite3.Connection, failures: int) -> None:
+        self.db, self.failures = db, failures
+
+    def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, args)
+
+    def close(self) -> None:
+        self.db.close()
+
+
 def test_store_keeps_changes_the_disk_refused_and_writes_them_once_it_can(tmp_path):
-    class Refusing:
-        """sqlite3's connection, refusing the next `failures` COMMITs as a full disk does."""
-
-        def __init__(self, db: sqlite3.Connection, failures: int) -> None:
-            self.db, self.failures = db, failures
-
-        def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-            if sql == "COMMIT" and self.failures:
-                self.failures -= 1
-                raise sqlite3.OperationalError("database or disk is full")
-            return self.db.execute(sql, args)
-
-        def close(self) -> None:
-            self.db.close()
-
     async def write() -> None:
         store = Store(tmp_path / "broker.sqlite3")
-        store._db = Refusing(store._db, failures=2)  # type: ignore[assignment]
+        store._db = _Refusing(store._db, failures=2)  # type: ignore[assignment]
         store.start(asyncio.get_running_loop())
         store.set_retained("t", b"kept", 1)
         await asyncio.wait_for(store.committed(), 10)  # waits out two refusals (0.5 s, 1 s), then is on disk
@@ -336,6 +337,34 @@ def test_store_keeps_changes_the_disk_refused_and_writes_them_once_it_can(tmp_pa
 
     asyncio.run(write())
     assert [(m.topic, m.data) for m in Store(tmp_path / "broker.sqlite3").load().retained] == [("t", b"kept")]
+
+
+def test_store_holds_publishers_back_while_the_disk_is_behind_and_lets_them_go_once_written(tmp_path):
+    """A QoS 0 flood while the disk refuses must meet back-pressure, not fill memory."""
+    from broker.store import MAX_BACKLOG
+
+    async def flood() -> None:
+        store = Store(tmp_path / "broker.sqlite3")
+        refusing = _Refusing(store._db, failures=10**9)
+        store._db = refusing  # type: ignore[assignment]
+        store.start(asyncio.get_running_loop())
+        message = b"x" * 60_000
+        sent = 0
+        while not store.crowded():
+            store.set_retained("t", message, 0)
+            sent += 1
+        assert sent * len(message) <= MAX_BACKLOG + len(message)
+        room = asyncio.ensure_future(store.room())
+        await asyncio.sleep(0.6)  # the writer has tried (and failed) at least once meanwhile
+        assert not room.done(), "a publisher must wait while the disk refuses"
+        refusing.failures = 0
+        await asyncio.wait_for(room, 10)
+        assert not store.crowded()
+        await asyncio.wait_for(store.committed(), 10)
+        store.close()
+
+    asyncio.run(flood())
+    assert [(m.topic, len(m.data)) for m in Store(tmp_path / "broker.sqlite3").load().retained] == [("t", 60_000)]
 
 
 def test_a_qos2_publish_is_routed_once_even_when_sent_again_after_a_restart(tmp_path):
