@@ -64,7 +64,7 @@ ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = e
 """
 
 
-RETRY_FIRST, RETRY_MAX = 0.5, 30.0  # seconds between tries while the disk refuses a commit
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between tries while the disk refuses a commit (a failed try costs little)
 MAX_BACKLOG = 8 * 1024 * 1024  # bytes of changes waiting for the disk above which publishers are held back
 OP_OVERHEAD = 64  # bytes counted for a change besides its text and blobs
 
