@@ -2,7 +2,8 @@
 
 What a stranger can do to a connection slot is bounded: CONNECT must arrive
 within `connect_timeout`, only so many connections may be logging in at once
-(broker.login.Admission), a failed login waits out its delay outside those
+(broker.login.Admission, which gives a newcomer the place of the busiest
+address when all are taken), a failed login waits out its delay outside those
 places, a packet's size is checked before its body is read, and a malformed
 packet closes the connection as MQTT 3.1.1 prescribes. After the login a connection that sends nothing for
 1.5 times its keep-alive is closed and its will published.
@@ -200,12 +201,11 @@ class Connection:
 
     async def _login(self) -> Session | None:
         hub = self.hub
-        if not hub.admission.admit(self.address):
+        if not hub.admission.admit(self.address, self):
             hub.squelch.warning("pending", "refused connection from %s: %d connections are waiting to log in, "
                                 "at most %d from one address (--max-pending)", self.peer, hub.admission.waiting(),
                                 hub.admission.per_address)
             return None
-        admitted = True
         try:
             try:
                 await self.transport.secure(hub.limits.connect_timeout or None)
@@ -219,15 +219,13 @@ class Connection:
             if hub.passwords is not None:
                 urgent = hub.admission.trusted(self.address)
                 if user is None or not await self._unless_ended(hub.passwords.check(user, connect.password, urgent)):
-                    hub.admission.release(self.address)  # a refusal waits out its delay outside the admission
-                    admitted = False
+                    hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
                     await self._refuse_login(connect)
                     return None
                 hub.throttle.succeeded(self.address, user)
             return self._accept(connect)
         finally:
-            if admitted:
-                hub.admission.release(self.address)
+            hub.admission.release(self.address, self)
 
     async def _connect_packet(self) -> wire.Connect | None:
         """The CONNECT, or None once the connection was answered or closed as MQTT 3.1.1 says."""

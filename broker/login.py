@@ -1,9 +1,12 @@
 """Logins: who may try, password checks that cannot stall the broker, and a growing delay after failures.
 
 Who may try: at most `per_address` connections from one address (an IPv6 /64
-counts as one) may be logging in at once, and `total` from everywhere; an
-address that logged in successfully in the last day is let in past the total,
-so strangers who fill it from many addresses do not lock the devices out.
+counts as one) may be logging in at once, and `total` from everywhere. When all
+places are taken, a newcomer from an address holding fewer than the busiest
+address takes the oldest place of that address, so strangers holding places
+from a few addresses cannot keep a device from a new one out. An address that
+logged in successfully in the last day is let in past the total (up to twice
+it), so strangers who fill it from many addresses do not lock the devices out.
 
 An argon2 check takes about 0.1 s of CPU on purpose. It runs on one worker
 thread, never on the event loop, so clients that are logged in keep their
@@ -29,12 +32,14 @@ import queue
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from broker import passwords
+from broker.logs import Squelch
 
 log = logging.getLogger("edison-broker")
 
@@ -56,6 +61,12 @@ def network_of(address: str) -> str:
     return str(ip)
 
 
+class Pending(Protocol):
+    """A connection that holds a place while it logs in."""
+
+    def end(self, reason: str) -> None: ...
+
+
 class Admission:
     """How many connections may be logging in at once, per address and in all."""
 
@@ -63,27 +74,53 @@ class Admission:
         self.total = total
         self.per_address = per_address
         self._clock = clock
-        self._waiting: Counter[str] = Counter()
+        self._waiting: dict[str, list[Pending]] = {}  # address -> its connections logging in, oldest first
+        self._count = 0
         self._trusted: OrderedDict[str, float] = OrderedDict()  # address -> when it last logged in
+        self._squelch = Squelch()
 
-    def admit(self, address: str) -> bool:
-        """Take a place for a connection from `address`, or False (then it is closed at once)."""
+    def admit(self, address: str, who: Pending) -> bool:
+        """Take a place for `who`, from `address`, or False (then it is closed at once)."""
         key = network_of(address)
-        if self.total and self._waiting[key] >= self.per_address:
+        held = len(self._waiting.get(key, ()))
+        if self.total and held >= self.per_address:
             return False
-        if self.total and sum(self._waiting.values()) >= self.total and not self.trusted(key):
-            return False
-        self._waiting[key] += 1
+        if self.total and self._count >= self.total:
+            if self.trusted(key) and self._count < 2 * self.total:
+                pass  # an address that logged in before: let in past the total
+            elif not self._evict_for(key, held):
+                return False
+        self._waiting.setdefault(key, []).append(who)
+        self._count += 1
         return True
 
-    def release(self, address: str) -> None:
-        key = network_of(address)
-        self._waiting[key] -= 1
-        if self._waiting[key] <= 0:
-            del self._waiting[key]
+    def _evict_for(self, key: str, held: int) -> bool:
+        """Free the oldest place of the busiest address, if it holds more than `key` would with one more."""
+        busiest = max(self._waiting, key=lambda k: len(self._waiting[k]))
+        if len(self._waiting[busiest]) <= held + 1:
+            return False
+        victim = self._waiting[busiest][0]
+        self._remove(busiest, victim)
+        self._squelch.warning("evicted", "closed a connection from %s that was not logged in yet, to let one from %s "
+                              "in: all %d places are taken (--max-pending) and %s held %d of them", busiest, key,
+                              self._count + 1, busiest, len(self._waiting.get(busiest, ())) + 1)
+        victim.end(f"its place was given to {key}")
+        return True
+
+    def release(self, address: str, who: Pending) -> None:
+        """Give back the place of `who` (nothing if it was already taken from it)."""
+        self._remove(network_of(address), who)
+
+    def _remove(self, key: str, who: Pending) -> None:
+        held = self._waiting.get(key)
+        if held is not None and who in held:
+            held.remove(who)
+            self._count -= 1
+            if not held:
+                del self._waiting[key]
 
     def waiting(self) -> int:
-        return sum(self._waiting.values())
+        return self._count
 
     def logged_in(self, address: str) -> None:
         key = network_of(address)

@@ -26,26 +26,51 @@ def refused_at_once(port: int, source: str) -> bool:
         r.close()
 
 
+def hold_places(port: int, sources: list[str]) -> list[Raw]:
+    """One idle connection from each source, each let in (the broker waits for its CONNECT)."""
+    held = [Raw(port, source=source) for source in sources]
+    for r in held:
+        r.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            r.read()
+    return held
+
+
 def test_strangers_filling_the_logins_from_many_addresses_do_not_lock_out_a_known_address(tmp_path, user_files):
     s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
     port = s.broker.port
-    held = []
+    held: list[Raw] = []
     try:
         device = Raw(port)  # the device logged in before from 127.0.0.1: a known address
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0
         device.close()
-        for n in range(8):  # 8 addresses, 2 idle connections each: every place taken
-            held += [Raw(port, source=f"127.0.1.{n}") for _ in range(2)]
-        for r in held:  # each was let in: the broker waits for its CONNECT
-            r.sock.settimeout(0.2)
-            with pytest.raises(TimeoutError):
-                r.read()
-        assert refused_at_once(port, "127.0.1.0"), "a third connection from one address must be closed at once"
+        held = hold_places(port, [f"127.0.1.{n}" for n in range(16)])  # 16 addresses, every place taken
         assert refused_at_once(port, "127.0.2.1"), "a new address must wait for a free place"
         device = Raw(port)
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0, "the known address is let in"
         device.close()
-        s.broker.proc.wait_for_line(r"refused connection from 127\.0\.1\.0:\d+: 16 connections are waiting")
+        s.broker.proc.wait_for_line(r"refused connection from 127\.0\.2\.1:\d+: 16 connections are waiting")
+    finally:
+        for r in held:
+            r.close()
+        s.broker.proc.stop()
+
+
+def test_strangers_holding_the_logins_from_a_few_addresses_cannot_keep_a_new_device_out(tmp_path, user_files):
+    s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
+    port = s.broker.port
+    held: list[Raw] = []
+    try:
+        held = hold_places(port, [f"127.0.1.{n % 8}" for n in range(16)])  # 8 addresses, 2 each: all taken
+        assert refused_at_once(port, "127.0.1.0"), "a third connection from one address is closed at once"
+        device = Raw(port, source="127.0.2.1")  # never logged in before
+        assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0, "the newcomer takes a place"
+        device.close()
+        for r in held:
+            r.sock.settimeout(TIMEOUT)
+        assert held[0].read() is None, "the oldest connection of the busiest address gave its place away"
+        s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.1\.0 that was not logged in yet, to let "
+                                    r"one from 127\.0\.2\.1 in")
     finally:
         for r in held:
             r.close()

@@ -412,17 +412,50 @@ def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
     assert [p.payload for p in w.publishes()] == [b"0", b"1", b"2"]
 
 
+class _Pending:
+    def __init__(self) -> None:
+        self.ended: str | None = None
+
+    def end(self, reason: str) -> None:
+        self.ended = reason
+
+
 def test_admission_per_address_and_in_all_with_known_addresses_let_in():
     now = [0.0]
     a = Admission(total=4, per_address=2, clock=lambda: now[0])
-    assert a.admit("10.0.0.1") and a.admit("10.0.0.1") and not a.admit("10.0.0.1")
-    assert a.admit("2001:db8::1") and a.admit("2001:db8::ffff")
-    assert not a.admit("2001:db8::2"), "one /64 counts as one address"
-    assert not a.admit("10.0.0.9"), "all four places taken"
+    held = [_Pending() for _ in range(6)]
+    assert a.admit("10.0.0.1", held[0]) and a.admit("10.0.0.1", held[1]) and not a.admit("10.0.0.1", _Pending())
+    assert a.admit("2001:db8::1", held[2])
+    assert a.admit("2001:db8::ffff", held[3]) and not a.admit("2001:db8::2", _Pending()), "one /64 counts as one"
+    a.release("10.0.0.1", held[0])
+    a.release("2001:db8::ffff", held[3])
+    assert a.admit("10.0.0.2", held[0]) and a.admit("10.0.0.3", held[3])
+    assert not a.admit("10.0.0.9", _Pending()), "all four places taken, one each: a newcomer takes none of them"
     a.logged_in("10.0.0.9")
-    assert a.admit("10.0.0.9"), "an address that logged in is let in past the total"
+    assert a.admit("10.0.0.9", held[4]), "an address that logged in is let in past the total"
+    assert not any(p.ended for p in held)
     now[0] = 2 * 86400
-    assert not a.admit("::ffff:10.0.0.9") and network_of("::ffff:10.0.0.9") == "10.0.0.9"
+    assert not a.admit("::ffff:10.0.0.9", _Pending()) and network_of("::ffff:10.0.0.9") == "10.0.0.9"
+    a.release("10.0.0.2", held[0])
+    a.release("10.0.0.2", held[0])  # given back twice (evicted, then its connection ended): counted once
+    assert a.waiting() == 4
+
+
+def test_admission_gives_a_newcomer_the_oldest_place_of_the_busiest_address():
+    a = Admission(total=6, per_address=4)
+    attacker = [_Pending() for _ in range(6)]
+    for n, p in enumerate(attacker):
+        assert a.admit(f"10.0.0.{n % 2}", p)
+    device = _Pending()
+    assert a.admit("10.9.9.9", device), "two addresses hold three places each: a newcomer takes one"
+    assert attacker[0].ended and not any(p.ended for p in attacker[1:]), "the oldest of the busiest goes"
+    assert a.waiting() == 6
+    others = [_Pending() for _ in range(3)]
+    for n, p in enumerate(others):
+        assert a.admit(f"10.9.8.{n}", p)
+    assert sum(bool(p.ended) for p in attacker) == 4 and a.waiting() == 6
+    assert not a.admit("10.9.7.1", _Pending()), "six addresses, one place each: nobody gives a place away"
+    assert not device.ended and not any(p.ended for p in others)
 
 
 def test_subscribe_with_packet_id_0_is_malformed():
