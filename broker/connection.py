@@ -218,7 +218,8 @@ class Connection:
             user = connect.username
             if hub.passwords is not None:
                 urgent = hub.admission.trusted(self.address)
-                if user is None or not await self._unless_ended(hub.passwords.check(user, connect.password, urgent)):
+                check = hub.passwords.check(user or "", connect.password, network_of(self.address), urgent)
+                if user is None or not await self._unless_ended(check):
                     hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
                     await self._refuse_login(connect)
                     return None

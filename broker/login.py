@@ -10,12 +10,14 @@ it), so strangers who fill it from many addresses do not lock the devices out.
 
 An argon2 check takes about 0.1 s of CPU on purpose. It runs on one worker
 thread, never on the event loop, so clients that are logged in keep their
-round trips while strangers guess, and logins from addresses that succeeded
-before are checked first. An unknown user costs the same check as a known one
-(against a hash made at start), so the time of the answer does not tell which
-users exist. A password that passed once is remembered as a keyed digest, so a
-device reconnecting (or a thousand after a restart) costs no argon2; a wrong
-password always pays it. After a failed login the refusal is sent only after a
+round trips while strangers guess; logins from addresses that succeeded
+before are checked first, and the others take turns by address, so a device
+waits for one check per guessing address rather than for all their guesses.
+An unknown user costs the same check as a known one (against a hash made at
+start), so the time of the answer does not tell which users exist. A password
+that passed once is remembered as a keyed digest, so a device reconnecting
+(or a thousand after a restart) costs no argon2; a wrong password always pays
+it. After a failed login the refusal is sent only after a
 delay that doubles with each failure from the same address or for the same
 user name (0.5 s up to 30 s, forgotten after 10 quiet minutes).
 """
@@ -26,13 +28,11 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-import itertools
 import logging
-import queue
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,23 +134,42 @@ class Admission:
         return since is not None and self._clock() - since < TRUSTED_FOR
 
 
+Job = tuple[str, str, "asyncio.Future[bool]"]  # password, hash, where the answer goes
+
+
 class _Checker:
-    """One thread that runs argon2 checks, the urgent ones first."""
+    """One thread that runs argon2 checks: the urgent ones first, the others one address at a time in turn."""
 
     def __init__(self, verify: Callable[[str, str], bool]) -> None:
         self._verify = verify
-        self._jobs: queue.PriorityQueue[tuple[int, int, str, str, asyncio.Future[bool]]] = queue.PriorityQueue()
-        self._order = itertools.count()
+        self._cond = threading.Condition()
+        # urgent, then not: address -> its checks, oldest first; an address served goes to the back of the line
+        self._lines: tuple[OrderedDict[str, deque[Job]], OrderedDict[str, deque[Job]]] = (OrderedDict(), OrderedDict())
         threading.Thread(target=self._run, name="login", daemon=True).start()
 
-    def submit(self, password: str, hashed: str, urgent: bool) -> asyncio.Future[bool]:
+    def submit(self, password: str, hashed: str, urgent: bool, source: str) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._jobs.put((0 if urgent else 1, next(self._order), password, hashed, future))
+        with self._cond:
+            self._lines[0 if urgent else 1].setdefault(source, deque()).append((password, hashed, future))
+            self._cond.notify()
         return future
+
+    def _next(self) -> Job | None:
+        for line in self._lines:
+            if line:
+                source, jobs = line.popitem(last=False)
+                job = jobs.popleft()
+                if jobs:
+                    line[source] = jobs
+                return job
+        return None
 
     def _run(self) -> None:
         while True:
-            _, _, password, hashed, future = self._jobs.get()
+            with self._cond:
+                job = self._cond.wait_for(self._next)
+            assert job is not None
+            password, hashed, future = job
             if future.cancelled():
                 continue  # its connection is gone: no argon2 for nobody
             ok = self._verify(password, hashed)
@@ -183,8 +202,9 @@ class Passwords:
     def known(self, user: str) -> bool:
         return user in self._hashes
 
-    async def check(self, user: str, password: bytes | None, urgent: bool = False) -> bool:
-        """Whether `password` is the user's; `urgent` checks go before the others (addresses that logged in)."""
+    async def check(self, user: str, password: bytes | None, source: str, urgent: bool = False) -> bool:
+        """Whether `password` is the user's; `urgent` checks go first (addresses that logged in), the others take
+        turns by `source` (the address, as network_of gives it)."""
         try:
             text = (password or b"").decode("utf-8")
         except UnicodeDecodeError:
@@ -194,7 +214,7 @@ class Passwords:
         proven = self._proven.get(user)
         if proven is not None and hmac.compare_digest(proven, digest):
             return True  # the same password passed argon2 before: a reconnect storm costs no argon2
-        ok = await self._checker.submit(text, stored or self._decoy, urgent)
+        ok = await self._checker.submit(text, stored or self._decoy, urgent, source)
         ok = ok and stored is not None and bool(text)
         if ok:
             self._proven[user] = digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import sqlite3
 
 import pytest
@@ -16,6 +17,7 @@ from broker.filters import RetainedTree, SubscriptionTree, covers, filter_proble
 from broker.login import Admission, Throttle, network_of
 from broker.server import Limits
 from broker.store import Store
+from tests.helpers import TIMEOUT
 
 # -- wire -----------------------------------------------------------------------
 
@@ -456,6 +458,33 @@ def test_admission_gives_a_newcomer_the_oldest_place_of_the_busiest_address():
     assert sum(bool(p.ended) for p in attacker) == 4 and a.waiting() == 6
     assert not a.admit("10.9.7.1", _Pending()), "six addresses, one place each: nobody gives a place away"
     assert not device.ended and not any(p.ended for p in others)
+
+
+def test_password_checks_go_urgent_first_then_one_address_at_a_time():
+    """A device's login waits for one check per guessing address, not for every guess queued before it."""
+    from broker.login import _Checker
+
+    first_running, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def verify(password: str, hashed: str) -> bool:
+        order.append(password)
+        if password == "a1":
+            first_running.set()
+            go.wait(TIMEOUT)
+        return True
+
+    async def run() -> None:
+        checker = _Checker(verify)
+        futures = [checker.submit("a1", "h", False, "10.0.0.1")]
+        await asyncio.get_running_loop().run_in_executor(None, first_running.wait, TIMEOUT)
+        futures += [checker.submit(f"a{n}", "h", False, "10.0.0.1") for n in range(2, 6)]
+        futures += [checker.submit("b1", "h", False, "10.0.0.2"), checker.submit("c1", "h", True, "10.0.0.3")]
+        go.set()
+        assert all(await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT))
+
+    asyncio.run(run())
+    assert order == ["a1", "c1", "a2", "b1", "a3", "a4", "a5"]
 
 
 def test_subscribe_with_packet_id_0_is_malformed():
