@@ -221,6 +221,7 @@ class Connection:
                 check = hub.passwords.check(user or "", connect.password, network_of(self.address), urgent)
                 if user is None or not await self._unless_ended(check):
                     hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
+                    hub.admission.failed(self.address)
                     await self._refuse_login(connect)
                     return None
                 hub.throttle.succeeded(self.address, user)

@@ -1,12 +1,16 @@
 """Logins: who may try, password checks that cannot stall the broker, and a growing delay after failures.
 
 Who may try: at most `per_address` connections from one address (an IPv6 /64
-counts as one) may be logging in at once, and `total` from everywhere. When all
-places are taken, a newcomer from an address holding fewer than the busiest
-address takes the oldest place of that address, so strangers holding places
-from a few addresses cannot keep a device from a new one out. An address that
-logged in successfully in the last day is let in past the total (up to twice
-it), so strangers who fill it from many addresses do not lock the devices out.
+counts as one) may be logging in at once, and `total` from everywhere. A
+newcomer from an address that holds all its places takes the oldest of them,
+so a stranger behind the device's own NAT cannot keep it out with idle
+sockets. When all places are taken, a newcomer from an address holding fewer
+than the busiest address takes the oldest place of that address, so strangers
+holding places from a few addresses cannot keep a device from a new one out.
+An address that logged in successfully in the last day (and has not failed
+since) is let in past the total, up to twice it, and its password checks go
+first, so strangers who fill it from many addresses do not lock the devices
+out.
 
 An argon2 check takes about 0.1 s of CPU on purpose. It runs on one worker
 thread, never on the event loop, so clients that are logged in keep their
@@ -84,8 +88,9 @@ class Admission:
         key = network_of(address)
         held = len(self._waiting.get(key, ()))
         if self.total and held >= self.per_address:
-            return False
-        if self.total and self._count >= self.total:
+            self._evict(key, f"its place was given to a newer connection from {key} (at most {self.per_address} "
+                             "from one address)")
+        elif self.total and self._count >= self.total:
             if self.trusted(key) and self._count < 2 * self.total:
                 pass  # an address that logged in before: let in past the total
             elif not self._evict_for(key, held):
@@ -99,13 +104,16 @@ class Admission:
         busiest = max(self._waiting, key=lambda k: len(self._waiting[k]))
         if len(self._waiting[busiest]) <= held + 1:
             return False
-        victim = self._waiting[busiest][0]
-        self._remove(busiest, victim)
-        self._squelch.warning("evicted", "closed a connection from %s that was not logged in yet, to let one from %s "
-                              "in: all %d places are taken (--max-pending) and %s held %d of them", busiest, key,
-                              self._count + 1, busiest, len(self._waiting.get(busiest, ())) + 1)
-        victim.end(f"its place was given to {key}")
+        self._evict(busiest, f"its place was given to {key}: all {self.total} places are taken (--max-pending) "
+                             f"and {busiest} held {len(self._waiting[busiest])} of them")
         return True
+
+    def _evict(self, key: str, why: str) -> None:
+        """Close the oldest connection from `key` that is logging in."""
+        victim = self._waiting[key][0]
+        self._remove(key, victim)
+        self._squelch.warning(f"evicted {key}", "closed a connection from %s that was not logged in yet: %s", key, why)
+        victim.end(why)
 
     def release(self, address: str, who: Pending) -> None:
         """Give back the place of `who` (nothing if it was already taken from it)."""
@@ -128,6 +136,10 @@ class Admission:
         self._trusted[key] = self._clock()
         while len(self._trusted) > MAX_TRACKED:
             self._trusted.popitem(last=False)
+
+    def failed(self, address: str) -> None:
+        """A login from `address` failed: it is not trusted until one succeeds again."""
+        self._trusted.pop(network_of(address), None)
 
     def trusted(self, address: str) -> bool:
         since = self._trusted.get(network_of(address))

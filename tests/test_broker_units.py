@@ -426,18 +426,23 @@ def test_admission_per_address_and_in_all_with_known_addresses_let_in():
     now = [0.0]
     a = Admission(total=4, per_address=2, clock=lambda: now[0])
     held = [_Pending() for _ in range(6)]
-    assert a.admit("10.0.0.1", held[0]) and a.admit("10.0.0.1", held[1]) and not a.admit("10.0.0.1", _Pending())
-    assert a.admit("2001:db8::1", held[2])
-    assert a.admit("2001:db8::ffff", held[3]) and not a.admit("2001:db8::2", _Pending()), "one /64 counts as one"
-    a.release("10.0.0.1", held[0])
+    assert a.admit("10.0.0.1", held[0]) and a.admit("10.0.0.1", held[1])
+    assert a.admit("10.0.0.1", held[5]) and held[0].ended, "a third from one address takes the oldest place of it"
+    assert a.admit("2001:db8::1", held[2]) and a.admit("2001:db8::ffff", held[3])
+    assert a.waiting() == 4 and a.admit("2001:db8::2", _Pending()) and held[2].ended, "one /64 counts as one"
+    a.release("10.0.0.1", held[1])
     a.release("2001:db8::ffff", held[3])
-    assert a.admit("10.0.0.2", held[0]) and a.admit("10.0.0.3", held[3])
+    held = [_Pending() for _ in range(6)]
+    assert a.admit("10.0.0.2", held[0]) and a.admit("10.0.0.3", held[1]) and a.waiting() == 4
     assert not a.admit("10.0.0.9", _Pending()), "all four places taken, one each: a newcomer takes none of them"
     a.logged_in("10.0.0.9")
     assert a.admit("10.0.0.9", held[4]), "an address that logged in is let in past the total"
-    assert not any(p.ended for p in held)
+    a.failed("10.0.0.9")
+    assert not a.admit("10.0.0.9", _Pending()), "until a login from it fails"
+    a.logged_in("10.0.0.9")
     now[0] = 2 * 86400
     assert not a.admit("::ffff:10.0.0.9", _Pending()) and network_of("::ffff:10.0.0.9") == "10.0.0.9"
+    assert not any(p.ended for p in held)
     a.release("10.0.0.2", held[0])
     a.release("10.0.0.2", held[0])  # given back twice (evicted, then its connection ended): counted once
     assert a.waiting() == 4
