@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import socket
 import ssl
+from functools import partial
 from typing import Any
 
+import websockets
 from amqtt.broker import Broker
 from amqtt.contexts import ListenerType
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from broker.connection import Closed, Connections
+from broker.logs import Squelch, shown
 
 AMQTT_VERSION = "0.12.1"
 
@@ -143,6 +147,28 @@ class WebSocketTransport:
         await self._ws.close()
 
 
+class _HandshakeFailures(logging.Filter):
+    """websockets logs every failed opening handshake (a port scan, plain MQTT sent to the WebSocket port) as an
+    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._squelch = Squelch()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "opening handshake failed" or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        cause = (exc.__cause__ if exc is not None else None) or exc
+        self._squelch.warning("websocket handshake", "a WebSocket opening handshake failed: %s",
+                              shown(str(cause) or type(cause).__name__))
+        return False
+
+
+WS_LOG = logging.getLogger("edison-broker.websocket")
+WS_LOG.addFilter(_HandshakeFailures())
+
+
 class EdisonBroker(Broker):
     """amqtt's listeners, feeding `Connections`."""
 
@@ -153,10 +179,15 @@ class EdisonBroker(Broker):
 
     async def _create_server_instance(self, listener_name: str, listener_type: ListenerType, address: str | None,
                                       port: int, ssl_context: ssl.SSLContext | None) -> Any:
-        """amqtt's servers, but a TCP listener with TLS accepts plain TCP: the handshake comes after admission.
+        """amqtt's servers, but a TCP listener with TLS accepts plain TCP: the handshake comes after admission,
+        and a WebSocket listener closes a connection whose upgrade is not done within --connect-timeout.
 
         Python 3.10 has no StreamWriter.start_tls: there asyncio does the handshake before the connection exists.
         """
+        if listener_type == ListenerType.WS:
+            return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
+                                          ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
+                                          open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG)
         if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):
             self._tls[listener_name] = ssl_context
             ssl_context = None

@@ -57,3 +57,29 @@ def test_websocket_listener_has_the_same_users(tls_broker):
         Probe(s.broker, username="laptop", password="wrong", port=ws_port, transport="websockets")
     ws = login(s, "laptop", port=ws_port, transport="websockets")
     ws.close()
+
+
+def test_plain_mqtt_or_silence_on_the_websocket_port_is_closed_and_logged_in_one_line(tmp_path, user_files):
+    from tests.rawmqtt import Raw, connect
+
+    ws_port = free_port()
+    s = start_secured_amqtt(tmp_path, user_files, "--ws-bind", f"127.0.0.1:{ws_port}", "--connect-timeout", "1")
+    try:
+        mqtt = Raw(ws_port)
+        mqtt.send(connect("laptop-1", "laptop", "x"))  # MQTT where an HTTP upgrade belongs: never a whole line
+        garbage = Raw(ws_port)
+        garbage.send(b"\x10 garbage\r\n\r\n")
+        silent = Raw(ws_port)  # says nothing at all
+        for r in (garbage, mqtt, silent):  # all closed, the last two by --connect-timeout
+            try:
+                while r.sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            r.close()
+        s.broker.proc.wait_for_line(r"WARNING edison-broker: a WebSocket opening handshake failed: ")
+        s.broker.proc.signal(signal.SIGTERM)
+        assert s.broker.proc.wait(TIMEOUT) == 0
+        assert "Traceback" not in s.broker.proc.output, "a failed handshake is one line, not a traceback"
+    finally:
+        s.broker.proc.stop()
