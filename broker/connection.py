@@ -28,7 +28,7 @@ from broker import wire
 from broker.access import Access
 from broker.core import Core, Session
 from broker.filters import topic_problem
-from broker.login import Admission, Passwords, Throttle, network_of
+from broker.login import STALLED_AFTER, Admission, Passwords, Throttle, network_of
 from broker.logs import Squelch, shown
 from broker.server import Limits
 
@@ -125,6 +125,8 @@ class Connection:
         self._acks: asyncio.Queue[bytes] = asyncio.Queue(MAX_UNACKNOWLEDGED)
         self._tasks: list[asyncio.Task[None]] = []
         self.session: Session | None = None
+        self._since = asyncio.get_running_loop().time()
+        self._connect_read = False
 
     # -- Outlet -----------------------------------------------------------------
 
@@ -142,6 +144,9 @@ class Connection:
 
     def close(self, reason: str) -> None:
         self.end(reason)
+
+    def stalled(self) -> bool:
+        return not self._connect_read and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
 
     def end(self, reason: str) -> None:
         """Stop this connection at once (its reader sees the connection closed)."""
@@ -233,7 +238,9 @@ class Connection:
         """The CONNECT, or None once the connection was answered or closed as MQTT 3.1.1 says."""
         hub = self.hub
         try:
-            connect = wire.parse_connect(*await self._read(hub.limits.connect_timeout or None))
+            packet = await self._read(hub.limits.connect_timeout or None)
+            self._connect_read = True
+            connect = wire.parse_connect(*packet)
         except asyncio.TimeoutError:
             log.info("closed connection from %s: no CONNECT within %g s", self.peer, hub.limits.connect_timeout)
             return None

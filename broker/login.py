@@ -2,11 +2,13 @@
 
 Who may try: at most `per_address` connections from one address (an IPv6 /64
 counts as one) may be logging in at once, and `total` from everywhere. A
-newcomer from an address that holds all its places takes the oldest of them,
-so a stranger behind the device's own NAT cannot keep it out with idle
-sockets. When all places are taken, a newcomer from an address holding fewer
-than the busiest address takes the oldest place of that address, so strangers
-holding places from a few addresses cannot keep a device from a new one out.
+newcomer from an address that holds all its places takes the oldest of them if
+that one has sent no CONNECT for a second (`STALLED_AFTER`), so a stranger
+behind the device's own NAT cannot keep it out with idle sockets, while devices
+of one NAT reconnecting together do not take each other's places. When all
+places are taken, a newcomer from an address holding fewer than the busiest
+address takes the oldest place of that address, so strangers holding places
+from a few addresses cannot keep a device from a new one out.
 An address that logged in successfully in the last day (and has not failed
 since) is let in past the total, up to twice it, and its password checks go
 first, so strangers who fill it from many addresses do not lock the devices
@@ -50,6 +52,7 @@ log = logging.getLogger("edison-broker")
 FIRST_DELAY, MAX_DELAY, FORGET_AFTER = 0.5, 30.0, 600.0
 MAX_TRACKED = 10_000  # addresses and user names remembered; the oldest go first
 TRUSTED_FOR = 86400.0  # seconds an address that logged in is let in past the total
+STALLED_AFTER = 1.0  # seconds without a CONNECT after which a newer connection from its address may take its place
 
 
 def network_of(address: str) -> str:
@@ -70,6 +73,9 @@ class Pending(Protocol):
 
     def end(self, reason: str) -> None: ...
 
+    def stalled(self) -> bool:
+        """Whether it has sent no whole CONNECT for STALLED_AFTER seconds."""
+
 
 class Admission:
     """How many connections may be logging in at once, per address and in all."""
@@ -88,8 +94,10 @@ class Admission:
         key = network_of(address)
         held = len(self._waiting.get(key, ()))
         if self.total and held >= self.per_address:
-            self._evict(key, f"its place was given to a newer connection from {key} (at most {self.per_address} "
-                             "from one address)")
+            if not self._waiting[key][0].stalled():
+                return False
+            self._evict(key, f"it sent no CONNECT for {STALLED_AFTER:g} s and a newer connection from {key} wanted "
+                             f"its place (at most {self.per_address} from one address)")
         elif self.total and self._count >= self.total:
             if self.trusted(key) and self._count < 2 * self.total:
                 pass  # an address that logged in before: let in past the total

@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
+import time
 
 import pytest
 
+from broker.login import STALLED_AFTER
 from tests.broker_setup import USERS, edison_broker, login, start_secured_amqtt
 from tests.helpers import TIMEOUT
 from tests.rawmqtt import Raw, publish, subscribe
@@ -82,13 +84,15 @@ def test_a_stranger_behind_the_devices_own_address_cannot_keep_it_out_with_idle_
     held: list[Raw] = []
     try:
         held = hold_places(port, ["127.0.0.5", "127.0.0.5"])  # all the places of one address (16 / 8)
+        assert refused_at_once(port, "127.0.0.5"), "both were let in just now: they may still send their CONNECT"
+        time.sleep(STALLED_AFTER)  # from now on they count as stalled: no CONNECT for that long
         device = Raw(port, source="127.0.0.5")
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0
         device.close()
         held[0].sock.settimeout(TIMEOUT)
         assert held[0].read() is None, "the oldest idle connection of that address gave its place away"
-        s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.0\.5 that was not logged in yet: its place "
-                                    r"was given to a newer connection from 127\.0\.0\.5")
+        s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.0\.5 that was not logged in yet: it sent no "
+                                    r"CONNECT for 1 s and a newer connection from 127\.0\.0\.5 wanted its place")
     finally:
         for r in held:
             r.close()
@@ -110,10 +114,9 @@ def test_idle_connections_to_the_tls_port_count_like_any_other(tmp_path, user_fi
                             "--tls-bind", f"127.0.0.1:{port}", "--tls-cert", str(tmp_path / "cert.pem"),
                             "--tls-key", str(tmp_path / "key.pem"))
     try:
-        held = [Raw(port) for _ in range(3)]  # no TLS ClientHello: asyncio would keep 256 KiB for each, for 60 s
-        s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.0\.1 that was not logged in yet: its place "
-                                    r"was given to a newer connection")  # two places per address: the first went
-        for r in held:  # and the others are closed by the CONNECT timeout, not after asyncio's 60 s
+        held = [Raw(port) for _ in range(2)]  # no TLS ClientHello: asyncio would keep 256 KiB for each, for 60 s
+        assert refused_at_once(port, "127.0.0.1"), "the third half-open TLS connection from one address"
+        for r in held:  # and the two are closed by the CONNECT timeout, not after asyncio's 60 s
             r.sock.settimeout(TIMEOUT)
             assert r.read() is None
             r.close()

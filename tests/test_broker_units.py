@@ -415,22 +415,29 @@ def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
 
 
 class _Pending:
-    def __init__(self) -> None:
+    def __init__(self, stalled: bool = False) -> None:
         self.ended: str | None = None
+        self._stalled = stalled
 
     def end(self, reason: str) -> None:
         self.ended = reason
+
+    def stalled(self) -> bool:
+        return self._stalled
 
 
 def test_admission_per_address_and_in_all_with_known_addresses_let_in():
     now = [0.0]
     a = Admission(total=4, per_address=2, clock=lambda: now[0])
-    held = [_Pending() for _ in range(6)]
-    assert a.admit("10.0.0.1", held[0]) and a.admit("10.0.0.1", held[1])
-    assert a.admit("10.0.0.1", held[5]) and held[0].ended, "a third from one address takes the oldest place of it"
+    held = [_Pending(stalled=True), _Pending(), _Pending(), _Pending(), _Pending(), _Pending()]
+    assert a.admit("10.0.0.1", held[1]) and a.admit("10.0.0.1", held[0])
+    assert not a.admit("10.0.0.1", _Pending()), "a third from one address waits while the oldest may yet log in"
     assert a.admit("2001:db8::1", held[2]) and a.admit("2001:db8::ffff", held[3])
-    assert a.waiting() == 4 and a.admit("2001:db8::2", _Pending()) and held[2].ended, "one /64 counts as one"
-    a.release("10.0.0.1", held[1])
+    assert not a.admit("2001:db8::2", _Pending()) and a.waiting() == 4, "one /64 counts as one address"
+    held[1]._stalled = True
+    assert a.admit("10.0.0.1", held[5]) and held[1].ended and not held[0].ended, "the oldest, stalled, gave its place"
+    held[0]._stalled = False
+    a.release("10.0.0.1", held[0])
     a.release("2001:db8::ffff", held[3])
     held = [_Pending() for _ in range(6)]
     assert a.admit("10.0.0.2", held[0]) and a.admit("10.0.0.3", held[1]) and a.waiting() == 4
