@@ -227,6 +227,7 @@ class Connection:
                 if user is None or not await self._unless_ended(check):
                     hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
                     hub.admission.failed(self.address)
+                    hub.passwords.failed(network_of(self.address))
                     await self._refuse_login(connect)
                     return None
                 hub.throttle.succeeded(self.address, user)

@@ -174,6 +174,14 @@ class _Checker:
             self._cond.notify()
         return future
 
+    def demote(self, source: str) -> None:
+        """A login from `source` failed: its checks waiting in the urgent line go to the back of the other."""
+        with self._cond:
+            jobs = self._lines[0].pop(source, None)
+            if jobs:
+                line = self._lines[1]
+                line[source] = jobs + line.pop(source, deque())
+
     def _next(self) -> Job | None:
         for line in self._lines:
             if line:
@@ -239,6 +247,10 @@ class Passwords:
         if ok:
             self._proven[user] = digest
         return ok
+
+    def failed(self, source: str) -> None:
+        """A login from `source` failed: its other checks lose their priority (see Admission.failed)."""
+        self._checker.demote(source)
 
     def _verify(self, password: str, hashed: str) -> bool:
         try:

@@ -472,8 +472,8 @@ def test_admission_gives_a_newcomer_the_oldest_place_of_the_busiest_address():
     assert not device.ended and not any(p.ended for p in others)
 
 
-def test_password_checks_go_urgent_first_then_one_address_at_a_time():
-    """A device's login waits for one check per guessing address, not for every guess queued before it."""
+def _checks_in_order(submit_while_first_runs) -> list[str]:
+    """The passwords in the order a _Checker verified them; `submit_while_first_runs(checker)` queues the rest."""
     from broker.login import _Checker
 
     first_running, go = threading.Event(), threading.Event()
@@ -481,22 +481,38 @@ def test_password_checks_go_urgent_first_then_one_address_at_a_time():
 
     def verify(password: str, hashed: str) -> bool:
         order.append(password)
-        if password == "a1":
+        if len(order) == 1:
             first_running.set()
             go.wait(TIMEOUT)
         return True
 
     async def run() -> None:
         checker = _Checker(verify)
-        futures = [checker.submit("a1", "h", False, "10.0.0.1")]
+        futures = [checker.submit("first", "h", False, "10.0.0.1")]
         await asyncio.get_running_loop().run_in_executor(None, first_running.wait, TIMEOUT)
-        futures += [checker.submit(f"a{n}", "h", False, "10.0.0.1") for n in range(2, 6)]
-        futures += [checker.submit("b1", "h", False, "10.0.0.2"), checker.submit("c1", "h", True, "10.0.0.3")]
+        futures += submit_while_first_runs(checker)
         go.set()
         assert all(await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT))
 
     asyncio.run(run())
-    assert order == ["a1", "c1", "a2", "b1", "a3", "a4", "a5"]
+    return order
+
+
+def test_password_checks_go_urgent_first_then_one_address_at_a_time():
+    """A device's login waits for one check per guessing address, not for every guess queued before it."""
+    def queue(checker):
+        return ([checker.submit(f"a{n}", "h", False, "10.0.0.1") for n in range(2, 6)]
+                + [checker.submit("b1", "h", False, "10.0.0.2"), checker.submit("c1", "h", True, "10.0.0.3")])
+    assert _checks_in_order(queue) == ["first", "c1", "a2", "b1", "a3", "a4", "a5"]
+
+
+def test_an_address_whose_login_failed_loses_the_priority_of_its_waiting_checks():
+    def queue(checker):
+        futures = [checker.submit(f"k{n}", "h", True, "10.0.0.7") for n in range(1, 4)]
+        futures.append(checker.submit("n1", "h", False, "10.0.0.8"))
+        checker.demote("10.0.0.7")
+        return futures
+    assert _checks_in_order(queue) == ["first", "n1", "k1", "k2", "k3"]
 
 
 def test_subscribe_with_packet_id_0_is_malformed():
