@@ -351,13 +351,14 @@ class Connection:
             except wire.Malformed as exc:
                 self.end(f"{exc}")
                 return
-            if self._ended is not None:
-                return  # taken over or stopped: what is still buffered belongs to no session any more
             # Reading what is already buffered never yields, so a client that keeps its buffer full would hold
             # the event loop (other clients, SIGTERM) for as long as it sends: every packet gives the others a turn.
             await asyncio.sleep(0)
             if isinstance(packet, (wire.Publish, wire.Subscribe)) and core.store and core.store.crowded():
                 await self._unless_ended(core.store.room())  # the disk is behind: this client waits, TCP holds it
+            if self._ended is not None:
+                return  # taken over or stopped: what is still buffered belongs to no session any more
+            # From here to the next await the session is this connection's: nothing else can run meanwhile.
             if isinstance(packet, wire.Publish):
                 await self._publish(s, packet)
             elif isinstance(packet, wire.Ack):

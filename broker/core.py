@@ -320,6 +320,9 @@ class Core:
 
     def subscribe(self, s: Session, p: wire.Subscribe) -> list[int]:
         """Register what may be granted (at most QoS 1); the codes for the SUBACK."""
+        if self.sessions.get(s.client_id) is not s:  # a session taken over or ended: its filters would be orphans
+            log.error("%s: SUBSCRIBE for a session that is gone: refused", s.who())
+            return [wire.SUBSCRIBE_FAILURE] * len(p.requests)
         codes = []
         for topic_filter, qos in p.requests:
             problem = filter_problem(topic_filter)
@@ -357,6 +360,9 @@ class Core:
         self.pump(s)
 
     def unsubscribe(self, s: Session, p: wire.Unsubscribe) -> None:
+        if self.sessions.get(s.client_id) is not s:  # its filters now belong to the session that took its place
+            log.error("%s: UNSUBSCRIBE for a session that is gone: ignored", s.who())
+            return
         for topic_filter in p.filters:
             if s.subscriptions.pop(topic_filter, None) is not None:
                 self.subscribers.remove(topic_filter, s.client_id)

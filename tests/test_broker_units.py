@@ -194,6 +194,23 @@ def login(core: Core, client_id: str, clean: bool = False, will: wire.Will | Non
     return session, w, present
 
 
+def test_a_session_that_was_taken_over_can_neither_subscribe_nor_unsubscribe_for_its_successor():
+    """A packet read by the old connection just before the takeover must not leave an orphan filter behind (every
+    publish to it would fail) nor remove the new session's filter."""
+    core = Core(Access(None))
+    old, _, _ = login(core, "dev", clean=True)
+    new, w, _ = login(core, "dev", clean=True)
+    core.subscribe(new, wire.Subscribe(1, (("cmd", 1),)))
+    assert core.subscribe(old, wire.Subscribe(2, (("other", 1),))) == [wire.SUBSCRIBE_FAILURE]
+    core.unsubscribe(old, wire.Unsubscribe(3, ("cmd",)))
+    core.route("cmd", b"still", 1, False)
+    core.route("other", b"no one", 1, False)
+    assert [p.payload for p in w.publishes()] == [b"still"]
+    newest, w, _ = login(core, "dev", clean=True)  # `new` is dropped too: what it had is gone with it
+    core.route("cmd", b"gone", 1, False)
+    assert w.publishes() == [] and core.subscribers.match("cmd") == {}
+
+
 def test_a_queue_is_sent_in_order_with_at_most_the_inflight_window():
     core = Core(Access(None))
     device, w, _ = login(core, "dev")
