@@ -166,6 +166,7 @@ class _HandshakeFailures(logging.Filter):
 
 
 WS_LOG = logging.getLogger("edison-broker.websocket")
+WS_QUEUE = 2  # frames received and not yet read, per WebSocket connection
 WS_LOG.addFilter(_HandshakeFailures())
 
 
@@ -185,9 +186,12 @@ class EdisonBroker(Broker):
         Python 3.10 has no StreamWriter.start_tls: there asyncio does the handshake before the connection exists.
         """
         if listener_type == ListenerType.WS:
+            # a frame may carry one whole packet, and only WS_QUEUE frames wait unread: websockets' defaults (1 MiB,
+            # 16 frames) let a stranger waiting for its password check hold 17 MiB
             return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
-                                          open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG)
+                                          open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG,
+                                          max_size=self.connections.max_packet, max_queue=WS_QUEUE)
         if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):
             self._tls[listener_name] = ssl_context
             ssl_context = None
