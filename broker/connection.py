@@ -28,7 +28,7 @@ from broker import wire
 from broker.access import Access
 from broker.core import Core, Session
 from broker.filters import topic_problem
-from broker.login import STALLED_AFTER, Admission, Passwords, Throttle, network_of
+from broker.login import FORGET_AFTER, STALLED_AFTER, Admission, Passwords, Throttle, network_of
 from broker.logs import Squelch, shown
 from broker.server import Limits
 
@@ -127,6 +127,7 @@ class Connection:
         self.session: Session | None = None
         self._since = asyncio.get_running_loop().time()
         self._connect_read = False
+        self._doubt: str | None = None  # why its login may give its place to a newer one (see Admission)
 
     # -- Outlet -----------------------------------------------------------------
 
@@ -145,8 +146,12 @@ class Connection:
     def close(self, reason: str) -> None:
         self.end(reason)
 
-    def stalled(self) -> bool:
-        return not self._connect_read and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
+    def yields(self) -> str | None:
+        if self._doubt:
+            return self._doubt
+        if not self._connect_read and asyncio.get_running_loop().time() - self._since > STALLED_AFTER:
+            return f"it sent no CONNECT for {STALLED_AFTER:g} s"
+        return None
 
     def end(self, reason: str) -> None:
         """Stop this connection at once (its reader sees the connection closed)."""
@@ -163,6 +168,7 @@ class Connection:
         stopped.cancel()
         if not task.done():
             task.cancel()
+        if self._ended is not None:  # even when both finished: what follows must not act for a session taken over
             raise Closed
         return task.result()
 
@@ -221,6 +227,8 @@ class Connection:
             if connect is None:
                 return None
             user = connect.username
+            if user is not None and hub.throttle.failing(user):
+                self._doubt = f"a login as {shown(user)} failed in the last {FORGET_AFTER / 60:g} minutes"
             if hub.passwords is not None:
                 urgent = hub.admission.trusted(self.address)
                 check = hub.passwords.check(user or "", connect.password, network_of(self.address), urgent)
@@ -231,6 +239,9 @@ class Connection:
                     await self._refuse_login(connect)
                     return None
                 hub.throttle.succeeded(self.address, user)
+            store = hub.core.store
+            if store is not None and store.crowded():  # a login writes its session (and will): wait for the disk
+                await self._unless_ended(store.room())
             return self._accept(connect)
         finally:
             hub.admission.release(self.address, self)
@@ -372,7 +383,7 @@ class Connection:
                     return
             elif isinstance(packet, wire.Subscribe):
                 codes = core.subscribe(s, packet)
-                await self._committed()
+                await self._committed()  # Closed if the session was taken over meanwhile: its SUBACK is not owed
                 core.subscribed(s, packet, codes)
             elif isinstance(packet, wire.Unsubscribe):
                 core.unsubscribe(s, packet)

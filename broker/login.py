@@ -2,17 +2,18 @@
 
 Who may try: at most `per_address` connections from one address (an IPv6 /64
 counts as one) may be logging in at once, and `total` from everywhere. A
-newcomer from an address that holds all its places takes the oldest of them if
-that one has sent no CONNECT for a second (`STALLED_AFTER`), so a stranger
-behind the device's own NAT cannot keep it out with idle sockets, while devices
-of one NAT reconnecting together do not take each other's places. When all
+newcomer from an address that holds all its places takes the oldest of them
+that sent no CONNECT for a second (`STALLED_AFTER`) or one for a user name whose
+login failed in the last 10 minutes, so a stranger behind the device's own NAT
+cannot keep it out with idle sockets or wrong passwords, while devices of one
+NAT reconnecting together do not take each other's places. When all
 places are taken, a newcomer from an address holding fewer than the busiest
 address takes the oldest place of that address, so strangers holding places
 from a few addresses cannot keep a device from a new one out.
-An address that logged in successfully in the last day (and has not failed
-since) is let in past the total, up to twice it, and its password checks go
-first, so strangers who fill it from many addresses do not lock the devices
-out.
+An address that logged in successfully in the last day (and failed no login in
+the last 10 minutes) is let in past the total, up to twice it, and its password
+checks go first (every other check, while others wait too), so strangers who
+fill it from many addresses do not lock the devices out.
 
 An argon2 check takes about 0.1 s of CPU on purpose. It runs on one worker
 thread, never on the event loop, so clients that are logged in keep their
@@ -73,8 +74,9 @@ class Pending(Protocol):
 
     def end(self, reason: str) -> None: ...
 
-    def stalled(self) -> bool:
-        """Whether it has sent no whole CONNECT for STALLED_AFTER seconds."""
+    def yields(self) -> str | None:
+        """Why it may give its place to a newer connection from its address (no CONNECT for STALLED_AFTER
+        seconds, or one for a user name whose login failed lately), or None."""
 
 
 class Admission:
@@ -87,6 +89,7 @@ class Admission:
         self._waiting: dict[str, list[Pending]] = {}  # address -> its connections logging in, oldest first
         self._count = 0
         self._trusted: OrderedDict[str, float] = OrderedDict()  # address -> when it last logged in
+        self._failed: OrderedDict[str, float] = OrderedDict()  # address -> when a login from it last failed
         self._squelch = Squelch()
 
     def admit(self, address: str, who: Pending) -> bool:
@@ -94,10 +97,14 @@ class Admission:
         key = network_of(address)
         held = len(self._waiting.get(key, ()))
         if self.total and held >= self.per_address:
-            if not self._waiting[key][0].stalled():
+            for victim in self._waiting[key]:  # oldest first
+                why = victim.yields()
+                if why:
+                    self._evict(key, f"{why}, and a newer connection from {key} wanted its place (at most "
+                                     f"{self.per_address} from one address)", victim)
+                    break
+            else:
                 return False
-            self._evict(key, f"it sent no CONNECT for {STALLED_AFTER:g} s and a newer connection from {key} wanted "
-                             f"its place (at most {self.per_address} from one address)")
         elif self.total and self._count >= self.total:
             if self.trusted(key) and self._count < 2 * self.total:
                 pass  # an address that logged in before: let in past the total
@@ -116,9 +123,9 @@ class Admission:
                              f"and {busiest} held {len(self._waiting[busiest])} of them")
         return True
 
-    def _evict(self, key: str, why: str) -> None:
-        """Close the oldest connection from `key` that is logging in."""
-        victim = self._waiting[key][0]
+    def _evict(self, key: str, why: str, victim: Pending | None = None) -> None:
+        """Close a connection from `key` that is logging in, the oldest unless told which."""
+        victim = victim or self._waiting[key][0]
         self._remove(key, victim)
         self._squelch.warning(f"evicted {key}", "closed a connection from %s that was not logged in yet: %s", key, why)
         victim.end(why)
@@ -139,15 +146,24 @@ class Admission:
         return self._count
 
     def logged_in(self, address: str) -> None:
+        """A login from `address` succeeded: it is trusted, unless a login from it failed in the last FORGET_AFTER."""
         key = network_of(address)
         self._trusted.pop(key, None)
+        failed = self._failed.get(key)
+        if failed is not None and self._clock() - failed < FORGET_AFTER:
+            return  # an account holder must not make its address urgent again between wrong guesses
         self._trusted[key] = self._clock()
         while len(self._trusted) > MAX_TRACKED:
             self._trusted.popitem(last=False)
 
     def failed(self, address: str) -> None:
-        """A login from `address` failed: it is not trusted until one succeeds again."""
-        self._trusted.pop(network_of(address), None)
+        """A login from `address` failed: it is not trusted for FORGET_AFTER seconds."""
+        key = network_of(address)
+        self._trusted.pop(key, None)
+        self._failed.pop(key, None)
+        self._failed[key] = self._clock()
+        while len(self._failed) > MAX_TRACKED:
+            self._failed.popitem(last=False)
 
     def trusted(self, address: str) -> bool:
         since = self._trusted.get(network_of(address))
@@ -165,6 +181,7 @@ class _Checker:
         self._cond = threading.Condition()
         # urgent, then not: address -> its checks, oldest first; an address served goes to the back of the line
         self._lines: tuple[OrderedDict[str, deque[Job]], OrderedDict[str, deque[Job]]] = (OrderedDict(), OrderedDict())
+        self._urgent_turn = True
         threading.Thread(target=self._run, name="login", daemon=True).start()
 
     def submit(self, password: str, hashed: str, urgent: bool, source: str) -> asyncio.Future[bool]:
@@ -183,12 +200,15 @@ class _Checker:
                 line[source] = jobs + line.pop(source, deque())
 
     def _next(self) -> Job | None:
-        for line in self._lines:
+        """The next check: urgent and other in turn while both wait, so neither line can starve the other."""
+        lines = self._lines if self._urgent_turn else self._lines[::-1]
+        for line in lines:
             if line:
                 source, jobs = line.popitem(last=False)
                 job = jobs.popleft()
                 if jobs:
                     line[source] = jobs
+                self._urgent_turn = line is not self._lines[0]
                 return job
         return None
 
@@ -280,6 +300,11 @@ class Throttle:
     def succeeded(self, address: str, user: str) -> None:
         self._seen.pop(f"address {address}", None)
         self._seen.pop(f"user {user}", None)
+
+    def failing(self, user: str) -> bool:
+        """Whether a login as `user` (whether it exists or not) failed in the last FORGET_AFTER seconds."""
+        record = self._seen.get(f"user {user}")
+        return record is not None and self._clock() - record.last <= FORGET_AFTER
 
     def _count(self, key: str) -> float:
         now = self._clock()

@@ -67,6 +67,7 @@ ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = e
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between tries while the disk refuses a commit (a failed try costs little)
 MAX_BACKLOG = 8 * 1024 * 1024  # bytes of changes waiting for the disk above which publishers are held back
 OP_OVERHEAD = 64  # bytes counted for a change besides its text and blobs
+CLOSE_WAIT = 1.0  # seconds a stopping broker waits for the disk to take what is pending
 
 
 class StoreError(Exception):
@@ -290,13 +291,22 @@ class Store:
             if ready and self._loop is not None:
                 self._loop.call_soon_threadsafe(_resolve, ready)
 
-    def close(self) -> None:
-        """Commit what is pending and close (blocks: call it once the broker stops)."""
+    def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """Commit what is pending and close, waiting `timeout` seconds at most (call it once the broker stops).
+
+        What is still unwritten then was never acknowledged (QoS 1 and 2 publishes are acknowledged only once
+        committed): its clients send it again. SQLite rolls the unfinished transaction back at the next start.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the data directory %s is slow: stopping with %d change(s) not yet written after %g s "
+                        "(no publish among them was acknowledged)", self.path.parent, self._submitted - self._done,
+                        timeout)
+            return
         self._db.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import sqlite3
 
 import pytest
@@ -386,6 +387,28 @@ def test_store_holds_publishers_back_while_the_disk_is_behind_and_lets_them_go_o
     assert [(m.topic, len(m.data)) for m in Store(tmp_path / "broker.sqlite3").load().retained] == [("t", 60_000)]
 
 
+def test_a_stopping_broker_waits_for_a_slow_disk_a_bounded_time(tmp_path, caplog):
+    class Slow(_Refusing):
+        """A disk whose sync takes seconds."""
+
+        def execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                time.sleep(3)
+            return self.db.execute(sql, args)
+
+    async def stop() -> float:
+        store = Store(tmp_path / "broker.sqlite3")
+        store._db = Slow(store._db, failures=0)  # type: ignore[assignment]
+        store.start(asyncio.get_running_loop())
+        store.set_retained("t", b"late", 0)
+        started = time.monotonic()
+        store.close(timeout=0.5)
+        return time.monotonic() - started
+
+    assert asyncio.run(stop()) < 2.5, "close() must not wait for the slow commit"
+    assert "stopping with 1 change(s) not yet written after 0.5 s" in caplog.text, "and it says so"
+
+
 def test_a_qos2_publish_is_routed_once_even_when_sent_again_after_a_restart(tmp_path):
     async def run() -> None:
         store = Store(tmp_path / "broker.sqlite3")
@@ -439,21 +462,22 @@ class _Pending:
     def end(self, reason: str) -> None:
         self.ended = reason
 
-    def stalled(self) -> bool:
-        return self._stalled
+    def yields(self) -> str | None:
+        return "it stalled" if self._stalled else None
 
 
 def test_admission_per_address_and_in_all_with_known_addresses_let_in():
     now = [0.0]
     a = Admission(total=4, per_address=2, clock=lambda: now[0])
-    held = [_Pending(stalled=True), _Pending(), _Pending(), _Pending(), _Pending(), _Pending()]
+    held = [_Pending() for _ in range(6)]
     assert a.admit("10.0.0.1", held[1]) and a.admit("10.0.0.1", held[0])
     assert not a.admit("10.0.0.1", _Pending()), "a third from one address waits while the oldest may yet log in"
     assert a.admit("2001:db8::1", held[2]) and a.admit("2001:db8::ffff", held[3])
     assert not a.admit("2001:db8::2", _Pending()) and a.waiting() == 4, "one /64 counts as one address"
     held[1]._stalled = True
     assert a.admit("10.0.0.1", held[5]) and held[1].ended and not held[0].ended, "the oldest, stalled, gave its place"
-    held[0]._stalled = False
+    held[5]._stalled = True
+    assert a.admit("10.0.0.1", held[1]) and held[5].ended and not held[0].ended, "so does a younger one that yields"
     a.release("10.0.0.1", held[0])
     a.release("2001:db8::ffff", held[3])
     held = [_Pending() for _ in range(6)]
@@ -464,7 +488,12 @@ def test_admission_per_address_and_in_all_with_known_addresses_let_in():
     a.failed("10.0.0.9")
     assert not a.admit("10.0.0.9", _Pending()), "until a login from it fails"
     a.logged_in("10.0.0.9")
-    now[0] = 2 * 86400
+    assert not a.admit("10.0.0.9", _Pending()), "a success right after a failure does not make it trusted again"
+    now[0] = 700.0
+    a.logged_in("10.0.0.9")
+    assert a.admit("10.0.0.9", held[5]), "ten quiet minutes later it does"
+    a.release("10.0.0.9", held[5])
+    now[0] = 700.0 + 86400 + 1
     assert not a.admit("::ffff:10.0.0.9", _Pending()) and network_of("::ffff:10.0.0.9") == "10.0.0.9"
     assert not any(p.ended for p in held)
     a.release("10.0.0.2", held[0])
@@ -515,12 +544,14 @@ def _checks_in_order(submit_while_first_runs) -> list[str]:
     return order
 
 
-def test_password_checks_go_urgent_first_then_one_address_at_a_time():
-    """A device's login waits for one check per guessing address, not for every guess queued before it."""
+def test_password_checks_take_turns_urgent_or_not_and_one_address_at_a_time():
+    """A device's login waits for one check per guessing address, not for every guess queued before it; urgent
+    checks (addresses that logged in before) go every other time, so neither kind can starve the other."""
     def queue(checker):
         return ([checker.submit(f"a{n}", "h", False, "10.0.0.1") for n in range(2, 6)]
-                + [checker.submit("b1", "h", False, "10.0.0.2"), checker.submit("c1", "h", True, "10.0.0.3")])
-    assert _checks_in_order(queue) == ["first", "c1", "a2", "b1", "a3", "a4", "a5"]
+                + [checker.submit("b1", "h", False, "10.0.0.2")]
+                + [checker.submit(f"u{n}", "h", True, f"10.0.1.{n}") for n in range(1, 4)])
+    assert _checks_in_order(queue) == ["first", "u1", "a2", "u2", "b1", "u3", "a3", "a4", "a5"]
 
 
 def test_an_address_whose_login_failed_loses_the_priority_of_its_waiting_checks():
