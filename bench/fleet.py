@@ -284,11 +284,13 @@ class Embedded(Fleet):
         self._start()
 
     def _start(self) -> None:
-        # Limits raised as a fleet's owner would: connections for every device, and logins pending at once for
-        # a storm from one address (the default lets a quarter of 64 wait per address).
+        # Limits raised as a fleet's owner would: connections for every device, logins pending at once for a
+        # storm from one address (an eighth of --max-pending may wait per address), and persistent sessions for
+        # every device (without users they all count as one user's, capped at 20 by default).
         self.broker = start_amqtt(self.workdir, "--allow-anonymous", "--data", str(self.workdir / "amqtt-data"),
                                   "--max-connections", str(self.devices + 10),
-                                  "--max-pending", str(max(64, 4 * self.devices)), port=self.port)
+                                  "--max-pending", str(max(64, 4 * self.devices)),
+                                  "--max-sessions-per-user", str(self.devices + 10), port=self.port)
 
     def pids(self) -> list[int]:
         return [self.broker.proc.popen.pid]
