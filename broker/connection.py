@@ -39,6 +39,7 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024  # bytes a client may leave unread before it 
 CLOSE_WAIT = 2.0  # seconds a stopping broker waits for its aborted connections to wind up
 HIGH_WATER = 256 * 1024  # bytes waiting for the network above which a client's queue is not sent from
 MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement still waits for the disk
+TURN = 0.002  # seconds one client's buffered packets may hold the event loop before the others get a turn
 
 
 class Closed(Exception):
@@ -353,6 +354,8 @@ class Connection:
 
     async def _serve(self, s: Session) -> None:
         core, timeout = self.hub.core, 1.5 * s.keepalive or None
+        loop = asyncio.get_running_loop()
+        turn_ends = loop.time() + TURN
         while True:
             try:
                 packet = wire.parse(*await self._read(timeout))
@@ -363,8 +366,10 @@ class Connection:
                 self.end(f"{exc}")
                 return
             # Reading what is already buffered never yields, so a client that keeps its buffer full would hold
-            # the event loop (other clients, SIGTERM) for as long as it sends: every packet gives the others a turn.
-            await asyncio.sleep(0)
+            # the event loop (other clients, SIGTERM) for as long as it sends: after TURN of it, the others get one.
+            if loop.time() >= turn_ends:
+                await asyncio.sleep(0)
+                turn_ends = loop.time() + TURN
             if isinstance(packet, (wire.Publish, wire.Subscribe)) and core.store and core.store.crowded():
                 await self._unless_ended(core.store.room())  # the disk is behind: this client waits, TCP holds it
             if self._ended is not None:

@@ -92,7 +92,7 @@ def test_a_stranger_behind_the_devices_own_address_cannot_keep_it_out_with_idle_
         held[0].sock.settimeout(TIMEOUT)
         assert held[0].read() is None, "the oldest idle connection of that address gave its place away"
         s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.0\.5 that was not logged in yet: it sent no "
-                                    r"CONNECT for 1 s and a newer connection from 127\.0\.0\.5 wanted its place")
+                                    r"CONNECT for 1 s, and a newer connection from 127\.0\.0\.5 wanted its place")
     finally:
         for r in held:
             r.close()
