@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 import signal
 import socket
 import sqlite3
@@ -10,7 +12,7 @@ import time
 import pytest
 
 from broker.login import STALLED_AFTER
-from tests.broker_setup import USERS, edison_broker, login, start_secured_amqtt
+from tests.broker_setup import USERS, Secured, edison_broker, login, start_secured_amqtt
 from tests.helpers import TIMEOUT
 from tests.rawmqtt import Raw, publish, subscribe
 
@@ -38,65 +40,56 @@ def hold_places(port: int, sources: list[str]) -> list[Raw]:
     return held
 
 
-def test_strangers_filling_the_logins_from_many_addresses_do_not_lock_out_a_known_address(tmp_path, user_files):
+@contextmanager
+def sixteen_login_places(tmp_path, user_files) -> Iterator[tuple[Secured, list[Raw]]]:
+    """A broker with 16 login places, 2 per address; the connections a test puts in the list are closed after."""
     s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
-    port = s.broker.port
     held: list[Raw] = []
     try:
-        device = Raw(port)  # the device logged in before from 127.0.0.1: a known address
+        yield s, held
+    finally:
+        for r in held:
+            r.close()
+        s.broker.proc.stop()
+
+
+def test_strangers_filling_the_logins_from_many_addresses_do_not_lock_out_a_known_address(tmp_path, user_files):
+    with sixteen_login_places(tmp_path, user_files) as (s, held):
+        device = Raw(s.broker.port)  # the device logged in before from 127.0.0.1: a known address
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0
         device.close()
-        held = hold_places(port, [f"127.0.1.{n}" for n in range(16)])  # 16 addresses, every place taken
-        assert refused_at_once(port, "127.0.2.1"), "a new address must wait for a free place"
-        device = Raw(port)
+        held += hold_places(s.broker.port, [f"127.0.1.{n}" for n in range(16)])  # 16 addresses, every place taken
+        assert refused_at_once(s.broker.port, "127.0.2.1"), "a new address must wait for a free place"
+        device = Raw(s.broker.port)
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0, "the known address is let in"
         device.close()
         s.broker.proc.wait_for_line(r"refused connection from 127\.0\.2\.1:\d+: 16 connections are waiting")
-    finally:
-        for r in held:
-            r.close()
-        s.broker.proc.stop()
 
 
 def test_strangers_holding_the_logins_from_a_few_addresses_cannot_keep_a_new_device_out(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
-    port = s.broker.port
-    held: list[Raw] = []
-    try:
-        held = hold_places(port, [f"127.0.1.{n % 8}" for n in range(16)])  # 8 addresses, 2 each: all taken
-        device = Raw(port, source="127.0.2.1")  # never logged in before
+    with sixteen_login_places(tmp_path, user_files) as (s, held):
+        held += hold_places(s.broker.port, [f"127.0.1.{n % 8}" for n in range(16)])  # 8 addresses, 2 each: all taken
+        device = Raw(s.broker.port, source="127.0.2.1")  # never logged in before
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0, "the newcomer takes a place"
         device.close()
-        for r in held:
-            r.sock.settimeout(TIMEOUT)
+        held[0].sock.settimeout(TIMEOUT)
         assert held[0].read() is None, "the oldest connection of the busiest address gave its place away"
         s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.1\.0 that was not logged in yet: its place "
                                     r"was given to 127\.0\.2\.1: all 16 places are taken")
-    finally:
-        for r in held:
-            r.close()
-        s.broker.proc.stop()
 
 
 def test_a_stranger_behind_the_devices_own_address_cannot_keep_it_out_with_idle_connections(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
-    port = s.broker.port
-    held: list[Raw] = []
-    try:
-        held = hold_places(port, ["127.0.0.5", "127.0.0.5"])  # all the places of one address (16 / 8)
-        assert refused_at_once(port, "127.0.0.5"), "both were let in just now: they may still send their CONNECT"
+    with sixteen_login_places(tmp_path, user_files) as (s, held):
+        held += hold_places(s.broker.port, ["127.0.0.5", "127.0.0.5"])  # all the places of one address (16 / 8)
+        assert refused_at_once(s.broker.port, "127.0.0.5"), "both were let in just now: they may yet send CONNECT"
         time.sleep(STALLED_AFTER)  # from now on they count as stalled: no CONNECT for that long
-        device = Raw(port, source="127.0.0.5")
+        device = Raw(s.broker.port, source="127.0.0.5")
         assert device.login(DEVICE, DEVICE, USERS[DEVICE], clean=False) == 0
         device.close()
         held[0].sock.settimeout(TIMEOUT)
         assert held[0].read() is None, "the oldest idle connection of that address gave its place away"
         s.broker.proc.wait_for_line(r"closed a connection from 127\.0\.0\.5 that was not logged in yet: it sent no "
                                     r"CONNECT for 1 s, and a newer connection from 127\.0\.0\.5 wanted its place")
-    finally:
-        for r in held:
-            r.close()
-        s.broker.proc.stop()
 
 
 def test_idle_connections_to_the_tls_port_count_like_any_other(tmp_path, user_files):
