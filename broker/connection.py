@@ -39,7 +39,9 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024  # bytes a client may leave unread before it 
 CLOSE_WAIT = 2.0  # seconds a stopping broker waits for its aborted connections to wind up
 HIGH_WATER = 256 * 1024  # bytes waiting for the network above which a client's queue is not sent from
 MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement still waits for the disk
-TURN = 0.002  # seconds one client's buffered packets may hold the event loop before the others get a turn
+# Logins wait for the disk only past twice the backlog that holds publishers back: a publish flood on a slow disk
+# must not delay a device's login, while logins repeated with large wills cannot grow the backlog without bound.
+LOGIN_BACKLOG = 2
 
 
 class Closed(Exception):
@@ -241,7 +243,7 @@ class Connection:
                     return None
                 hub.throttle.succeeded(self.address, user)
             store = hub.core.store
-            if store is not None and store.crowded():  # a login writes its session (and will): wait for the disk
+            if store is not None and store.crowded(LOGIN_BACKLOG):  # each login writes its session (and will)
                 await self._unless_ended(store.room())
             return self._accept(connect)
         finally:
@@ -354,8 +356,6 @@ class Connection:
 
     async def _serve(self, s: Session) -> None:
         core, timeout = self.hub.core, 1.5 * s.keepalive or None
-        loop = asyncio.get_running_loop()
-        turn_ends = loop.time() + TURN
         while True:
             try:
                 packet = wire.parse(*await self._read(timeout))
@@ -366,10 +366,9 @@ class Connection:
                 self.end(f"{exc}")
                 return
             # Reading what is already buffered never yields, so a client that keeps its buffer full would hold
-            # the event loop (other clients, SIGTERM) for as long as it sends: after TURN of it, the others get one.
-            if loop.time() >= turn_ends:
-                await asyncio.sleep(0)
-                turn_ends = loop.time() + TURN
+            # the event loop (other clients, SIGTERM) for as long as it sends: every packet gives the others a turn
+            # (a turn of a few milliseconds each made every other client wait a round of all such clients).
+            await asyncio.sleep(0)
             if isinstance(packet, (wire.Publish, wire.Subscribe)) and core.store and core.store.crowded():
                 await self._unless_ended(core.store.room())  # the disk is behind: this client waits, TCP holds it
             if self._ended is not None:

@@ -219,9 +219,9 @@ class Store:
             self._backlog += size
             self._cond.notify()
 
-    def crowded(self) -> bool:
-        """Whether more than MAX_BACKLOG bytes of changes wait for the disk (then wait for `room()`)."""
-        return self._backlog > MAX_BACKLOG
+    def crowded(self, times: int = 1) -> bool:
+        """Whether more than `times` x MAX_BACKLOG bytes of changes wait for the disk (then wait for `room()`)."""
+        return self._backlog > times * MAX_BACKLOG
 
     async def room(self) -> None:
         """Wait until the writer has brought the backlog down to half of MAX_BACKLOG (at once if it is not crowded)."""
