@@ -237,8 +237,6 @@ class Connection:
                 check = hub.passwords.check(user or "", connect.password, network_of(self.address), urgent)
                 if user is None or not await self._unless_ended(check):
                     hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
-                    hub.admission.failed(self.address)
-                    hub.passwords.failed(network_of(self.address))
                     await self._refuse_login(connect)
                     return None
                 hub.throttle.succeeded(self.address, user)
@@ -288,6 +286,8 @@ class Connection:
         why = "no user name" if user is None else "wrong password" if hub.passwords.known(user) else "unknown user"
         by_address, by_user = hub.throttle.failed(self.address, user)
         key = network_of(self.address)
+        hub.admission.failed(self.address)  # not trusted for a while, and its other checks lose their priority
+        hub.passwords.failed(key)
         if hub.refusing[key] >= hub.admission.per_address:
             hub.squelch.warning(f"refusing {key}", "refused login from %s: %s; %d refusals from there are already "
                                 "waiting out their delay: closed without an answer", self.peer, why, hub.refusing[key])

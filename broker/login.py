@@ -87,7 +87,6 @@ class Admission:
         self.per_address = per_address
         self._clock = clock
         self._waiting: dict[str, list[Pending]] = {}  # address -> its connections logging in, oldest first
-        self._count = 0
         self._trusted: OrderedDict[str, float] = OrderedDict()  # address -> when it last logged in
         self._failed: OrderedDict[str, float] = OrderedDict()  # address -> when a login from it last failed
         self._squelch = Squelch()
@@ -105,13 +104,12 @@ class Admission:
                     break
             else:
                 return False
-        elif self.total and self._count >= self.total:
-            if self.trusted(key) and self._count < 2 * self.total:
+        elif self.total and (waiting := self.waiting()) >= self.total:
+            if self.trusted(key) and waiting < 2 * self.total:
                 pass  # an address that logged in before: let in past the total
             elif not self._evict_for(key, held):
                 return False
         self._waiting.setdefault(key, []).append(who)
-        self._count += 1
         return True
 
     def _evict_for(self, key: str, held: int) -> bool:
@@ -138,12 +136,11 @@ class Admission:
         held = self._waiting.get(key)
         if held is not None and who in held:
             held.remove(who)
-            self._count -= 1
             if not held:
                 del self._waiting[key]
 
     def waiting(self) -> int:
-        return self._count
+        return sum(len(held) for held in self._waiting.values())
 
     def logged_in(self, address: str) -> None:
         """A login from `address` succeeded: it is trusted, unless a login from it failed in the last FORGET_AFTER."""
