@@ -315,6 +315,7 @@ class MastodonServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "private, no-store")
                 self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")  # as a server that closes after the stream must say
                 self.end_headers()
                 self._chunk(b":)\n")
                 stalled = False

@@ -262,6 +262,7 @@ class XStreamServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")  # as a server that closes after the stream must say
                 self.end_headers()
                 self.wfile.flush()
                 stalled = False
