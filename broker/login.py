@@ -226,6 +226,25 @@ def _settle(future: asyncio.Future[bool], ok: bool) -> None:
         future.set_result(ok)
 
 
+class _SharedCheck:
+    """One password check awaited by every login that sent the same password at once; cancelled (so never run)
+    only when all of them have gone."""
+
+    def __init__(self, future: asyncio.Future[bool]) -> None:
+        self.future = future
+        self._waiting = 0
+
+    async def wait(self) -> bool:
+        self._waiting += 1
+        try:
+            return await asyncio.shield(self.future)
+        except asyncio.CancelledError:
+            self._waiting -= 1
+            if not self._waiting:
+                self.future.cancel()
+            raise
+
+
 class Passwords:
     """The users of a password file made by `edison-broker passwd`, checked off the event loop."""
 
@@ -234,15 +253,24 @@ class Passwords:
         from pwdlib.hashers.argon2 import Argon2Hasher
 
         self._hasher = PasswordHash((Argon2Hasher(),))
+        self._path = path
         self._hashes = passwords.read(path)
         self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
         self._checker = _Checker(self._verify)
         self._key = secrets.token_bytes(32)
         self._proven: dict[str, bytes] = {}  # user -> keyed digest of the password that last passed argon2
+        self._checking: dict[tuple[str, bytes], _SharedCheck] = {}  # checks under way, by user and digest
 
     @property
     def users(self) -> list[str]:
         return list(self._hashes)
+
+    def reload(self) -> None:
+        """Read the file again; a user whose hash changed must pass argon2 again."""
+        hashes = passwords.read(self._path)
+        for user in [u for u in self._proven if hashes.get(u) != self._hashes.get(u)]:
+            del self._proven[user]
+        self._hashes = hashes
 
     def known(self, user: str) -> bool:
         return user in self._hashes
@@ -259,7 +287,13 @@ class Passwords:
         proven = self._proven.get(user)
         if proven is not None and hmac.compare_digest(proven, digest):
             return True  # the same password passed argon2 before: a reconnect storm costs no argon2
-        ok = await self._checker.submit(text, stored or self._decoy, urgent, source)
+        key = (user, digest)
+        check = self._checking.get(key)
+        if check is None:  # the same login arriving many times at once (one user's clients) costs one argon2
+            check = self._checking[key] = _SharedCheck(self._checker.submit(text, stored or self._decoy, urgent,
+                                                                            source))
+            check.future.add_done_callback(lambda _: self._checking.pop(key, None))
+        ok = await check.wait()
         ok = ok and stored is not None and bool(text)
         if ok:
             self._proven[user] = digest
