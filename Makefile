@@ -12,7 +12,7 @@ SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,test]'
+	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,nats,test]'
 	touch $@
 
 # The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,

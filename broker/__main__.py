@@ -1,4 +1,5 @@
-"""edison-broker: serve (the default), `passwd` to manage users, `mosquitto-config` and `nats-config` to export."""
+"""edison-broker: serve (the default), `passwd` to manage users, `mosquitto-config` and `nats-config` to export,
+`nats-auth` to answer the exported NATS cluster's logins."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import errno
 import getpass
 import logging
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +88,8 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options
 
 def _serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (amqtt). "
-                                "Subcommands: `passwd` (users), `mosquitto-config` and `nats-config` (exports).")
+                                "Subcommands: `passwd` (users), `mosquitto-config` and `nats-config` (exports), "
+                                "`nats-auth` (the NATS cluster's logins).")
     _listener_args(p)
     p.add_argument("--allow-anonymous", action="store_true", help="accept every client: local trials on loopback only")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -228,32 +232,78 @@ def _nats_config(argv: list[str]) -> int:
                    "loopback (default: %(default)s)")
     p.add_argument("--tls-cert", type=Path, help="certificate chain (PEM): MQTT over TLS on every member")
     p.add_argument("--tls-key", type=Path, help="private key (PEM) of the certificate")
+    p.add_argument("--fleet", type=int, default=nats.DEFAULT_FLEET,
+                   help="devices the cluster must hold: sizes its JetStream limits (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         if args.member and args.nodes not in (3, len(args.member)):
             raise nats.ExportError(f"--nodes {args.nodes} but {len(args.member)} --member: give one or the other")
-        rules = access.rules(load(args.config))
+        config = load(args.config)
+        rules = access.rules(config)
         cluster = nats.Cluster(nats.members(args.nodes, args.host, args.mqtt_port, args.cluster_port,
-                                            args.client_port, args.member), args.data, args.tls_cert, args.tls_key)
-        written = nats.export(cluster, rules, args.passwd, args.out)
+                                            args.client_port, args.member), args.data, args.tls_cert, args.tls_key,
+                               args.fleet)
+        written = nats.export(cluster, rules, list(config.devices), args.passwd, args.out)
         for name in mosquitto.unknown_users(rules, passwords.names(args.passwd)):
             print(f"warning: user {name} has a password but no access rule in {args.config}: it may log in and "
                   "do nothing", file=sys.stderr)
     except (ConfigError, passwords.PasswordFileError, nats.ExportError, OSError) as exc:
         print(f"edison-broker nats-config: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(str(w) for w in written)}", file=sys.stderr)
+    print(f"wrote {', '.join(str(w) for w in written)} (secrets: readable by their owner only)", file=sys.stderr)
     print("MQTT on " + ", ".join(f"{'mqtts' if args.tls_cert else 'mqtt'}://{m.host}:{m.mqtt_port}"
                                  for m in cluster.members), file=sys.stderr)
-    print(f"run on each member (nats-server {nats.MIN_VERSION} or newer): nats-server -c {written[1]} ...",
+    first = written[2]
+    print(f"run on each member (nats-server {nats.MIN_VERSION} or newer): nats-server -c {first} ..., and beside "
+          f"it its auth callout, without which no login succeeds: edison-broker nats-auth {first} ...",
           file=sys.stderr)
+    return 0
+
+
+def _nats_auth(argv: list[str]) -> int:
+    from broker import natsauth
+
+    p = argparse.ArgumentParser(prog="edison-broker nats-auth",
+                                description="The auth callout of one member of the exported NATS cluster: checks "
+                                "every MQTT login against the password file and the client ids that belong to "
+                                "users, and answers with the user's access rules. Run one beside every member.")
+    p.add_argument("member_conf", type=Path, metavar="NATS-N.CONF",
+                   help="the member's config written by nats-config; nats-auth.json is read beside it")
+    p.add_argument("--passwd", type=Path, help="the password file, if not where it was at the export")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = p.parse_args(argv)
+    logging.getLogger("edison-broker").setLevel(args.log_level)
+    try:
+        settings = natsauth.Settings.load(args.member_conf, args.passwd)
+        import nats  # noqa: F401  (said here, not at the first login)
+    except natsauth.CalloutError as exc:
+        log.error("%s", exc)
+        return 2
+    except ImportError as exc:
+        log.error("the auth callout needs nats-py and nkeys: pip install 'edison-mqtt[nats]' (%s)", exc)
+        return 2
+    return asyncio.run(_run_until_signal(lambda stop: natsauth.serve(settings, stop), natsauth.CalloutError))
+
+
+async def _run_until_signal(run: Callable[[asyncio.Event], Awaitable[None]], fatal: type[Exception]) -> int:
+    """Run until SIGTERM or SIGINT; 2 if `run` stops with `fatal` (logged), else 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(stop)
+    except fatal as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"passwd": _passwd, "mosquitto-config": _mosquitto_config, "nats-config": _nats_config}
+    commands = {"passwd": _passwd, "mosquitto-config": _mosquitto_config, "nats-config": _nats_config,
+                "nats-auth": _nats_auth}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return _serve(argv)

@@ -1,10 +1,10 @@
-"""Broker users: one password file for the embedded broker (argon2) and twins beside it for the exports.
+"""Broker users: one password file for the embedded broker (argon2) and a twin beside it for Mosquitto.
 
-The password is known only when a user is added, so `add` writes every hash at
-once: the embedded broker reads `FILE` (`name:argon2-hash`), `mosquitto-config`
-copies `FILE.mosquitto` (`name:$7$...`, PBKDF2-SHA512 as Mosquitto 2 expects)
-and `nats-config` reads `FILE.nats` (`name:$2b$...`, bcrypt as nats-server
-expects), so moving to Mosquitto or a NATS cluster needs no password typed again.
+The password is known only when a user is added, so `add` writes both hashes at
+once: the embedded broker and the NATS cluster's auth callout read `FILE`
+(`name:argon2-hash`), `mosquitto-config` copies `FILE.mosquitto` (`name:$7$...`,
+PBKDF2-SHA512 as Mosquitto 2 expects), so moving to Mosquitto or a NATS cluster
+needs no password typed again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from node.config import NAME_PATTERN
 
 # mosquitto_passwd's own default; Mosquitto reads the count from each hash.
 MOSQUITTO_ITERATIONS = 101
-# The cost of NATS's own `nats server passwd`; nats-server checks it at every login (it caches nothing).
+# The cost of NATS's own `nats server passwd`, for the one password nats-server checks itself (the callouts').
 BCRYPT_COST = 11
 
 
@@ -30,7 +30,7 @@ class PasswordFileError(Exception):
 
 
 def twin_path(path: Path, kind: str) -> Path:
-    """The file beside `path` with the hashes for `kind` ("mosquitto" or "nats")."""
+    """The file beside `path` with the hashes for `kind` ("mosquitto")."""
     return path.with_name(f"{path.name}.{kind}")
 
 
@@ -78,8 +78,8 @@ def bcrypt_hash(password: str, cost: int = BCRYPT_COST) -> str:
     return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(cost)).decode("ascii")
 
 
-TWINS = {"mosquitto": mosquitto_hash, "nats": bcrypt_hash}
-TWIN_LABELS = {"mosquitto": "Mosquitto", "nats": "NATS (bcrypt)"}
+TWINS = {"mosquitto": mosquitto_hash}
+TWIN_LABELS = {"mosquitto": "Mosquitto"}
 
 
 def read(path: Path) -> dict[str, str]:
@@ -126,8 +126,6 @@ def add(path: Path, name: str, password: str) -> bool:
     """Add or replace a user in both files; True if the user already existed."""
     check_name(name)
     check_password(password)
-    if len(password.encode("utf-8")) > 72:  # bcrypt reads no further, and the library refuses longer ones
-        raise PasswordFileError("the password is longer than 72 bytes (bcrypt, which NATS uses, stops there)")
     users = read(path)
     existed = name in users
     for kind, make_hash in TWINS.items():

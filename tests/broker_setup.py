@@ -68,7 +68,7 @@ def user_files(tmp_path_factory) -> tuple[Path, Path]:
 
 def copy_users(user_files: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
     topics, passwd = user_files
-    for f in (topics, passwd, passwd.with_name(passwd.name + ".mosquitto"), passwd.with_name(passwd.name + ".nats")):
+    for f in (topics, passwd, passwd.with_name(passwd.name + ".mosquitto")):
         shutil.copy2(f, tmp_path / f.name)
     return tmp_path / topics.name, tmp_path / passwd.name
 

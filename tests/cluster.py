@@ -1,8 +1,9 @@
-"""A real NATS cluster for the tests: three nats-server processes on 127.0.0.1, configured by `nats-config`.
+"""A real NATS cluster for the tests: three nats-server processes on 127.0.0.1, configured by `nats-config`,
+each with its auth callout (`edison-broker nats-auth`) beside it.
 
 The configs come from `edison-broker nats-config` with the test users, as a
-user would make them; only the ports are chosen free. Members can be killed
-and started again on the same ports and JetStream store.
+user would make them; only the ports are chosen free. Members and callouts can
+be killed and started again on the same ports and JetStream store.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from broker import nats
 from tests.broker_setup import USERS, edison_broker
 from tests.conftest import required
-from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_ports, nats_server_binary_or_none
+from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_ports, nats_server_binary_or_none, python_cmd
 
 def nats_server_binary() -> str:
     return required(nats_server_binary_or_none(),
@@ -28,15 +28,15 @@ def nats_server_binary() -> str:
 
 
 class NatsCluster:
-    """Members numbered from 1, as in the exported nats-N.conf files.
+    """Members numbered from 1, as in the exported nats-N.conf files, each with its auth callout beside it.
 
-    With `user_files` the configs are `nats-config`'s; without, the same member configs with an empty
-    authorization (anyone may connect: the fleet benchmark's trial mode).
+    The configs are `nats-config`'s for the given topics.yaml and password file; `fleet` sizes them.
     """
 
-    def __init__(self, workdir: Path, user_files: tuple[Path, Path] | None = None, size: int = 3,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
-        """`tls`: (CA, certificate, key) for MQTT over TLS on every member."""
+    def __init__(self, workdir: Path, user_files: tuple[Path, Path], size: int = 3,
+                 tls: tuple[Path, Path, Path] | None = None, fleet: int | None = None,
+                 login: tuple[str, str] = ("watcher", USERS["watcher"])) -> None:
+        """`tls`: (CA, certificate, key) for MQTT over TLS on every member; `login`: who checks a member is up."""
         self.workdir = workdir
         self.binary = nats_server_binary()
         self.size = size
@@ -44,27 +44,22 @@ class NatsCluster:
         self.mqtt_port = base
         self.out = workdir / "nats"
         self.tls = tls
-        self.login: dict[str, Any] = (
-            {"username": "watcher", "password": USERS["watcher"]} if user_files else {"username": None})
+        self.login: dict[str, Any] = {"username": login[0], "password": login[1]}
         if tls:
             self.login["tls_ca"] = tls[0]
-        if user_files is None:
-            cluster = nats.Cluster(nats.members(size, "127.0.0.1", base, base + size, base + 2 * size),
-                                   workdir / "nats-data")
-            self.out.mkdir()
-            (self.out / "authorization.conf").write_text("# trial: no users\n")
-            for m in cluster.members:
-                (self.out / f"nats-{m.number}.conf").write_text(nats.member_text(cluster, m, "trial-routes"))
-        else:
-            topics, passwd = user_files
-            done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes",
-                                 str(size), "--data", str(workdir / "nats-data"), "--out", str(self.out),
-                                 "--mqtt-port", str(base), "--cluster-port", str(base + size),
-                                 "--client-port", str(base + 2 * size),
-                                 *(("--tls-cert", str(tls[1]), "--tls-key", str(tls[2])) if tls else ()))
-            assert done.returncode == 0, done.stderr
+        topics, passwd = user_files
+        done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--nodes",
+                             str(size), "--data", str(workdir / "nats-data"), "--out", str(self.out),
+                             "--mqtt-port", str(base), "--cluster-port", str(base + size),
+                             "--client-port", str(base + 2 * size),
+                             *(("--fleet", str(fleet)) if fleet else ()),
+                             *(("--tls-cert", str(tls[1]), "--tls-key", str(tls[2])) if tls else ()))
+        assert done.returncode == 0, done.stderr
         self.procs: dict[int, Proc] = {}
+        self.callouts: dict[int, Proc] = {}
         self.starts = 0
+        for n in self.numbers:
+            self.start_callout(n)
         for n in self.numbers:
             self.start(n, wait=False)
         for n in self.numbers:
@@ -86,6 +81,19 @@ class NatsCluster:
 
     def broker(self, n: int) -> Broker:
         return Broker("nats", self.port(n), self.procs[n])
+
+    def start_callout(self, n: int) -> Proc:
+        """`edison-broker nats-auth nats-N.conf`, as on a member's host; it reaches its member when that is up."""
+        self.starts += 1
+        self.callouts[n] = Proc(python_cmd("broker", "nats-auth", str(self.out / f"nats-{n}.conf")),
+                                self.workdir / f"nats-auth-{n}-{self.starts}.log")
+        return self.callouts[n]
+
+    def stop_callout(self, n: int) -> None:
+        proc = self.callouts.pop(n)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0, proc.output
+        proc.stop()
 
     def start(self, n: int, wait: bool = True) -> None:
         self.starts += 1
@@ -118,17 +126,20 @@ class NatsCluster:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("nats-*.log")))
 
     def close(self) -> None:
-        """SIGTERM every member; one that has not exited after TIMEOUT is killed (and said so in its log)."""
-        for n in list(self.procs):
-            proc = self.procs.pop(n)
+        """SIGTERM every member and callout; one that has not exited after TIMEOUT is killed (and said so in its
+        log)."""
+        for n, proc in [*self.callouts.items(), *self.procs.items()]:
             proc.signal(signal.SIGTERM)
             try:
                 proc.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
                 with open(proc.log_path, "a") as log:
-                    log.write(f"-- member {n} had not exited {TIMEOUT:.0f} s after SIGTERM: killed\n")
+                    log.write(f"-- {proc.argv[-1]} of member {n} had not exited {TIMEOUT:.0f} s after SIGTERM: "
+                              "killed\n")
             finally:
                 proc.stop()
+        self.procs.clear()
+        self.callouts.clear()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-import bcrypt
 import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
@@ -26,26 +25,23 @@ def test_passwd_round_trip(tmp_path):
         assert done.returncode == 0, done.stderr
         assert secret not in done.stdout + done.stderr
     assert edison_broker("passwd", "--passwd", str(pw), "list").stdout.split() == ["edison-1", "laptop"]
-    for f in (pw, tmp_path / "passwd.mosquitto", tmp_path / "passwd.nats"):
+    for f in (pw, tmp_path / "passwd.mosquitto"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         assert "s3cret" not in f.read_text()
     users = dict(line.split(":", 1) for line in pw.read_text().splitlines())
     assert PasswordHash((Argon2Hasher(),)).verify("s3cret one", users["edison-1"])
     assert (tmp_path / "passwd.mosquitto").read_text().startswith("edison-1:$7$101$")
-    nats = dict(line.split(":", 1) for line in (tmp_path / "passwd.nats").read_text().splitlines())
-    assert nats["edison-1"].startswith("$2b$11$") and bcrypt.checkpw(b"s3cret one", nats["edison-1"].encode())
+    assert not (tmp_path / "passwd.nats").exists()  # the NATS cluster's callout reads the argon2 file itself
 
     assert edison_broker("passwd", "--passwd", str(pw), "delete", "edison-1").returncode == 0
     assert edison_broker("passwd", "--passwd", str(pw), "list").stdout.split() == ["laptop"]
-    assert "edison-1" not in (tmp_path / "passwd.mosquitto").read_text() + (tmp_path / "passwd.nats").read_text()
+    assert "edison-1" not in (tmp_path / "passwd.mosquitto").read_text()
     missing = edison_broker("passwd", "--passwd", str(pw), "delete", "edison-1")
     assert missing.returncode == 2 and "no user 'edison-1'" in missing.stderr
     bad = edison_broker("passwd", "--passwd", str(pw), "add", "a:b", "--stdin", stdin="x\n")
     assert bad.returncode == 2 and "user name" in bad.stderr
     empty = edison_broker("passwd", "--passwd", str(pw), "add", "someone", "--stdin", stdin="\n")
     assert empty.returncode == 2 and "empty" in empty.stderr
-    long = edison_broker("passwd", "--passwd", str(pw), "add", "someone", "--stdin", stdin="é" * 37 + "\n")
-    assert long.returncode == 2 and "longer than 72 bytes" in long.stderr
 
 
 @pytest.mark.parametrize("args,message", [

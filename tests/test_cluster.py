@@ -149,3 +149,86 @@ def test_a_cluster_exported_with_tls_serves_mqtts_on_every_member(tmp_path, user
         nodes.stop_all()
         watcher.close()
         cluster.close()
+
+
+def test_the_device_client_id_is_its_own_and_its_queued_command_survives_a_squatter(nats_cluster, tmp_path,
+                                                                                  user_files):
+    """The auth callout refuses another user's login with the device's client id: nats-server alone would let it
+    take the session over, and with it the device's queued commands."""
+    nodes = NodeRunner(nats_cluster.broker(1), tmp_path, user_files[0])
+    laptop = on(nats_cluster, 2, "laptop")
+    watcher = on(nats_cluster, 3, "watcher")
+    try:
+        watcher.subscribe(STATUS, f"edison/{DEVICE}/+/state")
+        node = nodes.start(env=NODE_ENV, wait_online=watcher, brokers=nats_cluster.urls)
+        for member, user, client_id in [(1, "laptop", DEVICE), (2, "stranger", DEVICE), (3, "laptop", f"{DEVICE}-x")]:
+            with pytest.raises(ConnectionRefusedError, match="Not authorized"):
+                on(nats_cluster, member, user, client_id=client_id, clean_session=True)
+        laptop.publish(SET, json.dumps({"state": "ON", "id": "online"}))
+        assert watcher.wait_for(f"edison/{DEVICE}/led/state", "ON")
+        node.signal(signal.SIGTERM)
+        assert node.wait(TIMEOUT) == 0
+        watcher.wait_for(STATUS, "offline")
+        laptop.publish(SET, json.dumps({"state": "TOGGLE", "id": "queued"}))  # PUBACKed: the device's session holds it
+        with pytest.raises(ConnectionRefusedError, match="Not authorized"):
+            on(nats_cluster, 1, "laptop", client_id=DEVICE, clean_session=True)  # would discard the session's queue
+        nodes.start(env=NODE_ENV, wait_online=watcher, brokers=nats_cluster.urls)
+        assert nodes.procs[-1].wait_until(lambda: carried(nodes)["queued"] == 1, timeout=TIMEOUT), carried(nodes)
+        assert carried(nodes) == Counter({"online": 1, "queued": 1})
+        assert "disconnected" not in node.output  # the squatters never ended the device's connection
+        callouts = "\n".join(p.output for p in nats_cluster.callouts.values())
+        assert f"client id '{DEVICE}' belongs to user {DEVICE}" in callouts
+        assert USERS["laptop"] not in callouts and USERS["stranger"] not in callouts  # no password in a log
+    finally:
+        nodes.stop_all()
+        laptop.close()
+        watcher.close()
+
+
+def test_logins_are_refused_while_no_callout_answers_and_any_callout_serves_every_member(cluster, tmp_path,
+                                                                                       user_files):
+    nodes = NodeRunner(cluster.broker(1), tmp_path, user_files[0])
+    laptop = on(cluster, 2, "laptop")
+    watcher = on(cluster, 3, "watcher")
+    try:
+        watcher.subscribe(STATUS, f"edison/{DEVICE}/result")
+        nodes.start(env=NODE_ENV, wait_online=watcher, brokers=[cluster.url(1)])
+        for n in cluster.numbers:
+            cluster.stop_callout(n)
+        with pytest.raises(ConnectionRefusedError, match="Not authorized"):
+            on(cluster, 1, "watcher")
+        cluster.procs[1].wait_for_line(r'authentication error - User "watcher"')
+        # Whoever is logged in carries on: a command still reaches the node and is carried out once.
+        laptop.publish(SET, json.dumps({"state": "ON", "id": "without-callouts"}))
+        assert watcher.result(DEVICE, "without-callouts")["ok"] is True
+        # One callout is enough for every member: member 3's answers the logins of member 1 through the routes.
+        callout = cluster.start_callout(3)
+        callout.wait_for_line(r"answering logins through member edison-3")
+        again = on(cluster, 1, "watcher")
+        again.close()
+        callout.wait_for_line(r"admitted watcher as client id \S+ from 127\.0\.0\.1")
+        assert carried(nodes) == Counter({"without-callouts": 1})
+    finally:
+        nodes.stop_all()
+        laptop.close()
+        watcher.close()
+
+
+def test_more_than_a_thousand_qos1_subscriptions_are_granted(tmp_path, user_files):
+    """nats-server 2.15 caps a stream at 1,000 consumers unless told otherwise, and every QoS 1 subscription of a
+    persistent session is one; the export sizes the limit (--fleet). One member: the limit is the same as on
+    three, where each consumer is also a replicated group (their cost is in bench/fleet.py)."""
+    cluster = NatsCluster(tmp_path, user_files, size=1)
+    sessions = []
+    try:
+        for n in range(20):
+            session = Probe(cluster.broker(1), client_id=f"watcher-{n}", username="watcher",
+                            password=USERS["watcher"], clean_session=False)
+            sessions.append(session)
+            codes = session.subscribe(*(f"edison/ceiling-{n}-{k}/+/state" for k in range(55)), check=False)
+            assert [c for c in codes if c.is_failure] == [], f"session {n}: {codes}"
+        assert "maximum consumers limit reached" not in cluster.log()
+    finally:
+        for session in sessions:
+            session.close()
+        cluster.close()

@@ -20,8 +20,10 @@ import pytest
 
 from bridge.__main__ import parse_args as bridge_args
 from broker import nats
+from broker.natsauth import Settings
 from node.__main__ import parse_args as node_args
 from node.journal import default_directory
+from tests.broker_setup import edison_broker
 from tests.conftest import required
 from tests.helpers import ROOT
 
@@ -120,6 +122,30 @@ def test_the_nats_member_template_runs_the_exported_config(systemd_analyze, tmp_
     assert "include ./authorization.conf" in nats.member_text(
         nats.Cluster(nats.members(1, "127.0.0.1", 1883, 6222, 4222), Path("/var/lib/edison-nats")),
         nats.members(1, "127.0.0.1", 1883, 6222, 4222)[0], "x")
+
+
+def test_the_nats_callout_template_answers_for_its_member(systemd_analyze, tmp_path, user_files):
+    """edison-nats-auth@N starts `nats-auth` on the member's config, finding nats-auth.json beside it as the
+    export wrote it; the same command line works on the export's own folder."""
+    verify(systemd_analyze, tmp_path / "root", "edison-nats-auth@.service", "edison-nats-auth@2.service",
+           Path("/usr/local/bin/edison-broker"))
+    lines = (DEPLOY / "edison-nats-auth@.service").read_text(encoding="utf-8").splitlines()
+    for line in ("ExecStart=/usr/local/bin/edison-broker nats-auth %d/nats.conf --passwd %d/passwd",
+                 "LoadCredential=nats.conf:/etc/edison/nats/nats-%i.conf",
+                 "LoadCredential=nats-auth.json:/etc/edison/nats/nats-auth.json",
+                 "LoadCredential=passwd:/etc/edison/passwd", "DynamicUser=yes", "NoNewPrivileges=yes"):
+        assert line in lines, line
+    topics, passwd = user_files
+    out = tmp_path / "export"
+    assert edison_broker("nats-config", "--config", str(topics), "--passwd", str(passwd), "--data",
+                         str(tmp_path / "data"), "--out", str(out)).returncode == 0
+    credentials = tmp_path / "credentials"  # what systemd lays out under %d
+    credentials.mkdir()
+    shutil.copy(out / "nats-2.conf", credentials / "nats.conf")
+    shutil.copy(out / "nats-auth.json", credentials / "nats-auth.json")
+    shutil.copy(passwd, credentials / "passwd")
+    settings = Settings.load(credentials / "nats.conf", credentials / "passwd")
+    assert settings.member == "edison-2" and settings.passwd == credentials / "passwd"
 
 
 @pytest.mark.parametrize("name", UNITS)
