@@ -179,12 +179,16 @@ def _mosquitto_config(argv: list[str]) -> int:
                                 description="Write mosquitto.conf, acl and passwd with the same users and rules.")
     _listener_args(p)
     p.add_argument("--out", type=Path, required=True, help="directory for the three files")
+    p.add_argument("--several-connections-per-user", action="store_true",
+                   help="let a user hold several connections with client ids of its choosing; then any user can "
+                   "take a device's session and discard its queued commands (default: each client id is its user's "
+                   "name, one connection per user)")
     args = p.parse_args(argv)
     if not (args.config and args.passwd):
         p.error("--config and --passwd are required")
     try:
         options = _options(args)
-        written = mosquitto.export(options, args.out)
+        written = mosquitto.export(options, args.out, own_client_ids=not args.several_connections_per_user)
         readable = [*written[1:], *([args.data] if args.data else [])]
         owner = mosquitto.hand_over(readable)
         for name in mosquitto.unknown_users(options.rules, passwords.names(args.passwd)):

@@ -105,8 +105,10 @@ def secured(request, tmp_path, user_files) -> Iterator[Secured]:
         return
     if request.param == "amqtt":
         s = start_secured_amqtt(tmp_path, user_files)
-    else:
-        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary())
+    else:  # the export gives each user one connection unless the test needs several (its access rules)
+        several = request.node.get_closest_marker("several_connections_per_user") is not None
+        s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(),
+                                     *(("--several-connections-per-user",) if several else ()))
     yield s
     s.broker.proc.signal(signal.SIGTERM)
     try:

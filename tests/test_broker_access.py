@@ -106,6 +106,7 @@ def test_publish_matrix(secured):
             c.close()
 
 
+@pytest.mark.several_connections_per_user  # several clients of one user at once, each with its own filter
 def test_subscribe_matrix_live_and_retained(secured):
     publishers = {user: login(secured, user) for user in {p for _, _, p, _, _ in SUBSCRIBES}}
     watcher = login(secured, "watcher")
@@ -158,3 +159,28 @@ def test_refusals_are_logged_without_password(tmp_path, user_files):
         assert "hunter2-secret" not in s.broker.proc.output
     finally:
         s.broker.proc.stop()
+
+
+@pytest.mark.parametrize("squatter", ["laptop", "stranger"])
+def test_another_user_with_the_device_client_id_cannot_end_its_session_or_its_queue(secured, squatter):
+    """On every broker the project runs or exports to: refused (embedded, NATS through its callout), or given a
+    client id of its own user (Mosquitto: use_username_as_clientid), never the device's session."""
+    device = login(secured, "edison-t", client_id="edison-t", mqtt5=False, clean_session=False)
+    device.subscribe("edison/edison-t/+/set")
+    device.close()
+    laptop = login(secured, "laptop", mqtt5=False)
+    laptop.publish("edison/edison-t/led/set", f"ON squat-{squatter}")  # PUBACKed: queued in the device's session
+    laptop.close()
+    try:
+        squat = login(secured, squatter, client_id="edison-t", mqtt5=False, clean_session=True)
+    except ConnectionRefusedError:
+        assert secured.broker.kind != "mosquitto"
+    else:
+        assert secured.broker.kind == "mosquitto"
+        squat.close()
+    device = login(secured, "edison-t", client_id="edison-t", mqtt5=False, clean_session=False)
+    try:
+        assert device.session_present
+        assert device.wait_for("edison/edison-t/led/set", f"ON squat-{squatter}")
+    finally:
+        device.close()

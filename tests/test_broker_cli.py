@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -114,6 +115,8 @@ def test_exported_mosquitto_started_by_root_runs_as_written(tmp_path, user_files
         proc = Proc([mosquitto_bin, "-c", str(base / "out" / "mosquitto.conf")], tmp_path / "mosquitto.log")
         try:
             proc.wait_for_line(r"mosquitto version \S+ running")
+            # only the listener asked for: a listener option before it would have opened 1883 on every interface
+            assert re.findall(r"listen socket on port (\d+)", proc.output) == [str(port)], proc.output
             laptop = login(Secured(Broker("mosquitto", port, proc), topics, passwd), "laptop")
             laptop.publish("edison/edison-t/led/set", "kept", retain=True)
             laptop.close()

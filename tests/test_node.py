@@ -219,8 +219,9 @@ def test_mqtt5_response_topic_and_correlation_data(probe, node):
 
 @pytest.mark.parametrize("secured", ["mosquitto"], indirect=True)
 def test_mosquitto_rr_under_access_rules_and_a_refused_reply_is_logged(secured, tmp_path):
-    """The README's `mosquitto_rr -e edison/<device>/reply/...` works; a reply topic outside the device's is logged."""
-    laptop = login(secured, "laptop")
+    """The README's `mosquitto_rr -e edison/<device>/reply/...` works; a reply topic outside the device's is logged.
+    The watcher, not laptop, stands by: on the Mosquitto export a user has one connection at a time."""
+    laptop = login(secured, "watcher")
     nodes = NodeRunner(secured.broker, tmp_path, secured.topics)
     try:
         laptop.subscribe(STATUS)
