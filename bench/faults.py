@@ -186,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small counts, three faults")
     p.add_argument("--broker", choices=(*BROKER_KINDS, "all"), default="all")
+    p.add_argument("--fault", action="append", choices=[f.__name__ for f, _ in faults.MATRIX],
+                   help="only this fault (repeat it for several; default: all), without the durability rows")
     args = p.parse_args(argv)
     kinds, mosquitto_bin = bench_brokers(args.broker)
     matrix = QUICK if args.quick else faults.MATRIX
+    if args.fault:
+        matrix = [(f, n) for f, n in faults.MATRIX if f.__name__ in args.fault]
     with tempfile.TemporaryDirectory(prefix="edison-faults-") as tmp:
         workdir = Path(tmp)
         (workdir / "users").mkdir()
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{tally}{'; ' + tally.note if tally.note else ''}", flush=True)
         print()
         print(table(rows))
-        cost_rows(kinds, workdir, users, mosquitto_bin, args.quick)
+        if not args.fault:
+            cost_rows(kinds, workdir, users, mosquitto_bin, args.quick)
     return 0
 
 

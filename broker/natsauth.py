@@ -25,13 +25,14 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from broker.access import Access, Rules
-from broker.login import Passwords, Throttle
+from broker.login import MAX_TRACKED, Passwords, Throttle
 from broker.logs import Squelch, shown
 from broker.nats import AUTH_TIMEOUT, CALLOUT_FILE, MIN_VERSION
 
@@ -42,6 +43,7 @@ QUEUE = "edison-auth"  # every member's callout in one group: any of them answer
 REQUEST_AUDIENCE = "nats-authorization-request"
 RECONNECT_WAIT = 1.0  # seconds between attempts to reach the member (nats-py retries forever)
 REFUSAL_HOLD = 2.0  # seconds at most a refusal is held back: well within the member's wait (AUTH_TIMEOUT)
+LOGIN_RATE, LOGIN_BURST = 5.0, 20  # logins a second of one user from one address, and how many at once
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 
 
@@ -159,6 +161,29 @@ class Settings:
         return Rules({u: [] for u in self.permissions}, {})
 
 
+class Pace:
+    """Logins of one user from one address: LOGIN_BURST at once, then LOGIN_RATE a second (a token bucket).
+
+    Every MQTT login costs a NATS member several JetStream calls, and every QoS 1 subscription a replicated
+    consumer; a client reconnecting in a loop would queue everybody's logins behind its own. Held back here, it
+    reconnects at the pace of the bucket while devices (each a user of its own) are not held at all.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def wait(self, user: str, host: str) -> float:
+        """Seconds this login must wait for its turn (0: none); the turn is taken."""
+        now = self._clock()
+        tokens, then = self._buckets.pop((user, host), (float(LOGIN_BURST), now))
+        tokens = min(float(LOGIN_BURST), tokens + (now - then) * LOGIN_RATE) - 1
+        self._buckets[(user, host)] = (tokens, now)
+        while len(self._buckets) > MAX_TRACKED:
+            self._buckets.popitem(last=False)
+        return max(0.0, -tokens / LOGIN_RATE)
+
+
 class Callout:
     """Answers the logins of the cluster: one request at a time on the event loop, password checks on a thread."""
 
@@ -172,6 +197,7 @@ class Callout:
         self._passwords_mtime = -1.0
         self._passwords: Passwords | None = None
         self._throttle = Throttle()
+        self._pace = Pace()
         self._clock = clock
         self._old_servers: set[str] = set()
         self._squelch = Squelch()
@@ -202,6 +228,13 @@ class Callout:
             log.warning("not an authorization request, left unanswered: %s", exc)
             return None
         self._check_server(login)
+        turn = self._pace.wait(login.user, login.host)
+        if turn > REFUSAL_HOLD:
+            self._squelch.warning(f"pace {login.host}", "refused %s: more than %g logins a second", login,
+                                  LOGIN_RATE)
+            await asyncio.sleep(REFUSAL_HOLD)
+            return self._response(login, error=f"more than {LOGIN_RATE:g} logins a second from {login.host}")
+        await asyncio.sleep(turn)
         passwords = self.passwords()
         password_ok = bool(login.user) and await passwords.check(
             login.user, login.password.encode("utf-8"), login.host)

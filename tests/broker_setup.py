@@ -28,11 +28,14 @@ devices:
 access:
   laptop: controller
   watcher: controller
+  monitor: controller
+  churner: controller
   bridge: bridge
 """
-# "stranger" has a password but no access rule.
+# "stranger" has a password but no access rule. The fault harness gives each of its clients a user of its own
+# (monitor: the device's status, churner: the churn), as the Mosquitto export allows one connection per user.
 USERS = {name: f"pw-{name}-{i}" for i, name in enumerate(["edison-t", "edison-u", "laptop", "watcher", "bridge",
-                                                            "stranger"])}
+                                                            "stranger", "monitor", "churner"])}
 
 
 @dataclass

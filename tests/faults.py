@@ -33,6 +33,7 @@ from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
 from tests.cluster import NatsCluster
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
+from tests.rawmqtt import Raw
 
 DEVICE = "edison-t"
 SET = f"edison/{DEVICE}/led/set"
@@ -251,6 +252,49 @@ class Bystander:
         return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] * 1000
 
 
+class LoginProbe:
+    """A newcomer logging in again and again while a fault runs: CONNECT -> CONNACK, each on a new connection."""
+
+    def __init__(self, broker: BrokerUnderTest, user: str = "stranger") -> None:
+        self.port = broker.port
+        self.user = user
+        self.seconds: list[float] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        for n in itertools.count():
+            if self._stop.wait(0.2):
+                return
+            start = time.perf_counter()
+            try:
+                raw = Raw(self.port, timeout=30.0)
+                code = raw.login(f"{self.user}-{n}", self.user, USERS[self.user])
+                raw.close()
+            except OSError:
+                code = -1
+            if code == 0:
+                self.seconds.append(time.perf_counter() - start)
+            else:
+                self.refused += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def summary(self) -> str:
+        if not self.seconds:
+            return f"no login of {self.refused} tried went through"
+        ordered = sorted(self.seconds)
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * len(ordered)) - 1)]
+        return (f"a newcomer's login p50 / p99 {ordered[len(ordered) // 2] * 1000:.0f} / {p99 * 1000:.0f} ms "
+                f"({len(ordered)} logins" + (f", {self.refused} refused or cut" if self.refused else "") + ")")
+
+
 @dataclass
 class Tally:
     """What became of the commands of one fault."""
@@ -290,8 +334,8 @@ class Device:
         self.env = {"MQTT_PASSWORD": USERS[DEVICE]}
         self._online = threading.Condition()
         self._onlines = 0
-        self._watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="watcher-status", protocol=paho.MQTTv311)
-        self._watcher.username_pw_set("watcher", USERS["watcher"])
+        self._watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="monitor", protocol=paho.MQTTv311)
+        self._watcher.username_pw_set("monitor", USERS["monitor"])
         self._watcher.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self._watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(f"edison/{DEVICE}/status", qos=1)
         self._watcher.on_message = self._on_status
@@ -440,8 +484,8 @@ def churn(broker: BrokerUnderTest, device: Device, count: int, clients: int = 20
 
     def churner(n: int) -> None:
         while not stop.is_set():
-            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"churn-{n}", protocol=paho.MQTTv311)
-            c.username_pw_set("watcher", USERS["watcher"])
+            c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"churner-{n}", protocol=paho.MQTTv311)
+            c.username_pw_set("churner", USERS["churner"])
             try:
                 c.connect("127.0.0.1", broker.port, keepalive=10)
                 c.loop_start()
@@ -454,15 +498,19 @@ def churn(broker: BrokerUnderTest, device: Device, count: int, clients: int = 20
                 pass
 
     threads = [threading.Thread(target=churner, args=(n,), daemon=True) for n in range(clients)]
+    logins = LoginProbe(broker)
     with bystander(broker, tally):
         for t in threads:
             t.start()
+        logins.start()
         sender = Client(broker, "laptop")
         for chunk in range(10):
             send(sender, tally, toggles(f"churn{chunk}", count // 10))
             sender.wait_acked(len(tally.sent))
         settle(tally, sender, device)
         sender.close()
+        logins.stop()
+        tally.note = logins.summary()
         code, took = broker.terminate()  # under churn: the promise is exit 0 within 5 s
         stop.set()
         tally.broker_exit = f"{code} in {took:.1f} s"

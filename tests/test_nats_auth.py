@@ -136,3 +136,13 @@ def test_the_callout_refuses_to_start_on_what_it_cannot_use(tmp_path, exported):
     (exported.parent / "nats-auth.json").write_text("{}")
     broken = edison_broker("nats-auth", str(exported))
     assert broken.returncode == 2 and "nats-auth.json: not as nats-config writes it" in broken.stderr
+
+
+def test_one_user_from_one_address_is_paced_and_nobody_else_waits_for_it():
+    now = [0.0]
+    pace = natsauth.Pace(lambda: now[0])
+    assert [pace.wait("churner", "192.0.2.7") for _ in range(natsauth.LOGIN_BURST)] == [0.0] * natsauth.LOGIN_BURST
+    assert pace.wait("churner", "192.0.2.7") == pytest.approx(1 / natsauth.LOGIN_RATE)
+    assert pace.wait("churner", "192.0.2.8") == 0.0 and pace.wait("edison-t", "192.0.2.7") == 0.0
+    now[0] += 10.0  # the bucket fills again, up to the burst
+    assert [pace.wait("churner", "192.0.2.7") for _ in range(natsauth.LOGIN_BURST)] == [0.0] * natsauth.LOGIN_BURST
