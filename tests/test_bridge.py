@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.state import Outbox
+from node import __version__
 from tests.bridge_setup import SCALE, SET_TOPIC, STALL_TIMEOUT, BridgeRunner, delays, set_ids
 from tests.bridge_setup import X_ALLOWED as ALLOWED
 from tests.bridge_setup import X_STRANGER as STRANGER
@@ -103,7 +104,7 @@ def test_usernames_become_ids_and_only_own_stale_rules_are_deleted(mosquitto, br
     stream_query = next(q for m, path, q in xserver.requests if path == "/2/tweets/search/stream")
     assert stream_query["tweet.fields"] == ["author_id,created_at,referenced_tweets,note_tweet"]
     assert stream_query["expansions"] == ["author_id"] and stream_query["user.fields"] == ["username"]
-    assert xserver.user_agents == {"edison-bridge/0.1.0"}
+    assert xserver.user_agents == {f"edison-bridge/{__version__}"}
 
 
 def test_unknown_account_stops_the_start_naming_it(mosquitto, bridges, xserver):
