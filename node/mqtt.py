@@ -47,6 +47,9 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: Unsupported Protocol Version (paho maps 3.1.1's code 1 to it)
 _EARLY_ACKS = 64  # PUBACKs kept for publish() calls that have not returned yet; one is waited for in microseconds
 _REFUSED_LOGIN = (134, 135)  # Bad user name or password, Not authorized (paho maps 3.1.1's 4 and 5 to them)
+# A broker that holds back its answer to failed logins (edison-broker: up to 30 s) outlasts the connect timeout: once
+# an address held back its CONNACK or refused the login, its next CONNACK is waited for this long.
+HELD_LOGIN_WAIT = 35.0
 
 
 class LinkError(Exception):
@@ -224,6 +227,7 @@ class MqttLink:
         self._backlog_age: float | None = None
         self._fence_mid: int | None = None
         self._connack: ReasonCode | None = None  # the answer to the connection being made
+        self._holding: set[BrokerAddress] = set()  # addresses that held back a CONNACK or refused the login
         self._disconnect_reason = "connection lost"
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE message id -> its filter, until the SUBACK
         self._refused: str | None = None  # a subscription the broker refused on this connection
@@ -347,16 +351,25 @@ class MqttLink:
         client.reconnect()  # TCP (and TLS) within connect_timeout, then CONNECT
 
     def _await_connack(self, address: BrokerAddress) -> None:
-        deadline = time.monotonic() + self.settings.connect_timeout
+        """The broker's answer to the login. One that held its answer back before is waited for as long as a
+        broker holds back the refusal of a wrong password, so the node's user hears the refusal itself."""
+        held = address in self._holding
+        wait = max(self.settings.connect_timeout, HELD_LOGIN_WAIT) if held else self.settings.connect_timeout
+        deadline = time.monotonic() + wait
         rc = paho.MQTT_ERR_SUCCESS
         while self._connack is None and rc == paho.MQTT_ERR_SUCCESS and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._drop_socket()
-                raise _Failed(f"no CONNACK from {address} within {self.settings.connect_timeout:g} s")
+                self._holding.add(address)
+                why = "" if held else (
+                    ": it took the connection but did not answer the login (busy, or holding back the refusal of a "
+                    f"wrong password, as edison-broker does for up to 30 s): next time it gets {HELD_LOGIN_WAIT:g} s")
+                raise _Failed(f"no CONNACK from {address} within {wait:g} s{why}")
             rc = self._client.loop(timeout=min(1.0, remaining))
         answer = self._connack
         if answer is not None and not answer.is_failure:
+            self._holding.discard(address)
             return
         if self._stopping.is_set():
             self._drop_socket()
@@ -364,6 +377,8 @@ class MqttLink:
         if answer is not None:
             if answer.value == _UNSUPPORTED_PROTOCOL:
                 self._versions.pop(address, None)  # ask again next time: another broker may answer there now
+            if answer.value in _REFUSED_LOGIN:
+                self._holding.add(address)  # its next refusal may come after a delay: wait for it
             raise _Failed(f"broker {address} refused the connection{self._refusal_hint(answer)}: {answer}",
                           logging.ERROR)
         if rc == paho.MQTT_ERR_PROTOCOL:  # MQTT 3.1.1 refused as an unacceptable protocol version
