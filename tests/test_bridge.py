@@ -248,7 +248,7 @@ def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_pa
 
     first = run_bridge("down")
     assert first.wait() == 1, first.output
-    assert re.search(r"broker unreachable: command x:9101 for edison/edison-t/led/set kept", first.output)
+    assert re.search(r"not connected to the broker yet: command x:9101 for edison/edison-t/led/set kept", first.output)
     assert re.search(r"1 command\(s\) not yet acknowledged by the broker are kept in .*pending-commands.jsonl",
                      first.output)
 
@@ -261,6 +261,7 @@ def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_pa
         second = run_bridge("up")  # the same post again, as a user would retry
         assert second.wait() == 0, second.output
         assert "post 9101 from @k_yone (1001) ignored: duplicate" in second.output
+        assert "broker unreachable" not in second.output  # it was up all along: the command waited for the connection
         assert listener.result(DEVICE, "x:9101")["ok"] is True
         for state in ["ON", "OFF"] * 3:
             listener.wait_for(f"edison/{DEVICE}/led/state", state)
