@@ -384,7 +384,23 @@ class MqttLink:
         if rc == paho.MQTT_ERR_PROTOCOL:  # MQTT 3.1.1 refused as an unacceptable protocol version
             self._versions.pop(address, None)
             raise _Failed(f"broker {address} refused MQTT 3.1.1 (unacceptable protocol version)", logging.ERROR)
-        raise _Failed(f"broker {address} closed the connection before its CONNACK ({paho.error_string(rc)})")
+        raise _Failed(f"broker {address} closed the connection before its CONNACK ({paho.error_string(rc)})"
+                      f"{self._tls_hint(address)}")
+
+    def _tls_hint(self, address: BrokerAddress) -> str:
+        """A plain connection closed unanswered: if the port speaks TLS, it is a TLS listener given as mqtt://."""
+        if address.tls:
+            return ""
+        import ssl  # paho has imported it already
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only: does it speak TLS at all?
+        try:
+            with socket.create_connection((address.host, address.port), self.settings.connect_timeout) as sock, \
+                    context.wrap_socket(sock, server_hostname=address.host):
+                return f": it speaks TLS, so give it as mqtts://{address.host}:{address.port}"
+        except OSError:  # ssl.SSLError included: not TLS either
+            return ""
 
     def _drop_socket(self) -> None:
         sock = self._client.socket()
