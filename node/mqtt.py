@@ -50,6 +50,8 @@ _REFUSED_LOGIN = (134, 135)  # Bad user name or password, Not authorized (paho m
 # A broker that holds back its answer to failed logins (edison-broker: up to 30 s) outlasts the connect timeout: once
 # an address held back its CONNACK or refused the login, its next CONNACK is waited for this long.
 HELD_LOGIN_WAIT = 35.0
+# Connections that end this soon after they came up, twice in a row, look like another client taking the session.
+SHORT_LIVED = 5.0
 
 
 class LinkError(Exception):
@@ -228,6 +230,8 @@ class MqttLink:
         self._fence_mid: int | None = None
         self._connack: ReasonCode | None = None  # the answer to the connection being made
         self._holding: set[BrokerAddress] = set()  # addresses that held back a CONNACK or refused the login
+        self._up_since = 0.0  # monotonic time the connection came up
+        self._short_lived = 0  # connections in a row that ended within SHORT_LIVED of coming up
         self._disconnect_reason = "connection lost"
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE message id -> its filter, until the SUBACK
         self._refused: str | None = None  # a subscription the broker refused on this connection
@@ -308,9 +312,20 @@ class MqttLink:
             else:
                 policy.lost(index)
                 level, text = logging.WARNING, f"disconnected from {address}: {self._disconnect_reason}"
+                text += self._takeover_hint()
             if self._stopping.is_set():
                 return
             log.log(level, "%s (%s)", text, self._next_text(address, *policy.next()))
+
+    def _takeover_hint(self) -> str:
+        """Two clients with one client id take the session from each other, each connection lasting a moment.
+
+        Neither the embedded broker (MQTT 3.1.1) nor Mosquitto 2.0 says why it closed the connection."""
+        self._short_lived = self._short_lived + 1 if time.monotonic() - self._up_since < SHORT_LIVED else 0
+        if self._short_lived >= 2:
+            return (f"; connections keep ending within {SHORT_LIVED:g} s: another client with client id "
+                    f"{self.client_id!r} (a second node for this device?) would take the session from us each time")
+        return ""
 
     def _next_text(self, tried: BrokerAddress, index: int, wait: float) -> str:
         address = self._addresses[index]
@@ -332,6 +347,7 @@ class MqttLink:
         except OSError as exc:
             raise _Failed(f"cannot reach {address}: {exc}") from None
         self._await_connack(address)
+        self._up_since = time.monotonic()
         # Idle, paho's loop wakes only to keep the connection alive: a publish or a stop wakes it at once.
         wake = min(IDLE_WAKE, self.settings.keepalive / 4) if self.settings.keepalive else IDLE_WAKE
         while self._client.loop(timeout=wake) == paho.MQTT_ERR_SUCCESS:

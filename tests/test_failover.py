@@ -168,6 +168,14 @@ def test_a_refused_login_is_one_line_that_says_it_is_the_login(tmp_path, user_fi
     assert "Warning" not in secured.broker.proc.output  # no check left half-done (a coroutine never awaited)
 
 
+def test_two_nodes_with_one_device_id_are_told_they_take_each_others_session(broker, nodes, probe, tmp_path):
+    """Neither broker says why it closed the connection: the node tells it from connections that keep ending."""
+    first = nodes.start(wait_online=probe)
+    nodes.start("--state", str(tmp_path / "second-state"))
+    first.wait_for_line(rf"disconnected from {broker.url}: .*another client with client id '{DEVICE}' \(a second "
+                        r"node for this device\?\)")
+
+
 def test_a_wrong_password_is_told_also_when_the_broker_holds_back_its_refusals(tmp_path, user_files, logs):
     """The broker answers each failed login later than the last (0.5 s, 1 s, 2 s, ...): past the connect timeout,
     the node waits for the refusal instead of reporting a network fault."""
