@@ -11,7 +11,7 @@ checked against real outputs.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,15 +128,33 @@ _BRIDGE = vol.Schema({
 })
 
 
-def _problems(checked: Mapping[str, Any]) -> Problems:
-    """What the schema cannot say: someone must be allowed, blink parameters only for BLINK."""
+def _problems(data: Any, config: Config | None = None, known: Sequence[tuple[str, str]] = ()) -> Problems:
+    """What the schema cannot say: someone must be allowed, blink parameters only for BLINK, and (with `config`)
+    triggers aimed at devices and outputs that exist. Read from the section as written, so these come in the same
+    pass as the schema's own problems; a key the schema already faulted (`known`) is not faulted twice."""
+    faulted = {path for path, _ in known}
+    section = data if isinstance(data, Mapping) else {}
     problems: Problems = []
-    if not any(checked["allow"].get(network) for network in NETWORKS):
+    allow = _plain_list_is_x(section.get("allow"))
+    if isinstance(allow, Mapping) and "bridge.allow" not in faulted and not any(allow.get(n) for n in NETWORKS):
         problems.append(("bridge.allow", "no account on any network"))
-    for i, trigger in enumerate(checked["triggers"]):
+    triggers = section.get("triggers")
+    for i, trigger in enumerate(triggers if isinstance(triggers, list) else []):
+        if not isinstance(trigger, Mapping):
+            continue
+        at = f"bridge.triggers.{i}"
         given = [k for k in ("count", "on_time", "off_time") if k in trigger]
-        if given and trigger["command"] != "BLINK":
-            problems.append((f"bridge.triggers.{i}", f"{', '.join(given)} only apply to command BLINK"))
+        command = trigger.get("command")
+        if given and isinstance(command, str) and command.strip().upper() != "BLINK":
+            problems.append((at, f"{', '.join(given)} only apply to command BLINK"))
+        device_id, output = trigger.get("device"), trigger.get("output")
+        if config is None or not isinstance(device_id, str) or f"{at}.device" in faulted:
+            continue
+        device = config.devices.get(device_id)
+        if device is None:
+            problems.append((f"{at}.device", f"no device {device_id!r}"))
+        elif isinstance(output, str) and f"{at}.output" not in faulted and output not in device.outputs:
+            problems.append((f"{at}.output", f"device {device_id!r} has no output {output!r}"))
     return problems
 
 
@@ -150,18 +168,12 @@ def section(config: Config, source: str = "topics.yaml") -> BridgeConfig:
     """Validate the `bridge:` section of a loaded topics.yaml; ConfigError names the file and key path."""
     if config.bridge is None:
         raise ConfigError(f"{source} has no `bridge` section")
+    problems: Problems = []
     try:
         checked = _BRIDGE(config.bridge)
     except vol.MultipleInvalid as exc:
-        raise ConfigError(problems_text(source, [describe(e, "bridge") for e in exc.errors])) from None
-    problems = _problems(checked)
-    for i, trigger in enumerate(checked["triggers"]):
-        device = config.devices.get(trigger["device"])
-        if device is None:
-            problems.append((f"bridge.triggers.{i}.device", f"no device {trigger['device']!r}"))
-        elif trigger["output"] not in device.outputs:
-            problems.append((f"bridge.triggers.{i}.output",
-                             f"device {trigger['device']!r} has no output {trigger['output']!r}"))
+        problems = [describe(e, "bridge") for e in exc.errors]
+    problems += _problems(config.bridge, config, problems)
     if problems:
         raise ConfigError(problems_text(source, problems))
     return _build(checked)

@@ -34,6 +34,7 @@ class Publisher:
         self._lock = threading.Condition()
         self._handed: set[str] = set()  # ids handed to MQTT by this process (paho resends them after a reconnect)
         self._announced: set[str] = set()  # ids logged as waiting for the broker
+        self._was_connected = False  # before the first connection a command waits for it, not for a lost broker
         self.link = MqttLink(settings, client_id)
 
     def start(self) -> None:
@@ -69,7 +70,8 @@ class Publisher:
                     for out in self.outbox:
                         if out.id not in self._handed and out.id not in self._announced:
                             self._announced.add(out.id)
-                            log.info("broker unreachable: command %s for %s kept (%d pending)", out.id, out.topic,
+                            why = "broker unreachable" if self._was_connected else "not connected to the broker yet"
+                            log.info("%s: command %s for %s kept (%d pending)", why, out.id, out.topic,
                                      len(self.outbox))
                     return
                 found = next((o for o in self.outbox if o.id not in self._handed), None)
@@ -90,6 +92,7 @@ class Publisher:
 
     def connected(self) -> None:
         with self._lock:
+            self._was_connected = True
             waiting = sum(1 for o in self.outbox if o.id not in self._handed)
         if waiting:
             log.info("broker reachable: publishing %d kept command(s)", waiting)

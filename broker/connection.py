@@ -234,8 +234,8 @@ class Connection:
                 self._doubt = f"a login as {shown(user)} failed in the last {FORGET_AFTER / 60:g} minutes"
             if hub.passwords is not None:
                 urgent = hub.admission.trusted(self.address)
-                check = hub.passwords.check(user or "", connect.password, network_of(self.address), urgent)
-                if user is None or not await self._unless_ended(check):
+                if user is None or not await self._unless_ended(
+                        hub.passwords.check(user, connect.password, network_of(self.address), urgent)):
                     hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
                     await self._refuse_login(connect)
                     return None

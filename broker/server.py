@@ -97,6 +97,12 @@ def check(o: Options) -> None:
                          ("--passwd", o.passwd)):
         if path and not path.is_file():
             raise SetupError(f"{option} {path}: no such file")
+    if ls.tls_cert and ls.tls_key:
+        from broker import tls
+
+        tls_problem = tls.problem(ls.tls_cert, ls.tls_key, ls.tls_ca)
+        if tls_problem:
+            raise SetupError(tls_problem)
     if o.passwd and not passwords.read(o.passwd):
         raise SetupError(f"{o.passwd}: no users (add them with `edison-broker passwd --passwd {o.passwd} add NAME`)")
 

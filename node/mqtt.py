@@ -47,6 +47,11 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK reason: Unsupported Protocol Version (paho maps 3.1.1's code 1 to it)
 _EARLY_ACKS = 64  # PUBACKs kept for publish() calls that have not returned yet; one is waited for in microseconds
 _REFUSED_LOGIN = (134, 135)  # Bad user name or password, Not authorized (paho maps 3.1.1's 4 and 5 to them)
+# A broker that holds back its answer to failed logins (edison-broker: up to 30 s) outlasts the connect timeout: once
+# an address held back its CONNACK or refused the login, its next CONNACK is waited for this long.
+HELD_LOGIN_WAIT = 35.0
+# Connections that end this soon after they came up, twice in a row, look like another client taking the session.
+SHORT_LIVED = 5.0
 
 
 class LinkError(Exception):
@@ -224,6 +229,9 @@ class MqttLink:
         self._backlog_age: float | None = None
         self._fence_mid: int | None = None
         self._connack: ReasonCode | None = None  # the answer to the connection being made
+        self._holding: set[BrokerAddress] = set()  # addresses that held back a CONNACK or refused the login
+        self._up_since = 0.0  # monotonic time the connection came up
+        self._short_lived = 0  # connections in a row that ended within SHORT_LIVED of coming up
         self._disconnect_reason = "connection lost"
         self._subscribing: dict[int, str] = {}  # SUBSCRIBE message id -> its filter, until the SUBACK
         self._refused: str | None = None  # a subscription the broker refused on this connection
@@ -304,9 +312,20 @@ class MqttLink:
             else:
                 policy.lost(index)
                 level, text = logging.WARNING, f"disconnected from {address}: {self._disconnect_reason}"
+                text += self._takeover_hint()
             if self._stopping.is_set():
                 return
             log.log(level, "%s (%s)", text, self._next_text(address, *policy.next()))
+
+    def _takeover_hint(self) -> str:
+        """Two clients with one client id take the session from each other, each connection lasting a moment.
+
+        Neither the embedded broker (MQTT 3.1.1) nor Mosquitto 2.0 says why it closed the connection."""
+        self._short_lived = self._short_lived + 1 if time.monotonic() - self._up_since < SHORT_LIVED else 0
+        if self._short_lived >= 2:
+            return (f"; connections keep ending within {SHORT_LIVED:g} s: another client with client id "
+                    f"{self.client_id!r} (a second node for this device?) would take the session from us each time")
+        return ""
 
     def _next_text(self, tried: BrokerAddress, index: int, wait: float) -> str:
         address = self._addresses[index]
@@ -328,6 +347,7 @@ class MqttLink:
         except OSError as exc:
             raise _Failed(f"cannot reach {address}: {exc}") from None
         self._await_connack(address)
+        self._up_since = time.monotonic()
         # Idle, paho's loop wakes only to keep the connection alive: a publish or a stop wakes it at once.
         wake = min(IDLE_WAKE, self.settings.keepalive / 4) if self.settings.keepalive else IDLE_WAKE
         while self._client.loop(timeout=wake) == paho.MQTT_ERR_SUCCESS:
@@ -347,16 +367,25 @@ class MqttLink:
         client.reconnect()  # TCP (and TLS) within connect_timeout, then CONNECT
 
     def _await_connack(self, address: BrokerAddress) -> None:
-        deadline = time.monotonic() + self.settings.connect_timeout
+        """The broker's answer to the login. One that held its answer back before is waited for as long as a
+        broker holds back the refusal of a wrong password, so the node's user hears the refusal itself."""
+        held = address in self._holding
+        wait = max(self.settings.connect_timeout, HELD_LOGIN_WAIT) if held else self.settings.connect_timeout
+        deadline = time.monotonic() + wait
         rc = paho.MQTT_ERR_SUCCESS
         while self._connack is None and rc == paho.MQTT_ERR_SUCCESS and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._drop_socket()
-                raise _Failed(f"no CONNACK from {address} within {self.settings.connect_timeout:g} s")
+                self._holding.add(address)
+                why = "" if held else (
+                    ": it took the connection but did not answer the login (busy, or holding back the refusal of a "
+                    f"wrong password, as edison-broker does for up to 30 s): next time it gets {HELD_LOGIN_WAIT:g} s")
+                raise _Failed(f"no CONNACK from {address} within {wait:g} s{why}")
             rc = self._client.loop(timeout=min(1.0, remaining))
         answer = self._connack
         if answer is not None and not answer.is_failure:
+            self._holding.discard(address)
             return
         if self._stopping.is_set():
             self._drop_socket()
@@ -364,12 +393,30 @@ class MqttLink:
         if answer is not None:
             if answer.value == _UNSUPPORTED_PROTOCOL:
                 self._versions.pop(address, None)  # ask again next time: another broker may answer there now
+            if answer.value in _REFUSED_LOGIN:
+                self._holding.add(address)  # its next refusal may come after a delay: wait for it
             raise _Failed(f"broker {address} refused the connection{self._refusal_hint(answer)}: {answer}",
                           logging.ERROR)
         if rc == paho.MQTT_ERR_PROTOCOL:  # MQTT 3.1.1 refused as an unacceptable protocol version
             self._versions.pop(address, None)
             raise _Failed(f"broker {address} refused MQTT 3.1.1 (unacceptable protocol version)", logging.ERROR)
-        raise _Failed(f"broker {address} closed the connection before its CONNACK ({paho.error_string(rc)})")
+        raise _Failed(f"broker {address} closed the connection before its CONNACK ({paho.error_string(rc)})"
+                      f"{self._tls_hint(address)}")
+
+    def _tls_hint(self, address: BrokerAddress) -> str:
+        """A plain connection closed unanswered: if the port speaks TLS, it is a TLS listener given as mqtt://."""
+        if address.tls:
+            return ""
+        import ssl  # paho has imported it already
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only: does it speak TLS at all?
+        try:
+            with socket.create_connection((address.host, address.port), self.settings.connect_timeout) as sock, \
+                    context.wrap_socket(sock, server_hostname=address.host):
+                return f": it speaks TLS, so give it as mqtts://{address.host}:{address.port}"
+        except OSError:  # ssl.SSLError included: not TLS either
+            return ""
 
     def _drop_socket(self) -> None:
         sock = self._client.socket()

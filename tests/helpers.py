@@ -313,9 +313,16 @@ def stop_gracefully(procs: list[Proc]) -> None:
 
 
 def read_trace(path: Path) -> list[dict]:
+    """The level changes the node has traced so far: whole lines only.
+
+    The node appends a line per change while we read, and a write that crosses a
+    page boundary becomes visible in two steps, so the last line may be half
+    written: it counts once its newline is there.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    whole, _, _ = path.read_bytes().rpartition(b"\n")
+    return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
 
 
 def python_cmd(module: str, *args: str) -> list[str]:
@@ -340,13 +347,14 @@ class LogLines(logging.Handler):
         with self._arrived:
             return "\n".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> str:
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT, count: int = 1) -> str:
+        """The `count`th line matching `pattern`, once it is there."""
         rx = re.compile(pattern)
 
         def found() -> str | None:
-            return next((line for line in self.lines if rx.search(line)), None)
+            return next(itertools.islice((line for line in self.lines if rx.search(line)), count - 1, None), None)
 
         with self._arrived:
             if not self._arrived.wait_for(lambda: found() is not None, timeout):
-                raise AssertionError(f"no log line matching {pattern!r}; log:\n" + "\n".join(self.lines))
+                raise AssertionError(f"not {count} log line(s) matching {pattern!r}; log:\n" + "\n".join(self.lines))
             return found() or ""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from bridge.state import Outbox
+from node import __version__
 from tests.bridge_setup import SCALE, SET_TOPIC, STALL_TIMEOUT, BridgeRunner, delays, set_ids
 from tests.bridge_setup import X_ALLOWED as ALLOWED
 from tests.bridge_setup import X_STRANGER as STRANGER
@@ -103,7 +104,7 @@ def test_usernames_become_ids_and_only_own_stale_rules_are_deleted(mosquitto, br
     stream_query = next(q for m, path, q in xserver.requests if path == "/2/tweets/search/stream")
     assert stream_query["tweet.fields"] == ["author_id,created_at,referenced_tweets,note_tweet"]
     assert stream_query["expansions"] == ["author_id"] and stream_query["user.fields"] == ["username"]
-    assert xserver.user_agents == {"edison-bridge/0.1.0"}
+    assert xserver.user_agents == {f"edison-bridge/{__version__}"}
 
 
 def test_unknown_account_stops_the_start_naming_it(mosquitto, bridges, xserver):
@@ -247,7 +248,7 @@ def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_pa
 
     first = run_bridge("down")
     assert first.wait() == 1, first.output
-    assert re.search(r"broker unreachable: command x:9101 for edison/edison-t/led/set kept", first.output)
+    assert re.search(r"not connected to the broker yet: command x:9101 for edison/edison-t/led/set kept", first.output)
     assert re.search(r"1 command\(s\) not yet acknowledged by the broker are kept in .*pending-commands.jsonl",
                      first.output)
 
@@ -260,6 +261,7 @@ def test_stdin_post_while_the_broker_is_down_is_published_by_the_next_run(tmp_pa
         second = run_bridge("up")  # the same post again, as a user would retry
         assert second.wait() == 0, second.output
         assert "post 9101 from @k_yone (1001) ignored: duplicate" in second.output
+        assert "broker unreachable" not in second.output  # it was up all along: the command waited for the connection
         assert listener.result(DEVICE, "x:9101")["ok"] is True
         for state in ["ON", "OFF"] * 3:
             listener.wait_for(f"edison/{DEVICE}/led/state", state)

@@ -97,3 +97,15 @@ def test_a_secret_comes_from_its_variable_or_the_file_it_names(tmp_path):
     with pytest.raises(SecretError, match=r"X_FILE: cannot read .*nope") as info:
         secret("X", {"X_FILE": str(tmp_path / "nope")})
     assert "s3cret" not in str(info.value)
+
+
+def test_every_problem_of_the_section_is_told_in_one_pass():
+    """An unknown key, a bad value and a trigger aimed at a missing output: all three at once, not one per start."""
+    with pytest.raises(ConfigError) as caught:
+        bridge_section("bridge:\n  allow: [k_yone]\n  expiry: -1\n  colour: red\n"
+                       f"  triggers: [{{phrase: p, device: {DEVICE}, output: nope, command: ON}}]\n")
+    text = str(caught.value)
+    assert "3 problem(s)" in text, text
+    for told in ("bridge.colour: unknown key", "bridge.expiry:", f"bridge.triggers.0.output: device '{DEVICE}' has no "
+                 "output 'nope'"):
+        assert told in text, text

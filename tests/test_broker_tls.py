@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import ssl
 
 import pytest
 import trustme
 
-from tests.broker_setup import login, start_exported_mosquitto, start_secured_amqtt
-from tests.conftest import _mosquitto_binary
+from node.link import Session
+from node.mqtt import LinkSettings, MqttLink, parse_brokers
+from tests.broker_setup import edison_broker, login, start_exported_mosquitto, start_secured_amqtt
+from tests.conftest import _mosquitto_binary, start_amqtt
 from tests.helpers import TIMEOUT, Probe, free_port
 
 
@@ -83,3 +86,40 @@ def test_plain_mqtt_or_silence_on_the_websocket_port_is_closed_and_logged_in_one
         assert "Traceback" not in s.broker.proc.output, "a failed handshake is one line, not a traceback"
     finally:
         s.broker.proc.stop()
+
+
+@pytest.mark.parametrize("cert, key, problem", [
+    ("key", "cert", r"--tls-cert \S+key\.pem: no PEM certificate in it \(it holds a private key: are --tls-cert and "
+                    r"--tls-key swapped\?\)"),
+    ("cert", "other-key", r"--tls-key \S+other-key\.pem is not the private key of the certificate in --tls-cert "
+                          r"\S+cert\.pem"),
+])
+def test_a_wrong_certificate_or_key_is_named_at_start(tmp_path, cert, key, problem):
+    ca = trustme.CA()
+    issued, other = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    other.private_key_pem.write_to_path(str(tmp_path / "other-key.pem"))
+    done = edison_broker("--allow-anonymous", "--bind", f"127.0.0.1:{free_port()}",
+                         "--tls-bind", f"127.0.0.1:{free_port()}", "--tls-cert", str(tmp_path / f"{cert}.pem"),
+                         "--tls-key", str(tmp_path / f"{key}.pem"))
+    assert done.returncode == 2 and re.search(problem, done.stderr), done.stderr
+
+
+def test_mqtt_url_aimed_at_the_tls_port_says_to_use_mqtts(tmp_path, logs):
+    """The TLS listener closes a plain CONNECT unanswered: the node's line says the port speaks TLS."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls_port = free_port()
+    broker = start_amqtt(tmp_path, "--allow-anonymous", "--tls-bind", f"127.0.0.1:{tls_port}",
+                         "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    link = MqttLink(LinkSettings(parse_brokers(f"mqtt://127.0.0.1:{tls_port}")), "edison-t")
+    try:
+        link.start(Session())
+        logs.wait_for(rf"closed the connection before its CONNACK .*: it speaks TLS, so give it as "
+                      rf"mqtts://127\.0\.0\.1:{tls_port} ")
+    finally:
+        link.stop(timeout=0)
+        broker.proc.stop()

@@ -1,4 +1,5 @@
-"""A first run as a new user makes it: the README's commands, as written, against what `make run` starts."""
+"""A first run as a new user makes it: the commands of the README and of Getting started, as written, against what
+`make run` starts."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from tests.conftest import IN_CI, start_amqtt
 from tests.helpers import ROOT, TIMEOUT, Broker, Probe, Proc, python_cmd
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+GUIDE = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+BRIDGE = (ROOT / "docs" / "bridge" / "index.md").read_text(encoding="utf-8")
 DEVICE = "edison-1"  # the device of the shipped topics.yaml, which the README uses
 
 
-def readme_block(after: str) -> str:
+def block(text: str, after: str) -> str:
     """The first ```sh block after the sentence `after`."""
-    found = re.search(re.escape(after) + r".*?```sh\n(.*?)```", README, re.S)
-    assert found, f"no sh block after {after!r} in README.md"
+    found = re.search(re.escape(after) + r".*?```sh\n(.*?)```", text, re.S)
+    assert found, f"no sh block after {after!r}"
     return found.group(1)
 
 
@@ -53,31 +56,57 @@ def trial(tmp_path) -> Iterator[tuple[Broker, Proc, Probe]]:
         broker.proc.stop()
 
 
-def test_the_readmes_commands_work_as_written_on_any_port(trial, tmp_path):
+def test_the_readmes_try_it_works_as_written_on_any_port(trial, tmp_path):
+    broker, node, watcher = trial
+    env = {"PORT": str(broker.port), "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    subprocess.run(["sh", "-ec", block(README, "The LED from a laptop.")], cwd=ROOT, env=env, check=True,
+                   timeout=TIMEOUT)
+    assert watcher.wait_for(f"edison/{DEVICE}/result").json()["effect"] == "blink"
+    press = block(README, "The button.").replace("/tmp/edison-inputs.jsonl", str(tmp_path / "inputs.jsonl"))
+    subprocess.run(["sh", "-ec", press], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    assert watcher.wait_for(f"edison/{DEVICE}/button/event").json()["event_type"] == "press"
+    watcher.wait_for(f"edison/{DEVICE}/led/effect", "blink")
+    watcher.wait_for(f"edison/{DEVICE}/led/effect", "off", timeout=TIMEOUT)  # the BLINK is over (6 s)
+    subprocess.run(["sh", "-ec", block(README, "A repeated id.")], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    first, second = (watcher.wait_for(f"edison/{DEVICE}/result", where=lambda m: m.json()["id"] == "try-1").json()
+                     for _ in range(2))
+    assert first["effect"] == "blink" and "repeat" not in first and second == {**first, "repeat": True}
+    watcher.wait_for(f"edison/{DEVICE}/led/effect", "blink")
+    watcher.wait_for(f"edison/{DEVICE}/led/effect", "off")
+    assert node.output.count("● high  (command try-1)") == 3, node.output  # count 3, blinked once
+
+
+def test_getting_started_works_as_written_on_any_port(trial, tmp_path):
     broker, node, watcher = trial
     inputs = tmp_path / "inputs.jsonl"
     env = {"PORT": str(broker.port), "PATH": "/usr/bin:/bin:/usr/local/bin"}
-    commands = readme_block("In a third, send commands:")
+    commands = block(GUIDE, "In a third, send commands:")
     subprocess.run(["sh", "-ec", commands], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     results = [watcher.wait_for(f"edison/{DEVICE}/result").json() for _ in range(4)]
     assert [r["ok"] for r in results] == [True] * 4 and results[-1]["id"] == "try-1"
     node.wait_for_line(r"LED \(pin 20\)  ● high  \(command try-1\)")
-    dim = readme_block("Dim the LED")
+    dim = block(GUIDE, "Dim the LED")
     subprocess.run(["sh", "-ec", dim], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     assert [watcher.wait_for(f"edison/{DEVICE}/result").json()["brightness"] for _ in range(2)] == [64, 255]
     watcher.wait_for(f"edison/{DEVICE}/led/brightness", "255")
-    press = readme_block("Press the simulated button").replace("/tmp/edison-inputs.jsonl", str(inputs))
+    press = block(GUIDE, "Press the button").replace("/tmp/edison-inputs.jsonl", str(inputs))
     subprocess.run(["sh", "-ec", press], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     watcher.wait_for(f"edison/{DEVICE}/button/state", "ON")
     assert watcher.wait_for(f"edison/{DEVICE}/button/event").json()["event_type"] == "press"
     node.wait_for_line(r"Button \(pin 36\)  ○ low")  # the terminal shows the button too
-    bridge = readme_block("Try triggers without any network")
+    again = block(GUIDE, "Send the `try-1` command from above again")
+    subprocess.run(["sh", "-ec", again], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    assert watcher.wait_for(f"edison/{DEVICE}/result", where=lambda m: m.json().get("repeat")).json()["id"] == "try-1"
+    clear = block(GUIDE, "Clear it by publishing an empty retained message")
+    subprocess.run(["sh", "-ec", clear], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
+    bridge = block(BRIDGE, "Try triggers without any network")
     subprocess.run(["sh", "-ec", bridge], cwd=ROOT, env=env, check=True, timeout=TIMEOUT, capture_output=True)
     assert watcher.result(DEVICE, "x:1")["effect"] == "blink"
 
 
-def test_the_watch_command_comes_before_the_commands_it_watches():
-    assert README.index("mosquitto_sub -h 127.0.0.1 -p") < README.index("mosquitto_pub -h 127.0.0.1 -p")
+@pytest.mark.parametrize("text", [README, GUIDE], ids=["README", "getting-started"])
+def test_the_watch_command_comes_before_the_commands_it_watches(text):
+    assert text.index("mosquitto_sub -h 127.0.0.1 -p") < text.index("mosquitto_pub -h 127.0.0.1 -p")
 
 
 @pytest.mark.parametrize("program, module", [("edison-node", "node"), ("edison-broker", "broker"),

@@ -1,7 +1,11 @@
 """One module per network: each turns its network's events into `matching.Post`s for the pipeline.
 
-What they share is here: how a stream is cut into lines, the exit codes, the
-User-Agent, and the reconnect log line (`stream: <why>; reconnecting in D s`).
+What they share is here: the loop that follows a stream (`StreamSource`: connect,
+read, say why it ended, back off, stop on what retrying cannot fix), `Refused`,
+how a stream is cut into lines, the exit codes, the User-Agent, and the
+reconnect log line (`stream: <why>; reconnecting in D s`). What is each
+network's own (how to connect, how to read an event, which failures are whose)
+is in its module.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from bridge.backoff import Reconnect
 from node import __version__
@@ -29,6 +35,96 @@ class Source(Protocol):
     def run(self, stop: threading.Event) -> int:
         """Follow the network until `stop` is set (0) or it refuses to go on (an exit code)."""
         ...
+
+
+class Refused(Exception):
+    """The network refused something retrying cannot fix (an unknown account, an invalid rule): exit 2."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Why a connection ended or an attempt failed, and what comes next.
+
+    `delay` None: the source's back-off decides. `exit` set: retrying cannot
+    help; `reason` is logged as an error and the source stops with that code.
+    """
+
+    reason: str
+    delay: float | None = None
+    exit: int | None = None
+
+
+Item = TypeVar("Item")
+
+
+class StreamSource(ABC, Generic[Item]):
+    """The loop every network's stream follows, written once.
+
+    Until `stop`: `prepare` (what must hold before connecting, such as resolved
+    accounts), `open` the stream, `connected`, `handle` each item; when it ends,
+    `ended` names the reason (or a network's fault), the source's back-off says
+    how long to wait, and the loop connects again. `Refused` stops it with exit 2.
+    """
+
+    network: str
+    log: logging.Logger
+    backoff: Reconnect
+
+    def prepare(self, stop: threading.Event) -> None:
+        """Before each attempt: what the stream needs first. Raise Refused when it cannot be had."""
+
+    @abstractmethod
+    def open(self) -> AbstractContextManager[Iterable[Item]]:
+        """Connect: the items of the stream, until it ends."""
+
+    def connected(self) -> None:
+        """The stream is open: log it, catch up on what it does not replay."""
+        self.log.info("stream: connected")
+
+    @abstractmethod
+    def handle(self, item: Item) -> None:
+        """One item of the stream; anything unusable is logged and skipped, never raised."""
+
+    @abstractmethod
+    def ended(self, exc: Exception, connected_at: float | None) -> Ended | None:
+        """Why `exc` ended the stream (or the attempt), if it is one of this network's faults; else None."""
+
+    def closed(self) -> None:
+        """After each attempt, however it ended: keep what must survive a restart."""
+
+    def run(self, stop: threading.Event) -> int:
+        """Follow the network until `stop` is set (0) or it refuses to go on (an exit code)."""
+        while not stop.is_set():
+            connected_at: float | None = None
+            try:
+                self.prepare(stop)
+                if stop.is_set():
+                    return 0
+                with self.open() as items:
+                    connected_at = time.monotonic()
+                    self.connected()
+                    for item in items:
+                        if stop.is_set():
+                            return 0
+                        self.handle(item)
+                end = Ended("the server closed the stream")
+            except Refused as exc:
+                self.log.error("%s", exc)
+                return EXIT_REFUSED
+            except Exception as exc:
+                known = self.ended(exc, connected_at)
+                if known is None:
+                    raise
+                end = known
+            finally:
+                self.closed()
+            if end.exit is not None:
+                self.log.error("%s", end.reason)
+                return end.exit
+            if stop.is_set():
+                return 0
+            reconnect(self.log, stop, self.backoff, end.reason, connected_at, end.delay)
+        return 0
 
 
 @dataclass(frozen=True)

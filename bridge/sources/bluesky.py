@@ -14,12 +14,11 @@ silence. websockets does the protocol, the pings and the size limit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 from bridge.backoff import ExponentialBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_REFUSED, MAX_LINE, USER_AGENT, reconnect
+from bridge.sources import MAX_LINE, USER_AGENT, Ended, Refused, StreamSource
 from bridge.state import Cursors
 
 log = network_log("bluesky")
@@ -45,15 +44,12 @@ REPLAY_MARGIN_US = 5_000_000  # resume this long before the last event seen: the
 HARD_MAX_FRAME = 16 * MAX_LINE  # beyond this websockets closes the connection; up to it we skip bigger frames
 
 
-class Unresolved(Exception):
-    """A handle that Bluesky does not know: retrying cannot help."""
-
-
 def resolve_handle(client: httpx.Client, handle: str) -> str:
-    """The DID of a handle; Unresolved if it has none, httpx errors for the network's faults."""
+    """The DID of a handle; Refused if it has none, httpx errors for the network's faults."""
     response = client.get("/xrpc/com.atproto.identity.resolveHandle", params={"handle": handle})
     if response.status_code == 400:
-        raise Unresolved(handle)
+        raise Refused(f"unknown Bluesky handle in bridge.allow.bluesky: {handle} "
+                      f"({str(client.base_url).rstrip('/')} cannot resolve it)")
     response.raise_for_status()
     body = response.json()
     did = body.get("did") if isinstance(body, dict) else None
@@ -105,8 +101,9 @@ def parse_commit(event: dict[str, Any], handles: dict[str, str]) -> Post | None:
                 quote=isinstance(embed, dict) and embed.get("$type") in QUOTE_EMBEDS)
 
 
-class BlueskySource:
+class BlueskySource(StreamSource[str | bytes]):
     network = "bluesky"
+    log = log
 
     def __init__(self, pipeline: Pipeline, accounts: Sequence[str], jetstreams: list[str], api_url: str,
                  cursors: Cursors, stall_timeout: float, backoff_scale: float = 1.0) -> None:
@@ -118,48 +115,49 @@ class BlueskySource:
         self.keepalive = stall_timeout / 2
         self.backoff = ExponentialBackoff(backoff_scale, healthy_after=stall_timeout)
         self.handles: dict[str, str] = {}  # DID -> handle, for the log and the command's source
-        self._dids: list[str] = []
+        self._dids: list[str] | None = None  # None: the handles are still to be resolved
         self._instance = 0
 
-    def run(self, stop: threading.Event) -> int:
-        if not self._resolve(stop):
-            return 0 if stop.is_set() else EXIT_REFUSED
-        while not stop.is_set():
-            url = self.jetstreams[self._instance]
-            connected_at: float | None = None
-            try:
-                with self._connect(url) as ws:
-                    connected_at = time.monotonic()
-                    log.info("stream: connected to %s (%d account(s))", url, len(self._dids))
-                    for frame in ws:
-                        if stop.is_set():
-                            return 0
-                        self.handle_frame(frame)
-                reason = "the server closed the connection"
-            except InvalidStatus as exc:
-                reason = f"{url} refused the subscription: HTTP {exc.response.status_code}"
-            except ConnectionClosed as exc:
-                reason = f"connection lost: {exc}"
-            except (OSError, InvalidHandshake, InvalidURI) as exc:
-                reason = f"network error: {exc or type(exc).__name__}"
-            finally:
-                self.cursors.flush()
-            if stop.is_set():
-                return 0
-            if connected_at is None:
-                self._instance = (self._instance + 1) % len(self.jetstreams)  # the next instance, in turn
-            reconnect(log, stop, self.backoff, reason, connected_at)
-        return 0
+    def prepare(self, stop: threading.Event) -> None:
+        if self._dids is None:
+            self._resolve(stop)
 
-    def _connect(self, base: str) -> ClientConnection:
+    def open(self) -> ClientConnection:
         last = self.cursors.get(CURSOR_KEY)
         cursor = last - REPLAY_MARGIN_US if isinstance(last, int) else None
-        return connect(subscribe_url(base, self._dids, cursor), user_agent_header=USER_AGENT, open_timeout=10,
-                       ping_interval=self.keepalive, ping_timeout=self.keepalive,
+        return connect(subscribe_url(self._url, self._dids or [], cursor), user_agent_header=USER_AGENT,
+                       open_timeout=10, ping_interval=self.keepalive, ping_timeout=self.keepalive,
                        close_timeout=min(self.keepalive, 5), max_size=HARD_MAX_FRAME, logger=quiet)
 
-    def _resolve(self, stop: threading.Event) -> bool:
-        """Handles to DIDs, retried on network faults; False if one is unknown (logged) or on stop."""
+    @property
+    def _url(self) -> str:
+        return self.jetstreams[self._instance]
+
+    def connected(self) -> None:
+        log.info("stream: connected to %s (%d account(s))", self._url, len(self._dids or []))
+
+    def handle(self, item: str | bytes) -> None:
+        self.handle_frame(item)
+
+    def ended(self, exc: Exception, connected_at: float | None) -> Ended | None:
+        """A failed attempt moves on to the next instance, in turn; a dropped connection retries the same."""
+        if isinstance(exc, InvalidStatus):
+            end = Ended(f"{self._url} refused the subscription: HTTP {exc.response.status_code}")
+        elif isinstance(exc, ConnectionClosed):
+            end = Ended(f"connection lost: {exc}")
+        elif isinstance(exc, (OSError, InvalidHandshake, InvalidURI)):
+            end = Ended(f"network error: {exc or type(exc).__name__}")
+        else:
+            return None
+        if connected_at is None:
+            self._instance = (self._instance + 1) % len(self.jetstreams)
+        return end
+
+    def closed(self) -> None:
+        self.cursors.flush()
+
+    def _resolve(self, stop: threading.Event) -> None:
+        """Handles to DIDs, retried on network faults; Refused for one Bluesky does not know."""
         dids = [a for a in self.accounts if a.startswith("did:")]
         handles = [a for a in self.accounts if not a.startswith("did:")]
         with httpx.Client(base_url=self.api_url, headers={"User-Agent": USER_AGENT}, timeout=20) as client:
@@ -167,10 +165,6 @@ class BlueskySource:
                 handle = handles[0]
                 try:
                     did = resolve_handle(client, handle)
-                except Unresolved:
-                    log.error("unknown Bluesky handle in bridge.allow.bluesky: %s (%s cannot resolve it)", handle,
-                              self.api_url)
-                    return False
                 except (httpx.HTTPError, ValueError) as exc:
                     delay = self.backoff.failed()
                     log.warning("cannot resolve @%s: %s; retrying in %.4g s", handle, exc, delay)
@@ -180,6 +174,8 @@ class BlueskySource:
                 self.handles[did] = handle
                 dids.append(did)
                 handles.pop(0)
+        if stop.is_set():
+            return
         self.backoff.reset()
         if self.cursors.get(CURSOR_KEY) is None:  # first run: from now on, also if the bridge stops before a post
             self.cursors.set(CURSOR_KEY, time.time_ns() // 1000)
@@ -187,7 +183,6 @@ class BlueskySource:
         self._dids = sorted(set(dids))
         for did in self._dids:
             self.pipeline.allow("bluesky", did)
-        return not stop.is_set()
 
     def handle_frame(self, frame: str | bytes) -> None:
         """One Jetstream frame: a post goes to the pipeline; anything unusable is logged and skipped."""

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -31,7 +31,7 @@ import httpx
 from bridge.backoff import ExponentialBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, reconnect, split_lines
+from bridge.sources import EXIT_AUTH, USER_AGENT, Ended, Refused, Skipped, StreamSource, iso_time, split_lines
 from bridge.state import Cursors
 
 log = network_log("mastodon")
@@ -45,10 +45,6 @@ class MastodonError(Exception):
         super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
         self.status = status
         self.reset = reset  # 429: unix time the limit resets (X-RateLimit-Reset)
-
-
-class Refused(Exception):
-    """Mastodon refused something retrying cannot fix (unknown account)."""
 
 
 def _reset_time(value: str | None) -> float | None:
@@ -199,8 +195,9 @@ class MastodonClient:
             yield sse_events(split_lines(response.iter_bytes()))
 
 
-class MastodonSource:
+class MastodonSource(StreamSource[Event | Skipped]):
     network = "mastodon"
+    log = log
 
     def __init__(self, pipeline: Pipeline, accounts: Sequence[str], base_url: str, token: str, cursors: Cursors,
                  stall_timeout: float, backoff_scale: float = 1.0) -> None:
@@ -222,47 +219,40 @@ class MastodonSource:
         if last is None or _status_key(status_id) > _status_key(last):  # a late remote post may be older
             self.cursors.set(self.cursor_key, status_id)
 
-    def run(self, stop: threading.Event) -> int:
-        while not stop.is_set():
-            connected_at: float | None = None
-            try:
-                if not self._ready:
-                    self._start()
-                    self._ready = True
-                with self.client.stream() as events:
-                    connected_at = time.monotonic()
-                    log.info("stream: connected to %s", self.client.streaming_url)
-                    self.backfill()
-                    for event in events:
-                        if stop.is_set():
-                            return 0
-                        self.handle_event(event)
-                reason = "the server closed the stream"
-            except Refused as exc:
-                log.error("%s", exc)
-                return EXIT_REFUSED
-            except MastodonError as exc:
-                if exc.status == 401 or (exc.status == 403 and not self._ready):  # 403 at start: no read scope
-                    log.error("%s refused the access token (%s): check MASTODON_ACCESS_TOKEN; retrying cannot "
-                              "help", self.client.host, exc)
-                    return EXIT_AUTH
-                if exc.status == 429:
-                    wait = max(0.0, min((exc.reset or 0) - time.time(), MAX_RATE_WAIT)) if exc.reset else None
-                    delay = wait if wait is not None else self.backoff.failed()
-                    reconnect(log, stop, self.backoff, f"rate-limited ({exc}); waiting until X-RateLimit-Reset",
-                              connected_at, delay)
-                    continue
-                reason = f"HTTP error ({exc})"
-            except httpx.ReadTimeout:
-                reason = f"stalled: no data or heartbeat for {self.client.stall_timeout:g} s"
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                reason = f"network error: {exc or type(exc).__name__}"
-            finally:
-                self.cursors.flush()
-            if stop.is_set():
-                return 0
-            reconnect(log, stop, self.backoff, reason, connected_at)
-        return 0
+    def prepare(self, stop: threading.Event) -> None:
+        if not self._ready:
+            self._start()
+            self._ready = True
+
+    def open(self) -> AbstractContextManager[Iterator[Event | Skipped]]:
+        return self.client.stream()
+
+    def connected(self) -> None:
+        """Mastodon has no replay: the stream is open, so what the timeline holds since the last status comes first."""
+        log.info("stream: connected to %s", self.client.streaming_url)
+        self.backfill()
+
+    def handle(self, item: Event | Skipped) -> None:
+        self.handle_event(item)
+
+    def ended(self, exc: Exception, connected_at: float | None) -> Ended | None:
+        if isinstance(exc, MastodonError):
+            if exc.status == 401 or (exc.status == 403 and not self._ready):  # 403 at start: no read scope
+                return Ended(f"{self.client.host} refused the access token ({exc}): check MASTODON_ACCESS_TOKEN; "
+                             "retrying cannot help", exit=EXIT_AUTH)
+            if exc.status == 429:
+                wait = max(0.0, min((exc.reset or 0) - time.time(), MAX_RATE_WAIT)) if exc.reset else None
+                return Ended(f"rate-limited ({exc}); waiting until X-RateLimit-Reset",
+                             wait if wait is not None else self.backoff.failed())
+            return Ended(f"HTTP error ({exc})")
+        if isinstance(exc, httpx.ReadTimeout):
+            return Ended(f"stalled: no data or heartbeat for {self.client.stall_timeout:g} s")
+        if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+            return Ended(f"network error: {exc or type(exc).__name__}")
+        return None
+
+    def closed(self) -> None:
+        self.cursors.flush()
 
     def _start(self) -> None:
         """Token, streaming URL, account ids and follows; the newest status on a first run."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import httpx
 from bridge.backoff import XBackoff
 from bridge.matching import Post
 from bridge.pipeline import Pipeline, network_log
-from bridge.sources import EXIT_AUTH, EXIT_REFUSED, USER_AGENT, Skipped, iso_time, reconnect, split_lines
+from bridge.sources import EXIT_AUTH, USER_AGENT, Ended, Refused, Skipped, StreamSource, iso_time, split_lines
 
 log = network_log("x")
 
@@ -64,10 +63,6 @@ class XError(Exception):
         except ValueError:
             body = response.text
         return cls(response.status_code, body, response.reason_phrase)
-
-
-class Refused(Exception):
-    """X refused a request in a way retrying cannot fix (unknown account, invalid rule)."""
 
 
 @dataclass(frozen=True)
@@ -259,10 +254,11 @@ def handle_line(pipeline: Pipeline, line: bytes | Skipped) -> None:
     pipeline.handle(post)
 
 
-class XSource:
+class XSource(StreamSource[bytes | Skipped]):
     """The filtered stream, kept open by X's reconnect rules."""
 
     network = "x"
+    log = log
 
     def __init__(self, pipeline: Pipeline, client: XClient, accounts: Sequence[str], rule_tag: str,
                  rule_max_length: int, backoff: XBackoff) -> None:
@@ -271,9 +267,11 @@ class XSource:
         self.client = client
         self.rule_tag = rule_tag
         self.rule_max_length = rule_max_length
-        self.backoff = backoff
+        self.backoff: XBackoff = backoff
         self._ids: set[str] = set()
+        self._rules: list[str] | None = None  # None: to be written (again) before connecting
         self.usernames = [a for a in accounts if not a.isdigit()]
+        self._unresolved = list(self.usernames)
         for user_id in (a for a in accounts if a.isdigit()):
             self.allow_id(user_id)
 
@@ -281,63 +279,52 @@ class XSource:
         self._ids.add(user_id)
         self.pipeline.allow("x", user_id)
 
-    def run(self, stop: threading.Event) -> int:
-        """Resolve accounts, sync rules, and keep the stream open until `stop`; returns the exit code."""
-        backoff = self.backoff
-        rules: list[str] | None = None
-        unresolved = list(self.usernames)
-        while not stop.is_set():
-            connected_at: float | None = None
+    def prepare(self, stop: threading.Event) -> None:
+        """Usernames resolved to ids (once: ids never change, usernames may), and our stream rules in place."""
+        if self._unresolved:
+            for user in self.client.lookup_users(self._unresolved).values():
+                log.info("account @%s is id %s", user.username, user.id)
+                self.allow_id(user.id)
+            self._unresolved = []
+        if self._rules is None:
             try:
-                if unresolved:  # once: ids never change, usernames may
-                    for user in self.client.lookup_users(unresolved).values():
-                        log.info("account @%s is id %s", user.username, user.id)
-                        self.allow_id(user.id)
-                    unresolved = []
-                if rules is None:
-                    try:
-                        wanted = build_rules(sorted(self._ids), self.rule_max_length)
-                    except ValueError as exc:
-                        raise Refused(str(exc)) from None
-                    added, deleted = self.client.sync_rules(wanted, self.rule_tag)
-                    log.info("stream rules (tag %s): %d in place, %d added, %d stale deleted", self.rule_tag,
-                             len(wanted), len(added), len(deleted))
-                    rules = wanted
-                with self.client.stream() as lines:
-                    connected_at = time.monotonic()
-                    backoff.connected()
-                    log.info("stream: connected")
-                    for line in lines:
-                        if stop.is_set():
-                            return 0
-                        handle_line(self.pipeline, line)
-                reason = "the server closed the stream"
-            except Refused as exc:
-                log.error("%s", exc)
-                return EXIT_REFUSED
-            except XError as exc:
-                if exc.kind == "auth":
-                    log.error("X refused the bearer token (%s): check X_BEARER_TOKEN; retrying cannot help", exc)
-                    return EXIT_AUTH
-                if exc.kind == "no-rules":
-                    rules = None  # X has none of our rules: sync them again before reconnecting
-                    reason, delay = f"no stream rules ({exc})", backoff.http()
-                elif exc.kind == "usage-cap":
-                    log.error("X MONTHLY USAGE CAP REACHED (%s): the stream is off until the cap resets", exc)
-                    reason, delay = f"usage cap ({exc})", backoff.usage_cap()
-                elif exc.kind == "too-many":
-                    reason, delay = f"too many requests ({exc})", backoff.too_many()
-                else:
-                    reason, delay = f"HTTP error ({exc})", backoff.http()
-                reconnect(log, stop, backoff, reason, connected_at, delay)
-                continue
-            except StreamDisconnect as exc:
-                reason = f"X ended the stream: {exc}"
-            except httpx.ReadTimeout:
-                reason = f"stalled: no data or keep-alive for {self.client.stall_timeout:g} s"
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                reason = f"network error: {exc or type(exc).__name__}"
-            if stop.is_set():
-                return 0
-            reconnect(log, stop, backoff, reason, connected_at)
-        return 0
+                wanted = build_rules(sorted(self._ids), self.rule_max_length)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
+            added, deleted = self.client.sync_rules(wanted, self.rule_tag)
+            log.info("stream rules (tag %s): %d in place, %d added, %d stale deleted", self.rule_tag,
+                     len(wanted), len(added), len(deleted))
+            self._rules = wanted
+
+    def open(self) -> AbstractContextManager[Iterator[bytes | Skipped]]:
+        return self.client.stream()
+
+    def connected(self) -> None:
+        self.backoff.connected()
+        super().connected()
+
+    def handle(self, item: bytes | Skipped) -> None:
+        handle_line(self.pipeline, item)
+
+    def ended(self, exc: Exception, connected_at: float | None) -> Ended | None:
+        """X's answers have back-offs of their own; a closed or stalled stream is reconnected at once."""
+        if isinstance(exc, XError):
+            if exc.kind == "auth":
+                return Ended(f"X refused the bearer token ({exc}): check X_BEARER_TOKEN; retrying cannot help",
+                             exit=EXIT_AUTH)
+            if exc.kind == "no-rules":
+                self._rules = None  # X has none of our rules: write them again before reconnecting
+                return Ended(f"no stream rules ({exc})", self.backoff.http())
+            if exc.kind == "usage-cap":
+                log.error("X MONTHLY USAGE CAP REACHED (%s): the stream is off until the cap resets", exc)
+                return Ended(f"usage cap ({exc})", self.backoff.usage_cap())
+            if exc.kind == "too-many":
+                return Ended(f"too many requests ({exc})", self.backoff.too_many())
+            return Ended(f"HTTP error ({exc})", self.backoff.http())
+        if isinstance(exc, StreamDisconnect):
+            return Ended(f"X ended the stream: {exc}")
+        if isinstance(exc, httpx.ReadTimeout):
+            return Ended(f"stalled: no data or keep-alive for {self.client.stall_timeout:g} s")
+        if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+            return Ended(f"network error: {exc or type(exc).__name__}")
+        return None
