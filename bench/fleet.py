@@ -392,13 +392,14 @@ class Nats(Fleet):
         return [p.popen.pid for p in [*self.cluster.procs.values(), *self.cluster.callouts.values()]]
 
     def restart(self) -> None:
-        """Every member and every callout, as after a power cut of the whole site."""
+        """Every member and every callout, as after a power cut of the whole site; waits until each member takes
+        a login (JetStream recovers every session's consumers first)."""
         self.cluster.close()
         for n in self.cluster.numbers:
             self.cluster.start_callout(n)
             self.cluster.start(n, wait=False)
         for n in self.cluster.numbers:
-            self.cluster.wait_ready(n, timeout=120)
+            self.cluster.wait_ready(n, timeout=STORM_LIMIT)
 
     def close(self) -> None:
         self.cluster.close()
@@ -431,8 +432,9 @@ class Row:
     numbers: dict[str, float] = field(default_factory=dict)
 
 
-async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float) -> Row:
-    row = Row(fleet.kind, count)
+async def run_fleet(fleet: Fleet, row: Row, rate: float, steady_seconds: float) -> None:
+    """Fills `row` phase by phase, so a phase that fails leaves the figures of those before it."""
+    count = row.devices
     cpu0 = fleet.cpu_seconds()
     devices = [Device(n, fleet.device_login(n)) for n in range(count)]
     first = await storm(devices, fleet.ports)
@@ -480,7 +482,9 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     controller.close()
     for d in devices:
         d.close()
+    began = time.perf_counter()
     fleet.restart()
+    row.figures["ready after restart"] = f"{time.perf_counter() - began:.1f} s"
     again = await storm(devices, fleet.ports)
     row.numbers["restart storm"] = again.seconds
     row.figures["storm after restart"] = (f"{again.seconds:.2f} s, {again.resumed}/{count} sessions kept"
@@ -497,7 +501,6 @@ async def run_fleet(fleet: Fleet, count: int, rate: float, steady_seconds: float
     controller.close()
     for d in devices:
         d.close()
-    return row
 
 
 def login_costs() -> list[str]:
@@ -532,7 +535,7 @@ def _pbkdf2_check() -> Callable[[], object]:
 
 
 def table(rows: list[Row]) -> str:
-    columns = list(rows[0].figures)
+    columns = list(dict.fromkeys(c for r in rows for c in r.figures))  # every figure any row has, in order
     lines = ["| broker | devices | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     lines += [f"| {r.broker} | {r.devices} | " + " | ".join(r.figures.get(c, "-") for c in columns) + " |"
               for r in rows]
@@ -577,16 +580,18 @@ def main(argv: list[str] | None = None) -> int:
                 fleet: Fleet = (Embedded(workdir, count) if kind == "amqtt" else
                                 Mosquitto(workdir, count, mosquitto) if kind == "mosquitto" else
                                 Nats(workdir, count))
+                row = Row(kind, count)
                 try:
-                    row = asyncio.run(run_fleet(fleet, count, args.rate, seconds))
+                    asyncio.run(run_fleet(fleet, row, args.rate, seconds))
                 except Exception as exc:  # one broker that breaks must not hide the others' figures
-                    row = Row(kind, count, {"connect storm": f"run failed: {type(exc).__name__}: {exc}"[:200]})
+                    row.figures["failed"] = f"after {len(row.figures)} figures: {type(exc).__name__}: " + \
+                        " ".join(str(exc).split())[:200]
                 finally:
                     fleet.close()
                 rows.append(row)
                 print(f"{kind}, {count} devices: {row.figures}", flush=True)
     print("\n## fleet\n")
-    print(table([r for r in rows if len(r.figures) > 1] or rows))
+    print(table(rows))
     print("\n## ratios (the embedded broker at the same size = 1)\n")
     print(ratios([r for r in rows if r.numbers]))
     print("\n## what one login costs in password hashing\n\n| export | per login |\n|---|---|")

@@ -254,6 +254,10 @@ def _nats_config(argv: list[str]) -> int:
     except (ConfigError, passwords.PasswordFileError, nats.ExportError, OSError) as exc:
         print(f"edison-broker nats-config: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        print(f"edison-broker nats-config: needs nkeys and bcrypt: pip install 'edison-mqtt[nats]' ({exc})",
+              file=sys.stderr)
+        return 2
     print(f"wrote {', '.join(str(w) for w in written)} (secrets: readable by their owner only)", file=sys.stderr)
     print("MQTT on " + ", ".join(f"{'mqtts' if args.tls_cert else 'mqtt'}://{m.host}:{m.mqtt_port}"
                                  for m in cluster.members), file=sys.stderr)

@@ -113,7 +113,7 @@ class Login:
 
 def refusal(login: Login, password_ok: bool, access: Access) -> str | None:
     """Why the login is refused, or None to admit it; pure, so every rule is testable without a server."""
-    if login.kind != "mqtt" or not login.client_id:
+    if login.kind != "mqtt":
         return "only MQTT clients may log in"
     if not password_ok:
         return "wrong user name or password"

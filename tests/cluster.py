@@ -58,12 +58,16 @@ class NatsCluster:
         self.procs: dict[int, Proc] = {}
         self.callouts: dict[int, Proc] = {}
         self.starts = 0
-        for n in self.numbers:
-            self.start_callout(n)
-        for n in self.numbers:
-            self.start(n, wait=False)
-        for n in self.numbers:
-            self.wait_ready(n)
+        try:
+            for n in self.numbers:
+                self.start_callout(n)
+            for n in self.numbers:
+                self.start(n, wait=False)
+            for n in self.numbers:
+                self.wait_ready(n)
+        except BaseException:  # nobody else will stop what was started: no fixture holds this cluster yet
+            self.close()
+            raise
 
     @property
     def numbers(self) -> range:
