@@ -177,11 +177,11 @@ class GpiodFactory(PinFactory):
     def _request(self, number: PinId, active_low: bool, settings: Any) -> _Line:
         chip, offset, label = self._locate(number)
         if (chip, offset) in self._lines:
-            raise PinError(f"pin {number!r} is {label}, already used by pin {self._lines[chip, offset][0]!r}")
+            raise PinError(f"{label} is already used by pin {self._lines[chip, offset][0]!r}")
         try:
             request = self._gpiod.request_lines(str(chip), consumer=CONSUMER, config={offset: settings})
         except OSError as exc:
-            raise PinError(f"pin {number!r} ({label}): {self._refusal(chip, offset, exc)}") from None
+            raise PinError(f"{label}: {self._refusal(chip, offset, exc)}") from None
         line = _Line(request, offset, active_low, label, self._gpiod)
         self._lines[chip, offset] = (number, line)
         return line
@@ -202,7 +202,7 @@ class GpiodFactory(PinFactory):
                 count = handle.get_info().num_lines
             if number >= count:
                 raise PinError(f"pin {number}: {self._chip} has lines 0 to {count - 1}")
-            return self._chip, number, f"line {number} of {self._chip}"
+            return self._chip, number, f"pin {number} (line {number} of {self._chip})"
         found = [(chip, info.offset) for chip in self._chips() for info in self._infos(chip) if info.name == number]
         if not found:
             raise PinError(f"pin {number!r}: no line of that name on {', '.join(map(str, self._chips()))} "
@@ -211,7 +211,7 @@ class GpiodFactory(PinFactory):
             where = ", ".join(f"line {offset} of {chip}" for chip, offset in found)
             raise PinError(f"pin {number!r}: several lines have that name ({where}): use the offset and --gpio-chip")
         chip, offset = found[0]
-        return chip, offset, f"{number} (line {offset} of {chip})"
+        return chip, offset, f"pin {number!r} (line {offset} of {chip})"
 
     def _chips(self) -> list[Path]:
         beside = sorted(self._chip.parent.glob("gpiochip*"), key=lambda p: (len(p.name), p.name))
