@@ -160,3 +160,13 @@ def test_node_unit_command_line_is_one_edison_node_accepts():
     # Where systemd's StateDirectory= points the node by default is where --state points it on an older systemd.
     state_directory = f"/var/lib/{unit('edison-node')['Service']['StateDirectory']}"
     assert default_directory("edison-1", {"STATE_DIRECTORY": state_directory}) == args.state
+
+
+def test_the_gpiod_drop_in_runs_the_node_on_gpiod_in_the_gpio_group():
+    drop_in = configparser.ConfigParser(strict=False, interpolation=None)
+    drop_in.optionxform = str  # type: ignore[assignment,method-assign]
+    drop_in.read(DEPLOY / "edison-node.service.d" / "gpiod.conf", encoding="utf-8")
+    service = drop_in["Service"]
+    args = node_args(shlex.split(service["ExecStart"])[1:])  # the last ExecStart=, after the empty one clears
+    assert (args.pins, args.config, str(args.gpio_chip)) == ("gpiod", "/etc/edison/topics.yaml", "/dev/gpiochip0")
+    assert (service["SupplementaryGroups"], service["DynamicUser"]) == ("gpio", "yes")
