@@ -11,6 +11,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 import node.pins.sysfs_pwm
-from node.config import parse
+from node.config import InputConfig, parse
+from node.inputs import InputWatcher
 from node.pins import PinError, PwmChannel
 from node.pins.backends import choose, make_factory
 from node.pins.gpiod import CONSUMER, GpiodFactory
@@ -329,3 +331,29 @@ def test_a_line_name_and_a_number_are_each_a_pin_in_topics_yaml():
                    "pwm_chip: 0, pwm_channel: 2}\n    inputs:\n      b: {pin: GPIO27}\n").device("pi")
     assert device.outputs["led"].pin == "GPIO17" and device.inputs["b"].pin == "GPIO27"
     assert (device.outputs["dim"].pwm_chip, device.outputs["dim"].pwm_channel) == (0, 2)
+
+
+def test_a_request_whose_edges_cannot_be_read_is_polled_instead(standin_gpiod, chips, monkeypatch, caplog):
+    factory = GpiodFactory(chips)
+    config = InputConfig(pin="GPIO27", debounce=0.01)
+    heard: list[str] = []
+    changed = threading.Event()
+
+    def on_state(item: Any) -> None:
+        heard.append(item.state)
+        changed.set()
+
+    watcher = InputWatcher({"button": (config, factory.input("GPIO27", "up", True, 0.01))}, on_state=on_state,
+                           on_event=lambda item, event: None, poll_interval=0.01)
+    watcher.start()
+    try:
+        def broken(self: Any, max_events: int | None) -> Any:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(standin_gpiod._kernel.SimRequest, "read_events", broken)
+        standin_gpiod._kernel.drive(chips, 27, 0)
+        assert changed.wait(TIMEOUT) and heard == ["ON"]  # read by polling once the descriptor failed
+        assert "could not read the edges of pin 'GPIO27'" in caplog.text and "reading it every 0.01 s" in caplog.text
+    finally:
+        watcher.stop()
+        factory.close()
