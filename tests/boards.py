@@ -30,13 +30,24 @@ PI5_LINES = ["ID_SDA", "ID_SCL"] + [f"GPIO{n}" for n in range(2, 28)] + [""] * 2
 BACKENDS = ("sim", "mraa", "gpiod")
 
 
-def load_standin(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
-    """Import the stand-in `name` in place of any installed module of that name, for this test only."""
+Loader = Callable[[str], ModuleType]
+
+
+@pytest.fixture
+def standins(monkeypatch: pytest.MonkeyPatch) -> Iterator[Loader]:
+    """Import a stand-in (`mraa`, `gpiod`) in place of any installed module of that name, for this test only:
+    what it imported is gone from sys.modules afterwards, and what it displaced is back."""
     monkeypatch.syspath_prepend(str(STANDINS))
-    for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
-        monkeypatch.delitem(sys.modules, loaded)
-    module = importlib.import_module(name)
-    return module
+
+    def load(name: str) -> ModuleType:
+        for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+            monkeypatch.delitem(sys.modules, loaded)
+        return importlib.import_module(name)
+
+    yield load
+    for key, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(STANDINS)):
+            del sys.modules[key]
 
 
 def _changes(values: list[float]) -> list[float]:
@@ -163,20 +174,21 @@ class GpiodBoard(Board):
 
 
 @pytest.fixture
-def standin_gpiod(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    gpiod = load_standin(monkeypatch, "gpiod")
+def standin_gpiod(standins: Loader) -> Iterator[ModuleType]:
+    gpiod = standins("gpiod")
     gpiod._kernel.reset()
     yield gpiod
     gpiod._kernel.reset()
 
 
 @pytest.fixture(params=BACKENDS)
-def board(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Board]:
+def board(request: pytest.FixtureRequest, standins: Loader, monkeypatch: pytest.MonkeyPatch,
+          tmp_path: Path) -> Iterator[Board]:
     if request.param == "sim":
         yield SimBoard()
     elif request.param == "mraa":
-        yield MraaBoard(load_standin(monkeypatch, "mraa"))
+        yield MraaBoard(standins("mraa"))
     else:
-        gpiod = load_standin(monkeypatch, "gpiod")
+        gpiod = standins("gpiod")
         yield GpiodBoard(gpiod, tmp_path, monkeypatch)
         gpiod._kernel.reset()

@@ -26,7 +26,7 @@ from node.inputs import InputWatcher
 from node.pins import PinError, PwmChannel
 from node.pins.backends import choose, make_factory
 from node.pins.gpiod import CONSUMER, GpiodFactory
-from tests.boards import PI5_LINES, STANDINS, load_standin
+from tests.boards import PI5_LINES, STANDINS
 from tests.helpers import TIMEOUT, python_cmd
 from tests.standins.sysfs_pwm import PwmTree
 
@@ -34,10 +34,10 @@ from tests.standins.sysfs_pwm import PwmTree
 
 
 def _real_gpiod() -> ModuleType:
-    """The installed gpiod (the test extra installs it), whatever stand-in another test put in sys.modules."""
-    spec = importlib.util.find_spec("gpiod")
-    assert spec is not None and spec.origin is not None and "standins" not in spec.origin, spec
-    return importlib.import_module("gpiod")
+    """The installed gpiod (the test extra installs it)."""
+    gpiod = importlib.import_module("gpiod")
+    assert "standins" not in str(gpiod.__file__), gpiod
+    return gpiod
 
 
 def _load_standin_as(name: str) -> ModuleType:
@@ -282,8 +282,8 @@ def test_the_kernel_stand_in_refuses_what_the_kernel_refuses(pwm):
 
 
 @pytest.mark.parametrize("backend", ["sim", "mraa"])
-def test_mraa_and_sim_refuse_line_names_and_pwm_channels(monkeypatch, backend):
-    load_standin(monkeypatch, "mraa")
+def test_mraa_and_sim_refuse_line_names_and_pwm_channels(standins, backend):
+    standins("mraa")
     factory = make_factory(backend)
     with pytest.raises(PinError, match=rf"pin 'GPIO17' is a line name: --pins {backend} knows pins by number"):
         factory.pin("GPIO17")
@@ -294,12 +294,12 @@ def test_mraa_and_sim_refuse_line_names_and_pwm_channels(monkeypatch, backend):
 # -- choosing and starting -----------------------------------------------------------------
 
 
-def test_auto_takes_mraa_then_gpiod_then_stops_naming_sim(monkeypatch, standin_gpiod, chips, tmp_path):
+def test_auto_takes_mraa_then_gpiod_then_stops_naming_sim(monkeypatch, standins, standin_gpiod, chips, tmp_path):
     monkeypatch.setitem(sys.modules, "mraa", None)  # not importable
     assert choose(chips) == "gpiod"
     with pytest.raises(PinError, match=r"--pins auto found neither mraa nor a GPIO chip at .*: .*--pins sim"):
         choose(tmp_path / "gpiochip7")
-    load_standin(monkeypatch, "mraa")
+    standins("mraa")
     assert choose(tmp_path / "gpiochip7") == "mraa"
 
 
