@@ -357,3 +357,17 @@ def test_a_request_whose_edges_cannot_be_read_is_polled_instead(standin_gpiod, c
     finally:
         watcher.stop()
         factory.close()
+
+
+def test_a_channel_that_cannot_be_set_up_is_given_back(standin_gpiod, chips, pwm, monkeypatch):
+    refuse = pwm.store
+
+    def store(parts: tuple[str, ...], text: str) -> None:
+        if parts[-1] == "period":  # a period the driver cannot make
+            raise OSError(22, "Invalid argument", str(pwm.root.joinpath(*parts)))
+        refuse(parts, text)
+
+    monkeypatch.setattr(pwm, "store", store)
+    with pytest.raises(PinError, match=r"pwmchip2/pwm0: Invalid argument \(.*period\)"):
+        GpiodFactory(chips, pwm.root).pwm(18, 0.001, PwmChannel(2, 0))
+    assert (2, 0) not in pwm.channels

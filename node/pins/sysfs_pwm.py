@@ -60,8 +60,12 @@ class SysfsPwm:
             _write(self._dir / "duty_cycle", 0)
             _write(self._dir / "enable", 1)
         except OSError as exc:
-            self.close()
-            raise PinError(f"{self.name}: {self._explain(exc)}") from None
+            problem = f"{self.name}: {self._explain(exc)}"
+            try:
+                self.close()  # what we exported goes back
+            except PinError as also:
+                problem += f"; {also}"
+            raise PinError(problem) from None
 
     def _wait_until_writable(self) -> None:
         """udev gives a new channel's files to the gpio group shortly after the export: wait for that, bounded."""
