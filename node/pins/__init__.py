@@ -81,10 +81,8 @@ class PinFactory(ABC):
     `active_low` and `debounce` are what topics.yaml says of the line: a
     backend that can tell the kernel (gpiod) does, the others leave them to the
     node. `channel` is the kernel PWM channel of a PWM output, for the backends
-    that need one (`needs_pwm_channel`).
+    that drive PWM through the kernel (gpiod); the others refuse one.
     """
-
-    needs_pwm_channel = False
 
     @abstractmethod
     def pin(self, number: PinId, active_low: bool = False) -> Pin:

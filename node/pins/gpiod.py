@@ -124,8 +124,6 @@ class GpiodInputPin(InputPin):
 class GpiodFactory(PinFactory):
     """Lines on `chip` by offset, or on any chip beside it by name; PWM channels under `pwm_sysfs`."""
 
-    needs_pwm_channel = True
-
     def __init__(self, chip: Path = DEFAULT_CHIP, pwm_sysfs: Path = DEFAULT_PWM_SYSFS) -> None:
         self._gpiod = _import_gpiod()
         self._chip, self._pwm_sysfs = Path(chip), Path(pwm_sysfs)
