@@ -5,7 +5,10 @@ embedded amqtt broker) and the real `edison-node` process with simulated pins,
 then prints, in one run: the transport floor (an echo through the same broker
 with the node's own MQTT link), the node's `/set` -> `/state` round trip and
 `/set` -> pin-change time, its memory after 1,000 commands, its idle CPU and
-thread count, and its start -> `online` time, each with its target.
+thread count, and its start -> `online` time, each with its target. Then the
+same node on `--pins gpiod` beside `--pins sim`: start -> `online`, memory,
+idle CPU and threads (gpiod on the stand-in 2.x bindings of the tests, PWM on
+a directory laid out as an exported sysfs channel: no board here has chips).
 
     python bench/node.py            # full run (a few minutes)
     python bench/node.py --quick    # smoke run (a few seconds)
@@ -52,6 +55,8 @@ devices:
     inputs:
       button: {{pin: 36, debounce: 0.05}}
 """
+GPIOD_KEYS = {"led: {pin: 20, pwm: true}": "led: {pin: 20, pwm: true, pwm_chip: 0, pwm_channel: 1}"}
+STANDINS = ROOT / "tests" / "standins"
 DEBOUNCE = 0.05
 WAIT = 15.0  # seconds to wait for any single event before giving up
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -218,21 +223,46 @@ def _until_answered(send: Callable[[], object], wait: Callable[[float], object])
                 raise
 
 
-class NodeProcess:
-    """The real node, as users start it, with simulated pins and a trace file."""
+def gpiod_board(workdir: Path) -> list[str]:
+    """A stand-in gpiochip0 and a PWM channel laid out as exported, in `workdir`: the node's gpiod arguments."""
+    from tests.standins.gpiod._kernel import make_chip
+    from tests.boards import PI5_LINES
 
-    def __init__(self, broker: Broker, workdir: Path, index: int, *extra: str) -> None:
+    chip = make_chip(workdir / "gpiochip0", "pinctrl-rp1", PI5_LINES)
+    channel = workdir / "pwm" / "pwmchip0" / "pwm1"
+    channel.mkdir(parents=True)
+    (channel.parent / "npwm").write_text("2\n")
+    for name in ("period", "duty_cycle", "enable"):
+        (channel / name).write_text("0\n")
+    return ["--pins", "gpiod", "--gpio-chip", str(chip), "--pwm-sysfs", str(workdir / "pwm")]
+
+
+class NodeProcess:
+    """The real node, as users start it, with simulated pins and a trace file, or with `pins` gpiod on the
+    stand-in bindings."""
+
+    def __init__(self, broker: Broker, workdir: Path, index: int, *extra: str, pins: str = "sim") -> None:
         self.config = workdir / "topics.yaml"
         self.trace = workdir / "trace.jsonl"
         self.inputs = workdir / "inputs"
-        if not self.config.exists():
-            self.config.write_text(TOPICS_YAML)
-            os.mkfifo(self.inputs)
+        env = {"MQTT_USERNAME": DEVICE}
+        if pins == "sim":
+            if not self.config.exists():
+                self.config.write_text(TOPICS_YAML)
+                os.mkfifo(self.inputs)
+            backend = ["--pins", "sim", "--trace", str(self.trace), "--sim-inputs", str(self.inputs)]
+        else:
+            text = TOPICS_YAML
+            for sim_entry, gpiod_entry in GPIOD_KEYS.items():
+                text = text.replace(sim_entry, gpiod_entry)
+            self.config.write_text(text)
+            backend = gpiod_board(workdir) if not (workdir / "gpiochip0").exists() else [
+                "--pins", "gpiod", "--gpio-chip", str(workdir / "gpiochip0"), "--pwm-sysfs", str(workdir / "pwm")]
+            env["PYTHONPATH"] = str(STANDINS)
         argv = python_cmd("node", "--config", str(self.config), "--device", DEVICE, "--broker", broker.url,
-                          "--pins", "sim", "--trace", str(self.trace), "--state", str(workdir / "state"),
-                          "--sim-inputs", str(self.inputs), *extra)
+                          *backend, "--state", str(workdir / "state"), *extra)
         self.spawned_wall, self.spawned = time.time(), time.perf_counter()
-        self.proc = Proc(argv, workdir / f"node-{index}.log", env={"MQTT_USERNAME": DEVICE})
+        self.proc = Proc(argv, workdir / f"node-{index}.log", env=env)
 
     @property
     def pid(self) -> int:
@@ -263,18 +293,20 @@ class Start:
     connecting: float  # seconds from spawn to `connecting to` in the log
 
 
-def start_node(broker: Broker, probe: Probe, workdir: Path, index: int, *extra: str) -> tuple[NodeProcess, Start]:
+def start_node(broker: Broker, probe: Probe, workdir: Path, index: int, *extra: str,
+               pins: str = "sim") -> tuple[NodeProcess, Start]:
     """Spawn the node and wait for its retained `online`."""
-    node = NodeProcess(broker, workdir, index, *extra)
+    node = NodeProcess(broker, workdir, index, *extra, pins=pins)
     probe.wait_for(f"edison/{DEVICE}/status", "online", timeout=WAIT)
     online = time.perf_counter() - node.spawned
     return node, Start(online, node.seconds_to_connecting())
 
 
-def start_times(broker: Broker, probe: Probe, workdir: Path, count: int, *extra: str) -> list[Start]:
+def start_times(broker: Broker, probe: Probe, workdir: Path, count: int, *extra: str,
+                pins: str = "sim") -> list[Start]:
     starts = []
     for i in range(count):
-        node, start = start_node(broker, probe, workdir, i, *extra)
+        node, start = start_node(broker, probe, workdir, i, *extra, pins=pins)
         node.stop()
         starts.append(start)
     return starts
@@ -316,7 +348,8 @@ def threads(pid: int) -> int:
 # -- where time and memory go -------------------------------------------------
 
 IMPORT_STEPS = ["import yaml", "import paho.mqtt.client", "import voluptuous", "import node.config",
-                "node.config.load('topics.yaml')", "import node.service, node.__main__"]
+                "node.config.load('topics.yaml')", "import node.service, node.__main__",
+                "import gpiod"]  # the real bindings: --pins gpiod only
 _STEP_PROBE = """\
 import time
 start = time.time()
@@ -451,13 +484,17 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
 IDLE_SETTLE = 2.0  # seconds for the last round trip's acknowledgements to finish before idle is measured
 
 
-def idle_rows(report: Report, pid: int, seconds: float) -> None:
+def idle_cpu(pid: int, seconds: float) -> tuple[float, float, float]:
+    """(percent by schedstat, percent by stat's ticks, seconds measured) of a node left alone for `seconds`."""
     time.sleep(IDLE_SETTLE)  # the measurement's start, not a wait: its first 0.1 s would hold the last PUBACKs
     ticks, ns, t0 = cpu_ticks(pid), cpu_ns(pid), time.perf_counter()
     time.sleep(seconds)  # the measurement itself: the node is left alone for this long
     elapsed = time.perf_counter() - t0
-    tick_pct = (cpu_ticks(pid) - ticks) / CLK_TCK / elapsed * 100
-    ns_pct = (cpu_ns(pid) - ns) / 1e9 / elapsed * 100
+    return (cpu_ns(pid) - ns) / 1e9 / elapsed * 100, (cpu_ticks(pid) - ticks) / CLK_TCK / elapsed * 100, elapsed
+
+
+def idle_rows(report: Report, pid: int, seconds: float) -> None:
+    ns_pct, tick_pct, elapsed = idle_cpu(pid, seconds)
     report.row(f"idle CPU over {elapsed:.0f} s", f"{ns_pct:.4f} %", f"< {IDLE_CPU_TARGET_PCT} %",
                f"{ns_pct / IDLE_CPU_TARGET_PCT:.2f}x target", ns_pct < IDLE_CPU_TARGET_PCT)
     report.row("  same from /proc/<pid>/stat", f"{tick_pct:.3f} %", f"(1 tick = {100 / CLK_TCK / elapsed:.3f} %)")
@@ -474,6 +511,54 @@ def start_rows(report: Report, starts: list[Start], forced: list[Start]) -> None
     report.row("  of which spawn -> connecting", f"{connecting:.0f} ms", "(imports, topics.yaml)")
     forced_online = statistics.median(s.online for s in forced) * 1000
     report.row("  with --protocol given (no version probe)", f"{forced_online:.0f} ms")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    online: float  # median ms from spawn to `online`
+    rss_online: float  # MiB
+    rss_after: float  # MiB after the commands
+    idle: float  # percent CPU
+    threads: int
+
+
+def footprint(broker: Broker, probe: Probe, workdir: Path, args: argparse.Namespace, pins: str) -> Footprint:
+    """One backend: starts, then a node that takes `args.commands` commands and is left idle."""
+    workdir.mkdir()
+    starts = start_times(broker, probe, workdir, args.starts, pins=pins)
+    node, _ = start_node(broker, probe, workdir, len(starts), pins=pins)
+    try:
+        probe.wait_for(f"edison/{DEVICE}/led/state", timeout=WAIT)
+        rss_online = rss_mib(node.pid)
+        round_trips(probe, f"edison/{DEVICE}/led/set", f"edison/{DEVICE}/led/state", alternating("ON"), args.commands)
+        rss_after = rss_mib(node.pid)
+        idle, _, _ = idle_cpu(node.pid, args.idle)
+        return Footprint(statistics.median(s.online for s in starts) * 1000, rss_online, rss_after, idle,
+                         threads(node.pid))
+    finally:
+        node.stop()
+        probe.client.publish(f"edison/{DEVICE}/status", b"", qos=1, retain=True)
+
+
+def backend_rows(kind: str, args: argparse.Namespace, report: Report) -> None:
+    with tempfile.TemporaryDirectory(prefix="edison-bench-") as tmp, running_broker(kind, Path(tmp)) as broker:
+        report.section(f"pin backends on {kind}: --pins gpiod (stand-in bindings) beside --pins sim, "
+                       f"{args.commands} commands each")
+        probe = requester(broker)
+        try:
+            probe.subscribe(f"edison/{DEVICE}/status", f"edison/{DEVICE}/led/state")
+            sim = footprint(broker, probe, Path(tmp) / "sim", args, "sim")
+            gpiod = footprint(broker, probe, Path(tmp) / "gpiod", args, "gpiod")
+        finally:
+            probe.close()
+    for label, unit, a, b in (("start -> online, median", "ms", gpiod.online, sim.online),
+                              ("RSS once online", "MiB", gpiod.rss_online, sim.rss_online),
+                              (f"RSS after {args.commands} commands", "MiB", gpiod.rss_after, sim.rss_after),
+                              (f"idle CPU over {args.idle:.0f} s", "%", gpiod.idle, sim.idle)):
+        digits = 4 if unit == "%" else 1 if unit == "MiB" else 0
+        report.row(label, f"{a:.{digits}f} / {b:.{digits}f} {unit}", "(gpiod / sim)",
+                   f"{a / b:.2f}x sim" if b else "")
+    report.row("threads at idle", f"{gpiod.threads} / {sim.threads}", "(gpiod / sim)")
 
 
 def where_it_goes(report: Report, runs: int) -> None:
@@ -500,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     print(f"edison-node benchmark: {args.commands} round trips, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     run(args.broker, args, report, full=True)
+    backend_rows(args.broker, args, report)
     if args.compare:
         for kind in ("mosquitto-nodelay", "amqtt"):
             if kind != args.broker:

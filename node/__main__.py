@@ -16,7 +16,9 @@ from node import __version__
 from node.config import ConfigError, load
 from node.journal import Journal, JournalError, default_directory
 from node.mqtt import DEFAULT_BROKER, PROTOCOLS, Credentials, LinkError, LinkSettings, MqttLink, parse_brokers
-from node.pins import BACKENDS, PinError, PinFactory, make_factory
+from node.pins import PinError, PinFactory
+from node.pins.backends import BACKENDS, make_factory
+from node.pins.gpiod import DEFAULT_CHIP, DEFAULT_PWM_SYSFS
 from node.pins.sim import Change
 
 log = logging.getLogger("edison-node")
@@ -45,7 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="MQTT 5: seconds the broker keeps our session and commands while offline "
                    "(default: %(default)s)")
     p.add_argument("--pins", choices=BACKENDS, default="auto",
-                   help="pin backend: mraa (Edison), sim (simulated), auto (mraa if importable) (default: %(default)s)")
+                   help="pin backend: gpiod (the Linux GPIO character device and kernel PWM), mraa (Edison), "
+                   "sim (simulated), auto (mraa if importable, else gpiod if --gpio-chip exists) "
+                   "(default: %(default)s)")
+    p.add_argument("--gpio-chip", type=Path, default=DEFAULT_CHIP, metavar="PATH",
+                   help="with gpiod: the chip of numeric pins; line names are looked up on every gpiochip* beside "
+                   "it (default: %(default)s)")
+    p.add_argument("--pwm-sysfs", type=Path, default=DEFAULT_PWM_SYSFS, metavar="DIR",
+                   help="with gpiod: where the kernel's PWM chips are (default: %(default)s)")
     p.add_argument("--trace", type=argparse.FileType("a", encoding="utf-8"),
                    help="with simulated pins: append one JSON line per level change to this file")
     p.add_argument("--sim-inputs", type=Path, metavar="FILE",
@@ -61,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _terminal_printer(names: dict[int, str], out: TextIO) -> Callable[[Change], None]:
+def _terminal_printer(names: dict[int | str, str], out: TextIO) -> Callable[[Change], None]:
     """Show simulated pins as they change: the laptop stand-in for a real LED and button."""
 
     def show(change: Change) -> None:
@@ -94,6 +103,14 @@ def _follow_sim_inputs(path: Path | None, fd: int | None, pins: PinFactory) -> N
     log.info("simulated inputs: reading JSON lines from %s", path)
 
 
+def _release(pins: PinFactory) -> None:
+    """Give back the lines requested and the PWM channels exported."""
+    try:
+        pins.close()
+    except PinError as exc:
+        log.error("%s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -123,14 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         names = {out.pin: out.name or name for name, out in device.outputs.items()}
         names.update({inp.pin: inp.name or name for name, inp in device.inputs.items()})
         listeners = [] if args.trace else [_terminal_printer(names, sys.stdout)]
-        pins = make_factory(args.pins, trace=args.trace, listeners=listeners)
+        pins = make_factory(args.pins, args.gpio_chip, args.pwm_sysfs, trace=args.trace, listeners=listeners)
+    except (ConfigError, LinkError, PinError) as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         sim_inputs = _open_sim_inputs(args.sim_inputs)
         journal = Journal(args.state or default_directory(device_id))
         from node.service import Node  # after validation: keeps a bad start fast
 
         node = Node(topics, device, pins, MqttLink(settings, device_id), journal)
-    except (ConfigError, LinkError, PinError, JournalError) as exc:
+    except (LinkError, PinError, JournalError) as exc:
         log.error("%s", exc)
+        _release(pins)
         return 2
 
     stop = threading.Event()
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping: outputs to their safe state, publishing offline")
     node.stop()
-    pins.close()
+    _release(pins)
     journal.close()
     return 0
 

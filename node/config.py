@@ -94,6 +94,18 @@ def text(pattern: str | None = None, max_length: int = 256) -> Callable[[Any], s
     return check
 
 
+def pin_id(value: Any) -> int | str:
+    """A pin number (a line offset under gpiod) or a line name as the board names it (`GPIO17`)."""
+    if isinstance(value, str):
+        if not value.strip() or not value.isprintable() or len(value) > 64:
+            raise vol.Invalid(f"expected a pin number or a line name of at most 64 printable characters "
+                              f"(got {value!r})")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise vol.Invalid(f"expected a pin number (0 or more) or a line name (got {value!r})")
+    return value
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise vol.Invalid(f"expected true or false (got {value!r})")
@@ -133,9 +145,10 @@ class BlinkPattern:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """One output of a device: a GPIO line, or with `pwm` a PWM line that dims."""
+    """One output of a device: a GPIO line, or with `pwm` a PWM line that dims (on a kernel PWM channel under
+    gpiod: `pwm_chip` and `pwm_channel`)."""
 
-    pin: int
+    pin: int | str
     name: str | None = None
     active_low: bool = False
     safe_state: Literal["ON", "OFF"] = "OFF"
@@ -144,13 +157,15 @@ class OutputConfig:
     component: Literal["light", "switch"] = "light"
     pwm: bool = False
     pwm_period: float = 0.001  # seconds
+    pwm_chip: int | None = None
+    pwm_channel: int | None = None
 
 
 @dataclass(frozen=True)
 class InputConfig:
     """One input of a device: a button, a contact or a motion sensor on a GPIO line."""
 
-    pin: int
+    pin: int | str
     name: str | None = None
     pull: Pull = "up"
     active_low: bool = True  # with pull up, a button to ground reads low when pressed
@@ -176,7 +191,7 @@ _BLINK = vol.Schema({
     vol.Optional("off_time"): number(*BLINK_SECONDS),
 })
 _OUTPUT = vol.Schema({
-    vol.Required("pin"): integer(0),
+    vol.Required("pin"): pin_id,
     vol.Optional("name"): optional(text()),
     vol.Optional("active_low"): boolean,
     vol.Optional("safe_state"): one_of("ON", "OFF", fold=True),
@@ -185,9 +200,11 @@ _OUTPUT = vol.Schema({
     vol.Optional("component"): one_of("light", "switch"),
     vol.Optional("pwm"): boolean,
     vol.Optional("pwm_period"): number(*PWM_PERIOD_SECONDS),
+    vol.Optional("pwm_chip"): integer(0),
+    vol.Optional("pwm_channel"): integer(0),
 })
 _INPUT = vol.Schema({
-    vol.Required("pin"): integer(0),
+    vol.Required("pin"): pin_id,
     vol.Optional("name"): optional(text()),
     vol.Optional("pull"): one_of("up", "down", "none"),
     vol.Optional("active_low"): boolean,
@@ -227,7 +244,7 @@ def _device_problems(device_id: str, data: dict[str, Any]) -> Problems:
     problems: Problems = []
     if not outputs and not inputs:
         problems.append((path, "a device needs at least one output or input"))
-    users: dict[int, str] = {}
+    users: dict[int | str, str] = {}
     for kind, items in (("output", outputs), ("input", inputs)):
         for key, item in items.items():
             who, pin = f"{kind} {key!r}", item["pin"]
@@ -237,8 +254,13 @@ def _device_problems(device_id: str, data: dict[str, Any]) -> Problems:
     for key in sorted(set(outputs) & set(inputs)):
         problems.append((f"{path}.inputs.{key}", f"output and input {key!r} would share the topic {key}/state"))
     for key, output in outputs.items():
-        if "pwm_period" in output and not output.get("pwm"):
-            problems.append((f"{path}.outputs.{key}.pwm_period", "applies only with pwm: true"))
+        for option in ("pwm_period", "pwm_chip", "pwm_channel"):
+            if option in output and not output.get("pwm"):
+                problems.append((f"{path}.outputs.{key}.{option}", "applies only with pwm: true"))
+        given = [k for k in ("pwm_chip", "pwm_channel") if k in output]
+        if len(given) == 1:
+            other = "pwm_channel" if given == ["pwm_chip"] else "pwm_chip"
+            problems.append((f"{path}.outputs.{key}.{other}", f"missing: {given[0]} and {other} go together"))
     for key, item in inputs.items():
         given = [k for k in ("double_press", "long_press") if k in item]
         if given and item.get("component", "binary_sensor") != "event":

@@ -2,10 +2,11 @@
 
 `Press` is the whole decision, clocked by the caller (`edge` and `advance` take
 the time), so every timing can be tested without threads or sleeps.
-`InputWatcher` runs it on one thread for all inputs: edges arrive from the
-backend (an mraa interrupt thread, the simulated-input reader) or from polling
-`read()` every POLL_INTERVAL seconds where a line has no interrupts, and the
-thread sleeps until the next edge or deadline.
+`InputWatcher` runs it on one thread for all inputs, waiting in `select` until
+the next edge or deadline: edges arrive on a line request's file descriptor
+with the kernel's timestamps (gpiod), from a thread of the backend through a
+wake-up pipe (an mraa interrupt thread, the simulated-input reader), or from
+polling `read()` every POLL_INTERVAL seconds where a line has no interrupts.
 
 Debouncing: a level counts once it has held for `debounce` seconds, so the
 burst of edges of a bouncing contact is one change. Events (component
@@ -19,6 +20,8 @@ its double is reported as a `press` before it).
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -133,29 +136,57 @@ class InputWatcher:
         self._on_state = on_state
         self._on_event = on_event
         self._poll_interval = poll_interval
-        self._edges: list[tuple[Input, int, float]] = []
-        self._changed = threading.Condition()
+        self._edges: list[tuple[Input, int, float]] = []  # from the backends' threads
+        self._lock = threading.Lock()
         self._stopping = False
+        self._selector: selectors.BaseSelector | None = None
+        self._wake: tuple[int, int] | None = None  # the pipe that wakes the thread: read end, write end
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if not self.inputs:
+            return
+        selector = self._selector = selectors.DefaultSelector()
+        self._wake = os.pipe()
+        for fd in self._wake:
+            os.set_blocking(fd, False)
+        selector.register(self._wake[0], selectors.EVENT_READ, None)
         for item in self.inputs.values():
+            edges = item.pin.fileno()
+            if edges is not None:
+                selector.register(edges, selectors.EVENT_READ, item)
+                continue
             item.polled = not item.pin.watch(lambda item=item: self._edge(item))  # type: ignore[misc]
             if item.polled:
-                log.info("input %s (pin %d) has no interrupts: read every %g s", item.name, item.pin.number,
+                log.info("input %s (pin %s) has no interrupts: read every %g s", item.name, item.pin.number,
                          self._poll_interval)
-        if self.inputs:
-            self._thread = threading.Thread(target=self._run, name="inputs", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="inputs", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        with self._changed:
+        with self._lock:
             self._stopping = True
-            self._changed.notify_all()
-        for item in self.inputs.values():
-            item.pin.close()
+        self._poke()
         if self._thread is not None:
             self._thread.join(1.0)
+        for item in self.inputs.values():
+            item.pin.close()
+        if self._selector is None or (self._thread is not None and self._thread.is_alive()):
+            return  # a listener still holds the thread: the process is ending, leave it the descriptors
+        self._selector.close()
+        with self._lock:
+            wake, self._wake = self._wake, None
+        for fd in wake or ():
+            os.close(fd)
+
+    def _poke(self) -> None:
+        with self._lock:
+            if self._wake is None:
+                return
+            try:
+                os.write(self._wake[1], b"!")
+            except BlockingIOError:
+                pass  # the pipe is full: the thread is awake already
 
     def _edge(self, item: Input) -> None:
         """From the backend's thread: read the level at once, so a short pulse is not read after it ended."""
@@ -164,34 +195,48 @@ class InputWatcher:
         except PinError as exc:
             log.error("input %s: %s", item.name, exc)
             return
-        with self._changed:
+        with self._lock:
             self._edges.append((item, level, time.monotonic()))
-            self._changed.notify()
+        self._poke()
 
     def _run(self) -> None:
-        polled = [item for item in self.inputs.values() if item.polled]
+        assert self._selector is not None and self._wake is not None
+        selector, wake = self._selector, self._wake[0]
         next_poll = time.monotonic()
         while True:
-            with self._changed:
-                while not self._edges and not self._stopping:
-                    wake = min([d for d in (i.press.deadline() for i in self.inputs.values()) if d is not None]
-                               + ([next_poll] if polled else []), default=None)
-                    timeout = None if wake is None else wake - time.monotonic()
-                    if timeout is not None and timeout <= 0:
-                        break
-                    self._changed.wait(timeout)
+            polled = any(item.polled for item in self.inputs.values())
+            due = min([d for d in (i.press.deadline() for i in self.inputs.values()) if d is not None]
+                      + ([next_poll] if polled else []), default=None)
+            ready = selector.select(None if due is None else max(0.0, due - time.monotonic()))
+            edges: list[tuple[Input, int, float]] = []
+            for key, _ in ready:
+                if key.data is None:
+                    _drain(wake)
+                else:
+                    edges += self._read_edges(selector, key.fd, key.data)
+            with self._lock:
                 if self._stopping:
                     return
-                edges, self._edges = self._edges, []
+                edges, self._edges = self._edges + edges, []
             now = time.monotonic()
             for item, level, t in edges:
                 item.press.edge(level, t)
             if polled and now >= next_poll:
                 next_poll = now + self._poll_interval
-                for item in polled:
-                    self._read(item, now)
+                for item in self.inputs.values():
+                    if item.polled:
+                        self._read(item, now)
             for item in self.inputs.values():
                 self._advance(item, now)
+
+    def _read_edges(self, selector: selectors.BaseSelector, fd: int, item: Input) -> list[tuple[Input, int, float]]:
+        try:
+            return [(item, level, t) for level, t in item.pin.edges()]
+        except PinError as exc:  # a descriptor that keeps failing must not keep the loop spinning
+            log.error("input %s: %s; reading it every %g s instead", item.name, exc, self._poll_interval)
+            selector.unregister(fd)
+            item.polled = True
+            return []
 
     def _read(self, item: Input, now: float) -> None:
         try:
@@ -213,3 +258,11 @@ class InputWatcher:
                     self._on_event(item, what)
             except Exception:  # a listener's bug must not end the watcher
                 log.exception("input %s: reporting %s failed", item.name, what)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

@@ -16,16 +16,18 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from node import commands, homeassistant
 from node.commands import Command, CommandError
-from node.config import BlinkPattern, DeviceConfig
+from node.config import BlinkPattern, DeviceConfig, OutputConfig
 from node.inputs import Input, InputWatcher
 from node.journal import Entry, Journal, JournalError
 from node.link import Incoming, Link, Message, Session
 from node.outputs import Output
-from node.pins import PinError, PinFactory
+from node.pins import Pin, PinError, PinFactory, PwmChannel
 from node.topics import DeviceTopics
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,23 @@ def _describe(command: Command, result: dict[str, Any]) -> str:
     return f"blink {p.count} x ({p.on_time:g} s on, {p.off_time:g} s off), then {done}"
 
 
+@contextmanager
+def _at(key_path: str) -> Iterator[None]:
+    """A pin that cannot be set up is refused at start with the key path of its entry in topics.yaml."""
+    try:
+        yield
+    except PinError as exc:
+        raise PinError(f"{key_path}: {exc}") from exc
+
+
+def _output_pin(pins: PinFactory, cfg: OutputConfig) -> Pin:
+    if not cfg.pwm:
+        return pins.pin(cfg.pin, cfg.active_low)
+    if cfg.pwm_chip is None or cfg.pwm_channel is None:
+        return pins.pwm(cfg.pin, cfg.pwm_period)
+    return pins.pwm(cfg.pin, cfg.pwm_period, PwmChannel(cfg.pwm_chip, cfg.pwm_channel))
+
+
 class Node:
     def __init__(self, topics: DeviceTopics, device: DeviceConfig, pins: PinFactory, link: Link, journal: Journal,
                  announce_delay: tuple[float, float] = ANNOUNCE_DELAY) -> None:
@@ -73,15 +92,17 @@ class Node:
         self._announcing = 0  # announcements publishing right now
         self._announce_changed = threading.Condition()
         self._stopping = False
-        self.outputs = {
-            name: Output(name, pins.pwm(cfg.pin, cfg.pwm_period) if cfg.pwm else pins.pin(cfg.pin), cfg,
-                         on_change=self._publish_output)
-            for name, cfg in device.outputs.items()
-        }
+        self.outputs: dict[str, Output] = {}
+        for name, cfg in device.outputs.items():
+            with _at(f"devices.{topics.device}.outputs.{name}"):
+                self.outputs[name] = Output(name, _output_pin(pins, cfg), cfg, on_change=self._publish_output)
         self.inputs = self._watch_inputs(pins)
 
     def _watch_inputs(self, pins: PinFactory) -> InputWatcher:
-        lines = {name: (cfg, pins.input(cfg.pin, cfg.pull)) for name, cfg in self.device.inputs.items()}
+        lines = {}
+        for name, cfg in self.device.inputs.items():
+            with _at(f"devices.{self.topics.device}.inputs.{name}"):
+                lines[name] = (cfg, pins.input(cfg.pin, cfg.pull, cfg.active_low, cfg.debounce))
         return InputWatcher(lines, on_state=self._publish_input, on_event=self._publish_event)
 
     def start(self) -> None:

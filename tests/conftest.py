@@ -14,9 +14,9 @@ import pytest
 from tests.helpers import (TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd,
                            stop_gracefully)
 
-# Fixtures of the secured broker (users, access rules, the Mosquitto export), the bridge's networks and
-# the NATS cluster.
-pytest_plugins = ["tests.broker_setup", "tests.bridge_setup", "tests.cluster"]
+# Fixtures of the secured broker (users, access rules, the Mosquitto export), the bridge's networks, the NATS cluster
+# and the boards (pin backends with their stand-ins).
+pytest_plugins = ["tests.broker_setup", "tests.bridge_setup", "tests.cluster", "tests.boards"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -9,6 +9,7 @@ from typing import Any
 from node.config import parse
 from node.fakelink import FakeLink
 from node.journal import Journal
+from node.pins import PinFactory
 from node.pins.sim import Change, SimFactory
 from node.service import Node
 
@@ -38,18 +39,26 @@ devices:
 
 
 class Rig:
-    """A started Node on a FakeLink and SimFactory, its journal in `state`; connected unless told otherwise."""
+    """A started Node on a FakeLink and pins (simulated unless given), its journal in `state`; connected unless told
+    otherwise."""
 
-    def __init__(self, state: Path, mqtt5: bool = True, connect: bool = True, topics_yaml: str = TOPICS_YAML) -> None:
+    def __init__(self, state: Path, mqtt5: bool = True, connect: bool = True, topics_yaml: str = TOPICS_YAML,
+                 pins: PinFactory | None = None) -> None:
         self.state = state
-        self.pins = SimFactory()
+        self.factory = pins or SimFactory()
+        self.closed = False
         self.link = FakeLink(mqtt5)
         self.journal = Journal(state)
         device = parse(topics_yaml).device(DEVICE)
-        self.node = Node(TOPICS, device, self.pins, self.link, self.journal, announce_delay=(0, 0))
+        self.node = Node(TOPICS, device, self.factory, self.link, self.journal, announce_delay=(0, 0))
         self.node.start()
         if connect:
             self.link.connect()
+
+    @property
+    def pins(self) -> SimFactory:
+        assert isinstance(self.factory, SimFactory), "the rig's pins are not simulated"
+        return self.factory
 
     def send(self, payload: bytes | str, output: str = "led", **fields: Any) -> dict[str, Any]:
         """Deliver one `/set` message and return its result, checking it is the only one."""
@@ -72,6 +81,11 @@ class Rig:
         return [c.duty for c in self.changes(pin)]
 
     def close(self) -> None:
-        """The node stops (safe state, `offline`) and its journal is released, as at the end of the process."""
+        """The node stops (safe state, `offline`), its pins and journal are released, as at the end of the process;
+        once."""
+        if self.closed:
+            return
+        self.closed = True
         self.node.stop()
+        self.factory.close()
         self.journal.close()

@@ -27,6 +27,9 @@ FIGURES = [
     "import voluptuous",
     "echo without QUICKACK",
     "input edge -> /state",
+    "pin backends on mosquitto: --pins gpiod (stand-in bindings) beside --pins sim",
+    "RSS after 20 commands",
+    "import gpiod",
 ]
 
 

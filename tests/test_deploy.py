@@ -86,11 +86,15 @@ def _system_units() -> Path:
     pytest.fail("systemd-analyze is installed but the system's units are not")
 
 
-def verify(systemd_analyze: str, root: Path, unit_file: str, unit_name: str, program: Path) -> None:
-    """systemd-analyze verify in a scratch root with the system's units and a stand-in at the unit's ExecStart."""
+def verify(systemd_analyze: str, root: Path, unit_file: str, unit_name: str, program: Path,
+           drop_ins: str | None = None) -> None:
+    """systemd-analyze verify in a scratch root with the system's units and a stand-in at the unit's ExecStart;
+    with `drop_ins`, that folder of deploy/ beside the unit."""
     shutil.copytree(_system_units(), root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
     shutil.copy(DEPLOY / unit_file, root / "etc/systemd/system")
+    if drop_ins:
+        shutil.copytree(DEPLOY / drop_ins, root / "etc/systemd/system" / drop_ins)
     assert program.is_absolute()
     stand_in = root / program.relative_to("/")
     stand_in.parent.mkdir(parents=True, exist_ok=True)
@@ -186,3 +190,15 @@ def test_node_unit_command_line_is_one_edison_node_accepts():
     # Where systemd's StateDirectory= points the node by default is where --state points it on an older systemd.
     state_directory = f"/var/lib/{unit('edison-node')['Service']['StateDirectory']}"
     assert default_directory("edison-1", {"STATE_DIRECTORY": state_directory}) == args.state
+
+
+def test_the_gpiod_drop_in_runs_the_node_on_gpiod_in_the_gpio_group(systemd_analyze, tmp_path):
+    verify(systemd_analyze, tmp_path / "root", "edison-node.service", "edison-node.service",
+           Path(exec_start("edison-node")[0]), drop_ins="edison-node.service.d")
+    drop_in = configparser.ConfigParser(strict=False, interpolation=None)
+    drop_in.optionxform = str  # type: ignore[assignment,method-assign]
+    drop_in.read(DEPLOY / "edison-node.service.d" / "gpiod.conf", encoding="utf-8")
+    service = drop_in["Service"]
+    args = node_args(shlex.split(service["ExecStart"])[1:])  # the last ExecStart=, after the empty one clears
+    assert (args.pins, args.config, str(args.gpio_chip)) == ("gpiod", "/etc/edison/topics.yaml", "/dev/gpiochip0")
+    assert (service["SupplementaryGroups"], service["DynamicUser"]) == ("gpio", "yes")

@@ -18,7 +18,8 @@ import pytest
 from node import config
 from node.config import ConfigError, InputConfig
 from node.inputs import Input, InputWatcher, Press
-from node.pins import PinError, make_factory
+from node.pins import PinError
+from node.pins.backends import make_factory
 from node.pins.sim import SimFactory, follow, open_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def test_mraa_pwm_sets_the_period_enables_and_writes_the_duty(standin_mraa):
     ("inputs: {door: {pin: 36, long_press: 2}}", "door.long_press: applies only with component: event"),
     ("inputs: {b: {pin: 36, pull: sideways}}", "b.pull: expected one of up, down, none (got 'sideways')"),
     ("inputs: {b: {pin: 36, debounce: 2}}", "b.debounce: expected from 0 to 1 (got 2)"),
-    ("inputs: {b: {pin: true}}", "b.pin: expected an integer (got True)"),
+    ("inputs: {b: {pin: true}}", "b.pin: expected a pin number (0 or more) or a line name (got True)"),
     ("{}", "devices.d: a device needs at least one output or input"),
 ])
 def test_bad_inputs_and_pwm_in_topics_yaml_are_refused_with_the_key_path(text, message):

@@ -173,7 +173,7 @@ def test_commands_in_flight_when_the_connection_drops_take_effect_once(secured: 
 
 def test_bad_config_is_refused_at_start(tmp_path):
     bad = tmp_path / "topics.yaml"
-    bad.write_text("devices:\n  d:\n    outputs:\n      led: {pin: twenty}\n")
+    bad.write_text("devices:\n  d:\n    outputs:\n      led: {pin: -20}\n")
     run = subprocess.run(python_cmd("node", "--config", str(bad), "--pins", "sim"),
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 2

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from node.pins import InputPin, Pin, PinError, PinFactory
+from node.pins import InputPin, Pin, PinError, PinFactory, PinId, PwmChannel, numbered, without_channel
 
 
 def mraa_available() -> bool:
@@ -27,7 +27,7 @@ def _import_mraa() -> ModuleType:
 
 
 class _Checked:
-    number: int
+    number: PinId
     _mraa: ModuleType
 
     def _check(self, result: int, doing: str) -> None:
@@ -126,11 +126,12 @@ class MraaFactory(PinFactory):
     def __init__(self) -> None:
         self._mraa = _import_mraa()
 
-    def pin(self, number: int) -> MraaPin:
-        return MraaPin(number, self._mraa)
+    def pin(self, number: PinId, active_low: bool = False) -> MraaPin:
+        return MraaPin(numbered(number, "mraa"), self._mraa)
 
-    def pwm(self, number: int, period: float) -> MraaPwmPin:
-        return MraaPwmPin(number, period, self._mraa)
+    def pwm(self, number: PinId, period: float, channel: PwmChannel | None = None) -> MraaPwmPin:
+        without_channel(channel, "mraa")
+        return MraaPwmPin(numbered(number, "mraa"), period, self._mraa)
 
-    def input(self, number: int, pull: str) -> MraaInputPin:
-        return MraaInputPin(number, pull, self._mraa)
+    def input(self, number: PinId, pull: str, active_low: bool = False, debounce: float = 0.0) -> MraaInputPin:
+        return MraaInputPin(numbered(number, "mraa"), pull, self._mraa)

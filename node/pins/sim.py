@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from node.pins import InputPin, Pin, PinError, PinFactory
+from node.pins import InputPin, Pin, PinError, PinFactory, PinId, PwmChannel, numbered, without_channel
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ Listener = Callable[[Change], None]
 
 class SimPin(Pin):
     """A simulated GPIO output; set `fault` to make its writes fail as broken hardware would."""
+
+    number: int
 
     def __init__(self, number: int, factory: SimFactory) -> None:
         super().__init__(number)
@@ -82,6 +84,8 @@ class SimPwmPin(SimPin):
 
 class SimInputPin(InputPin):
     """A simulated input line: idle at the level its pull gives, moved by `drive`."""
+
+    number: int
 
     def __init__(self, number: int, factory: SimFactory, pull: str) -> None:
         super().__init__(number)
@@ -119,15 +123,19 @@ class SimFactory(PinFactory):
         self._listeners = list(listeners or [])
         self._lock = threading.Lock()
 
-    def pin(self, number: int) -> SimPin:
+    def pin(self, number: PinId, active_low: bool = False) -> SimPin:
+        number = numbered(number, "sim")
         return self._pins.setdefault(number, SimPin(number, self))
 
-    def pwm(self, number: int, period: float) -> SimPwmPin:
+    def pwm(self, number: PinId, period: float, channel: PwmChannel | None = None) -> SimPwmPin:
+        number = numbered(number, "sim")
+        without_channel(channel, "sim")
         pin = self._pins.setdefault(number, SimPwmPin(number, self, period))
         assert isinstance(pin, SimPwmPin), f"pin {number} is already a GPIO output"
         return pin
 
-    def input(self, number: int, pull: str) -> SimInputPin:
+    def input(self, number: PinId, pull: str, active_low: bool = False, debounce: float = 0.0) -> SimInputPin:
+        number = numbered(number, "sim")
         return self._inputs.setdefault(number, SimInputPin(number, self, pull))
 
     def feed(self, line: str) -> None:

@@ -15,10 +15,13 @@ set INTERRUPTS to False for that. `drive(pin, level)` is the test's hand on
 the wire: it moves an input's level as a switch would.
 
 Pins usable here: EDISON_GPIO_PINS, and for PWM EDISON_PWM_PINS. Writes are
-recorded in `writes` (GPIO) and `duties` (PWM).
+recorded in `writes` (GPIO) and `duties` (PWM), and each `listeners` function
+called after one; `faults[pin]` is the Result code the pin's writes answer
+instead (a failing bus).
 """
 
 import threading
+from collections.abc import Callable
 
 SUCCESS = 0
 ERROR_FEATURE_NOT_IMPLEMENTED = 1
@@ -61,6 +64,8 @@ INTERRUPTS = True  # False: the platform has no GPIO interrupts (isr answers ERR
 
 writes: list[tuple[int, int]] = []
 duties: list[tuple[int, float]] = []
+listeners: list[Callable[[], None]] = []
+faults: dict[int, int] = {}
 _inputs: dict[int, "Gpio"] = {}
 
 
@@ -69,6 +74,8 @@ def reset() -> None:
     INTERRUPTS = True
     writes.clear()
     duties.clear()
+    listeners.clear()
+    faults.clear()
     _inputs.clear()
 
 
@@ -84,6 +91,11 @@ def drive(pin: int, level: int) -> None:
         thread = threading.Thread(target=func, args=(args,), daemon=True)
         thread.start()
         thread.join()  # mraa's isr thread handles one edge at a time
+
+
+def _tell() -> None:
+    for listener in listeners:
+        listener()
 
 
 class Gpio:
@@ -134,7 +146,10 @@ class Gpio:
     def write(self, value: int) -> int:
         if self._dir == DIR_IN:
             return ERROR_INVALID_RESOURCE
+        if self._pin in faults:
+            return faults[self._pin]
         writes.append((self._pin, value))
+        _tell()
         return SUCCESS
 
     def getPin(self, raw: bool = False) -> int:  # noqa: N802 - mraa's name
@@ -165,6 +180,7 @@ class Pwm:
     def write(self, percentage: float) -> int:
         self._duty = min(1.0, max(0.0, percentage))  # mraa clamps to 0.0..1.0
         duties.append((self._pin, self._duty))
+        _tell()
         return SUCCESS
 
     def read(self) -> float:
