@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 from tests.bridge_setup import (
     KYONE_DID,
@@ -150,11 +149,9 @@ def test_dropped_refused_and_stalled_connections_reconnect_per_the_schedule(mosq
         assert len(re.findall(r"bridge.bluesky: stream: network error: .*Connection refused", bridge.output)) == 2
         assert len(re.findall(r"refused the subscription: HTTP 503", bridge.output)) == 2
 
-        started = time.monotonic()
-        proxy.freeze()  # silent both ways, never closed: only the pings can tell
+        proxy.freeze()  # silent both ways, never closed: only the pings can tell (TCP would wait for minutes)
         bridge.wait_for_line(r"bridge.bluesky: stream: connection lost: .*keepalive ping timeout",
                              timeout=TIMEOUT + STALL_TIMEOUT)
-        assert time.monotonic() - started < STALL_TIMEOUT + 5
         jetstream.wait_subscribed(4)
         jetstream.publish(post_event(KYONE_DID, "e2"))
         listener.wait_for(SET_TOPIC, where=lambda m: m.json()["id"] == f"bsky:{KYONE_DID}/e2")
