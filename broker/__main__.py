@@ -182,13 +182,23 @@ def _mosquitto_config(argv: list[str]) -> int:
     p.add_argument("--several-connections-per-user", action="store_true",
                    help="let a user hold several connections with client ids of its choosing; then any user can "
                    "take a device's session and discard its queued commands (default: each client id is its user's "
-                   "name, one connection per user)")
+                   "name, one connection per user, on Mosquitto 2.0.13 or newer)")
+    p.add_argument("--mosquitto-version", type=_version, metavar="X.Y.Z",
+                   help="the Mosquitto the config is for (default: the one installed here)")
     args = p.parse_args(argv)
     if not (args.config and args.passwd):
         p.error("--config and --passwd are required")
+    version = args.mosquitto_version or mosquitto.installed_version()
+    if version is None:
+        p.error("no mosquitto here to read its version from: give --mosquitto-version (e.g. 2.0.11)")
     try:
         options = _options(args)
-        written = mosquitto.export(options, args.out, own_client_ids=not args.several_connections_per_user)
+        written = mosquitto.export(options, args.out, version, args.several_connections_per_user)
+        if not args.several_connections_per_user and version < mosquitto.SAFE_REWRITE_FROM:
+            print(f"warning: Mosquitto {'.'.join(map(str, version))} removes the session a refused CONNECT named "
+                  "when each client id is forced to its user's name (fixed in 2.0.13), so the config does not force "
+                  "it: any logged-in user may take a device's session. Use Mosquitto 2.0.13 or newer to close it",
+                  file=sys.stderr)
         readable = [*written[1:], *([args.data] if args.data else [])]
         owner = mosquitto.hand_over(readable)
         for name in mosquitto.unknown_users(options.rules, passwords.names(args.passwd)):
@@ -205,6 +215,13 @@ def _mosquitto_config(argv: list[str]) -> int:
               f"sudo chown {mosquitto.MOSQUITTO_USER}: {' '.join(str(p) for p in readable)}", file=sys.stderr)
     print(f"run: mosquitto -c {written[0]}", file=sys.stderr)
     return 0
+
+
+def _version(value: str) -> tuple[int, ...]:
+    parts = value.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a version X.Y.Z, got {value!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _port(value: str) -> int:

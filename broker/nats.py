@@ -65,11 +65,17 @@ class Member:
 
     @property
     def name(self) -> str:
-        return f"{CLUSTER}-{self.number}"
+        """`edison-nats-N`: not `edison-N`, which reads like a device in the logs."""
+        return f"{CLUSTER}-nats-{self.number}"
 
     @property
     def route(self) -> str:
-        return f"{self.host}:{self.cluster_port}"
+        return host_port(self.host, self.cluster_port)
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as nats-server reads it: an IPv6 address in brackets."""
+    return f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def members(count: int, host: str, mqtt_port: int, cluster_port: int, client_port: int,
@@ -168,17 +174,29 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Callout:
-    """The keys of one export: the account key that signs every login's answer, and the callouts' password."""
+    """The secrets of an export: the account key that signs every login's answer, the callouts' password and the
+    routes' password. Exporting again into the same folder keeps them, so members and callouts can be restarted
+    one at a time with the new configs (new secrets would cut a restarted member off the others)."""
 
     issuer_seed: str
     password: str
+    route_password: str
 
     @classmethod
     def new(cls) -> Callout:
         import nkeys
 
         seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT).decode("ascii")
-        return cls(seed, secrets.token_urlsafe(24))
+        return cls(seed, secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+
+    @classmethod
+    def kept_in(cls, out: Path) -> Callout | None:
+        """The secrets of an earlier export into `out`, or None if there is none (or it is not readable)."""
+        try:
+            data = json.loads((out / CALLOUT_FILE).read_text(encoding="utf-8"))
+            return cls(str(data["issuer_seed"]), str(data["password"]), str(data["route_password"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     @property
     def issuer_public(self) -> str:
@@ -218,7 +236,7 @@ def member_text(c: Cluster, m: Member, route_password: str) -> str:
         ]
     lines += [
         "mqtt {",
-        f"  listen: {json.dumps(f'{m.host}:{m.mqtt_port}')}",
+        f"  listen: {json.dumps(host_port(m.host, m.mqtt_port))}",
         "  # Sessions, retained messages and queued QoS 1 messages, on this many members each.",
         f"  stream_replicas: {c.replicas}",
         "  # A QoS 1 message sent on a connection that dropped before its PUBACK is sent again after this long,",
@@ -242,6 +260,7 @@ def callout_text(c: Cluster, rules: Rules, passwd: Path, callout: Callout) -> st
         "issuer_seed": callout.issuer_seed,
         "user": CALLOUT_USER,
         "password": callout.password,
+        "route_password": callout.route_password,
         "account": ACCOUNT,
         "passwd": str(passwd.resolve()),
         "members": {m.name: f"nats://127.0.0.1:{m.client_port}" for m in c.members},
@@ -256,16 +275,15 @@ def export(c: Cluster, rules: Rules, devices: Sequence[str], passwd: Path, out: 
     if c.fleet < 1:
         raise ExportError("--fleet: at least one device")
     passwords.read(passwd)  # a password file that cannot be read fails here, not at the first login
-    callout = Callout.new()
+    callout = Callout.kept_in(out) or Callout.new()
     callout_json = callout_text(c, rules, passwd, callout)  # refuses an inexpressible rule before writing anything
-    route_password = secrets.token_urlsafe(24)  # routes between members only; one per export
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "authorization.conf", out / CALLOUT_FILE]
     passwords.write_private(written[0], authorization_text(rules, devices, c.fleet, callout))
     passwords.write_private(written[1], callout_json)
     for m in c.members:
         path = out / f"nats-{m.number}.conf"
-        passwords.write_private(path, member_text(c, m, route_password))
+        passwords.write_private(path, member_text(c, m, callout.route_password))
         written.append(path)
     c.data.mkdir(parents=True, exist_ok=True, mode=0o700)
     return written

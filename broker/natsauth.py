@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.access import Access, Rules
-from broker.login import MAX_TRACKED, Passwords, Throttle
+from broker.login import MAX_TRACKED, Passwords, Throttle, network_of
 from broker.logs import Squelch, shown
 from broker.nats import AUTH_TIMEOUT, CALLOUT_FILE, MIN_VERSION
 
@@ -73,7 +73,7 @@ def decode(token: str) -> dict[str, Any]:
         raise ValueError("not a JWT: expected three parts")
     try:
         claims = json.loads(_unb64(parts[1]))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"not a JWT: {exc}") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("nats"), dict):
         raise ValueError("not a JWT of NATS: no `nats` claims")
@@ -119,7 +119,7 @@ def refusal(login: Login, password_ok: bool, access: Access) -> str | None:
         return "wrong user name or password"
     owner = access.client_id_owner(login.client_id)
     if owner is not None and owner != login.user:
-        return f"client id {login.client_id!r} belongs to user {owner}"
+        return f"client id {shown(login.client_id)!r} belongs to user {owner}"
     return None
 
 
@@ -228,30 +228,32 @@ class Callout:
             log.warning("not an authorization request, left unanswered: %s", exc)
             return None
         self._check_server(login)
-        turn = self._pace.wait(login.user, login.host)
-        if turn > REFUSAL_HOLD:
-            self._squelch.warning(f"pace {login.host}", "refused %s: more than %g logins a second", login,
-                                  LOGIN_RATE)
-            await asyncio.sleep(REFUSAL_HOLD)
-            return self._response(login, error=f"more than {LOGIN_RATE:g} logins a second from {login.host}")
-        await asyncio.sleep(turn)
+        source = network_of(login.host)  # an IPv6 /64 is one address, as on the embedded broker
         passwords = self.passwords()
         password_ok = bool(login.user) and await passwords.check(
-            login.user, login.password.encode("utf-8"), login.host)
+            login.user, login.password.encode("utf-8", "surrogatepass"), source)
         why = refusal(login, password_ok, self._access)
         if why is None:
-            self._throttle.succeeded(login.host, login.user)
-            log.info("admitted %s", login)
-            return self._response(login, jwt=self._user_jwt(login))
-        by_address, by_user = self._throttle.failed(login.host, login.user or None)
-        passwords.failed(login.host)
-        self._squelch.warning(f"refused {login.host}", "refused %s: %s", login, why)
+            # Paced only once the password is known good: a stranger sending the device's user name with wrong
+            # passwords from the device's address must not use up the device's turns.
+            turn = self._pace.wait(login.user, source)
+            if turn <= REFUSAL_HOLD:
+                await asyncio.sleep(turn)
+                self._throttle.succeeded(source, login.user)
+                log.info("admitted %s", login)
+                return self._response(login, jwt=self._user_jwt(login))
+            why = f"more than {LOGIN_RATE:g} logins a second from {login.host}"
+        else:
+            passwords.failed(source)
+        by_address, by_user = self._throttle.failed(source, login.user or None)
+        self._squelch.warning(f"refused {source} {shown(login.user)} {why.split(':')[0]}", "refused %s: %s",
+                              login, why)
         # Held back like the embedded broker's refusals, within the member's wait for this answer.
         await asyncio.sleep(min(max(by_address, by_user), REFUSAL_HOLD))
         return self._response(login, error=why)
 
     def _check_server(self, login: Login) -> None:
-        version = tuple(int(n) for n in re.findall(r"\d+", login.server_version)[:2])
+        version = tuple(int(n) for n in re.findall(r"\d{1,6}", login.server_version[:40])[:2])
         wanted = tuple(int(n) for n in MIN_VERSION.split("."))
         if version and version < wanted and login.server_id not in self._old_servers:
             self._old_servers.add(login.server_id)
@@ -315,7 +317,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     settings.member, settings.url)
 
     async def on_reconnected() -> None:
-        log.info("answering logins again through member %s", settings.member)
+        log.info("answering logins again, through %s (the member of %s or another one it announced)",
+                 nc.connected_url.netloc if nc.connected_url else "?", settings.member)
 
     # nats-py tries the member until it answers (max_reconnect_attempts=-1), at first as after a loss
     connecting = asyncio.ensure_future(nats.connect(

@@ -85,7 +85,7 @@ class Raw:
                 return None
             self._buf += chunk
 
-    def login(self, client_id: str, user: str, password: str, **kwargs: object) -> int:
+    def login(self, client_id: str, user: str | None, password: str | None, **kwargs: object) -> int:
         """CONNECT; the CONNACK's return code (-1 when the connection was closed instead)."""
         self.send(connect(client_id, user, password, **kwargs))  # type: ignore[arg-type]
         answer = self.read()

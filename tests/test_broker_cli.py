@@ -134,3 +134,25 @@ def test_mosquitto_config_needs_the_mosquitto_hashes(tmp_path, user_files):
                          "--bind", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and "no Mosquitto hash" in done.stderr
     assert all(u in done.stderr for u in USERS)
+
+
+@pytest.mark.parametrize("version,forced", [("2.0.11", False), ("2.0.12", False), ("2.0.13", True), ("2.1.0", True)])
+def test_mosquitto_client_ids_are_forced_to_user_names_only_where_mosquitto_does_it_safely(tmp_path, user_files,
+                                                                                         version, forced):
+    """Before 2.0.13 a refused CONNECT without a user name removes the session it named when client ids are forced:
+    anyone could silence a device. The export then leaves them free, and says what that allows."""
+    topics, passwd = copy_users(user_files, tmp_path)
+    done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd), "--bind",
+                         "127.0.0.1:1883", "--tls-bind", "127.0.0.1:8883", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                         "--out", str(tmp_path / "out"), "--mosquitto-version", version)
+    assert done.returncode == 0, done.stderr
+    conf = (tmp_path / "out" / "mosquitto.conf").read_text()
+    settings = re.findall(r"^use_username_as_clientid (\w+)$", conf, re.MULTILINE)
+    assert settings == ["true" if forced else "false"] * 2  # on every listener
+    assert (f"Mosquitto {version} removes the session a refused CONNECT named" in done.stderr) is not forced
+    assert f"certfile {Path.cwd() / 'c.pem'}" in conf  # absolute: Mosquitto may start from anywhere
+    shared = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd), "--bind",
+                           "127.0.0.1:1883", "--out", str(tmp_path / "shared"), "--mosquitto-version", version,
+                           "--several-connections-per-user")
+    assert "\nuse_username_as_clientid false\n" in (tmp_path / "shared" / "mosquitto.conf").read_text()
+    assert "removes the session" not in shared.stderr

@@ -203,7 +203,7 @@ def test_logins_are_refused_while_no_callout_answers_and_any_callout_serves_ever
         assert watcher.result(DEVICE, "without-callouts")["ok"] is True
         # One callout is enough for every member: member 3's answers the logins of member 1 through the routes.
         callout = cluster.start_callout(3)
-        callout.wait_for_line(r"answering logins through member edison-3")
+        callout.wait_for_line(r"answering logins through member edison-nats-3")
         again = on(cluster, 1, "watcher")
         again.close()
         callout.wait_for_line(r"admitted watcher as client id \S+ from 127\.0\.0\.1")

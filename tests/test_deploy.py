@@ -149,7 +149,7 @@ def test_the_nats_callout_template_answers_for_its_member(systemd_analyze, tmp_p
     shutil.copy(out / "nats-auth.json", credentials / "nats-auth.json")
     shutil.copy(passwd, credentials / "passwd")
     settings = Settings.load(credentials / "nats.conf", credentials / "passwd")
-    assert settings.member == "edison-2" and settings.passwd == credentials / "passwd"
+    assert settings.member == "edison-nats-2" and settings.passwd == credentials / "passwd"
 
 
 @pytest.mark.parametrize("name", UNITS)

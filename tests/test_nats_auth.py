@@ -37,7 +37,7 @@ def request(user: str, password: str, client_id: str, kind: str = "mqtt", versio
     user_key = nkeys.from_seed(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
     claims = {"jti": "x", "iat": int(time.time()), "iss": server.public_key.decode(), "sub": "A",
               "aud": natsauth.REQUEST_AUDIENCE, "exp": int(time.time()) + 5,
-              "nats": {"server_id": {"name": "edison-2", "host": "127.0.0.1", "id": SERVER_ID, "version": version},
+              "nats": {"server_id": {"name": "edison-nats-2", "host": "127.0.0.1", "id": SERVER_ID, "version": version},
                        "user_nkey": user_key.public_key.decode(),
                        "client_info": {"host": "192.0.2.7", "id": 9, "user": user, "kind": "Client", "type": kind,
                                        "mqtt_id": client_id},
@@ -146,3 +146,12 @@ def test_one_user_from_one_address_is_paced_and_nobody_else_waits_for_it():
     assert pace.wait("churner", "192.0.2.8") == 0.0 and pace.wait("edison-t", "192.0.2.7") == 0.0
     now[0] += 10.0  # the bucket fills again, up to the burst
     assert [pace.wait("churner", "192.0.2.7") for _ in range(natsauth.LOGIN_BURST)] == [0.0] * natsauth.LOGIN_BURST
+
+
+def test_wrong_passwords_with_the_device_name_do_not_use_up_the_device_turns(callout, monkeypatch):
+    """A stranger behind the device's own address, sending its user name with wrong passwords, is refused each time
+    and the device still logs in: only logins whose password is good are paced."""
+    monkeypatch.setattr(natsauth, "REFUSAL_HOLD", 0.0)  # refusals are held back: not what this test is about
+    for n in range(natsauth.LOGIN_BURST + 5):
+        assert "error" in answer(callout, request("edison-t", f"guess-{n}", "edison-t"))["nats"]
+    assert "jwt" in answer(callout, request("edison-t", USERS["edison-t"], "edison-t"))["nats"]

@@ -45,10 +45,10 @@ def test_one_config_per_member_on_one_host_the_accounts_they_share_and_the_callo
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["authorization.conf", "nats-1.conf", "nats-2.conf", "nats-3.conf", "nats-auth.json"]
     second = (tmp_path / "out" / "nats-2.conf").read_text()
-    assert 'server_name: "edison-2"' in second and 'listen: "127.0.0.1:6223"' in second
+    assert 'server_name: "edison-nats-2"' in second and 'listen: "127.0.0.1:6223"' in second
     assert "@127.0.0.1:6222" in second and "@127.0.0.1:6224" in second and "@127.0.0.1:6223" not in second
     assert "stream_replicas: 3" in second and 'listen: "127.0.0.1:4223"' in second
-    assert f'store_dir: "{(tmp_path / "data").resolve()}/edison-2"' in second
+    assert f'store_dir: "{(tmp_path / "data").resolve()}/edison-nats-2"' in second
     assert "max_ack_pending: 1024" in second and 'js_api_timeout: "10s"' in second
     auth = (tmp_path / "out" / "authorization.conf").read_text()
     # each device holds two QoS 1 subjects (its /set filter and Home Assistant's status): 2 x 5,000 x 2 + 1,000
@@ -56,7 +56,7 @@ def test_one_config_per_member_on_one_host_the_accounts_they_share_and_the_callo
     assert '"edison-auth", password: "$2b$11$' in auth and "auth_callout" in auth and "pw-" not in auth
     callouts = json.loads((tmp_path / "out" / "nats-auth.json").read_text())
     assert callouts["passwd"] == str(passwd.resolve()) and callouts["issuer_seed"].startswith("SA")
-    assert callouts["members"] == {f"edison-{n}": f"nats://127.0.0.1:{4221 + n}" for n in (1, 2, 3)}
+    assert callouts["members"] == {f"edison-nats-{n}": f"nats://127.0.0.1:{4221 + n}" for n in (1, 2, 3)}
     assert callouts["permissions"]["edison-t"] == nats.permissions(rules(parse(TOPICS)), "edison-t")
     assert callouts["permissions"]["stranger"] == {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
     assert "pw-" not in json.dumps(callouts)
@@ -83,3 +83,21 @@ def test_the_export_names_what_it_cannot_read(tmp_path, user_files):
     done = edison_broker("nats-config", "--config", str(topics), "--passwd", str(tmp_path / "nope" / "passwd"),
                          "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--fleet", "0")
     assert done.returncode == 2 and "--fleet: at least one device" in done.stderr
+
+
+def test_exporting_again_keeps_the_secrets_so_members_restart_one_at_a_time(tmp_path, user_files):
+    topics, passwd = copy_users(user_files, tmp_path)
+    args = ("nats-config", "--config", str(topics), "--passwd", str(passwd), "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"))
+    assert edison_broker(*args).returncode == 0
+    first = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
+    assert edison_broker(*args, "--fleet", "20000").returncode == 0
+    again = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
+    assert again["nats-2.conf"] == first["nats-2.conf"] and again["nats-auth.json"] == first["nats-auth.json"]
+    assert "max_consumers: 81000" in again["authorization.conf"]
+
+
+def test_members_on_ipv6_addresses_are_written_as_nats_server_reads_them(tmp_path):
+    cluster = nats.Cluster(nats.members(2, "::1", 1883, 6222, 4222), tmp_path)
+    text = nats.member_text(cluster, cluster.members[0], "secret")
+    assert 'listen: "[::1]:1883"' in text and '"nats-route://route:secret@[::1]:6223"' in text
