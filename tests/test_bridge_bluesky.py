@@ -149,6 +149,9 @@ def test_dropped_refused_and_stalled_connections_reconnect_per_the_schedule(mosq
         assert len(re.findall(r"bridge.bluesky: stream: network error: .*Connection refused", bridge.output)) == 2
         assert len(re.findall(r"refused the subscription: HTTP 503", bridge.output)) == 2
 
+        # The server has the third subscription before the bridge has its answer: freezing the proxy now would
+        # stall the handshake (a handshake time-out, not the keepalive this is about). Wait for the bridge's word.
+        assert bridge.wait_until(lambda: bridge.output.count("bluesky: stream: connected to") >= 3), bridge.output
         proxy.freeze()  # silent both ways, never closed: only the pings can tell (TCP would wait for minutes)
         bridge.wait_for_line(r"bridge.bluesky: stream: connection lost: .*keepalive ping timeout",
                              timeout=TIMEOUT + STALL_TIMEOUT)
