@@ -258,8 +258,8 @@ function addOutput(device, deviceId, object, name, pwm) {
     const fade = el("select", { "aria-label": `${name} transition`, id: `fade-${id}` },
       el("option", { value: "0", text: "at once" }), el("option", { value: "1", text: "over 1 s" }),
       el("option", { value: "3", text: "over 3 s" }));
-    const shown = el("output", { for: slider.id, class: "level", text: "" });
-    slider.addEventListener("input", () => { shown.textContent = percent(slider.value); });
+    const shown = el("span", { class: "level", "aria-hidden": "true" }); // the slider says it as aria-valuetext
+    slider.addEventListener("input", () => showLevel(output, slider.value));
     slider.addEventListener("change", () => {
       const command = { brightness: Number(slider.value) };
       if (Number(fade.value) > 0) command.transition = Number(fade.value);
@@ -288,7 +288,12 @@ function showOutputState(output, text) {
 function showBrightness(output, text) {
   if (!output.slider || !/^\d+$/.test(text)) return;
   output.slider.value = text;
-  output.level.textContent = percent(text);
+  showLevel(output, text);
+}
+
+function showLevel(output, value) {
+  output.level.textContent = percent(value);
+  output.slider.setAttribute("aria-valuetext", percent(value));
 }
 
 function addInput(device, deviceId, object, name) {
@@ -386,13 +391,6 @@ function show(p, text, kind) {
 // ---- start ------------------------------------------------------------------------------------------------------
 
 async function start() {
-  try {
-    const answer = await fetch("layout.json", { cache: "no-cache" });
-    layout = await answer.json();
-  } catch (err) {
-    say("login-error", `The page could not load layout.json (${err.message}): reload it.`);
-    return;
-  }
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
     const name = $("user").value.trim();
@@ -405,6 +403,14 @@ async function start() {
     logIn(name, $("password").value, PROTOCOLS);
   });
   $("logout").addEventListener("click", logOut);
+  try {
+    const answer = await fetch("layout.json", { cache: "no-cache" });
+    layout = await answer.json();
+  } catch (err) {
+    say("login-error", `The page could not load layout.json (${err.message}): reload it.`);
+    return;
+  }
+  $("login").querySelector("button").disabled = false; // disabled in the HTML until the page can log in
 }
 
 start();

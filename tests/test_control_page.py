@@ -1,0 +1,263 @@
+"""The control page in a real browser (Debian's Chromium, driven by Playwright) against real brokers and the real
+node with simulated pins: what a person on a phone does and sees. Each step waits for what the page shows."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.broker_setup import edison_broker
+from tests.conftest import NodeRunner, _mosquitto_binary, required, start_amqtt
+from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+
+CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium as root, with nothing that reaches out (updates, sync, field trials) or needs a GPU.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PHONE = {"width": 390, "height": 844}
+DEVICE, OTHER = "edison-t", "edison-u"
+TOPICS_YAML = f"""\
+prefix: edison
+devices:
+  {DEVICE}:
+    name: Edison
+    outputs:
+      led: {{name: LED, pin: 20, pwm: true}}
+    inputs:
+      button: {{name: Button, pin: 36, component: event, double_press: 0, long_press: 60, debounce: 0.01}}
+  {OTHER}:
+    outputs:
+      lamp: {{name: Lamp, pin: 20}}
+access:
+  laptop: controller
+  wall: viewer
+"""
+USERS = {DEVICE: "pw-device-t", OTHER: "pw-device-u", "laptop": "pw-laptop", "wall": "pw-wall"}
+LED_PIN, BUTTON_PIN = 20, 36
+MS = TIMEOUT * 1000  # Playwright counts milliseconds
+playwright_api.expect.set_options(timeout=MS)
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("page-users")
+    topics, passwd = folder / "topics.yaml", folder / "passwd"
+    topics.write_text(TOPICS_YAML)
+    for name, password in USERS.items():
+        done = edison_broker("passwd", "--passwd", str(passwd), "add", name, "--stdin", stdin=password + "\n")
+        assert done.returncode == 0, done.stderr
+    return topics, passwd
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """One Chromium for the module; each test gets a new context (its own fresh profile, cookies and storage)."""
+    required(shutil.which("chromium") and CHROMIUM, "Chromium is not installed (Debian: apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport=PHONE, ignore_https_errors=True)
+    context.set_default_timeout(MS)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+@dataclass
+class Site:
+    """A broker serving the page, with the node of DEVICE on it."""
+
+    url: str
+    broker: Broker
+    nodes: NodeRunner
+    wire: int  # the simulated inputs' FIFO
+
+    def press(self, pin: int, level: int) -> None:
+        os.write(self.wire, b'{"pin": %d, "value": %d}\n' % (pin, level))
+
+    def led_changes(self, command_id: str) -> list[dict]:
+        return [c for c in read_trace(self.nodes.trace) if c["pin"] == LED_PIN and c.get("id") == command_id]
+
+
+def _with_node(broker: Broker, url: str, folder: Path, topics: Path) -> Iterator[Site]:
+    fifo = folder / "inputs"
+    os.mkfifo(fifo)
+    nodes = NodeRunner(broker, folder, topics)
+    node = nodes.start("--sim-inputs", str(fifo), env={"MQTT_PASSWORD": USERS[DEVICE]})
+    node.wait_for_line(r"connected to ")
+    wire = os.open(fifo, os.O_WRONLY)
+    try:
+        yield Site(url, broker, nodes, wire)
+    finally:
+        os.close(wire)
+        nodes.stop_all()
+        broker.proc.signal(signal.SIGTERM)
+        try:
+            broker.proc.wait(TIMEOUT)
+        finally:
+            broker.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded(users, tmp_path_factory) -> Iterator[Site]:
+    """The embedded broker with --web-bind: the page and MQTT over WebSocket on one port."""
+    folder = tmp_path_factory.mktemp("page-embedded")
+    topics, passwd = users
+    web = free_port()
+    broker = start_amqtt(folder, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{web}")
+    yield from _with_node(broker, f"http://127.0.0.1:{web}/", folder, topics)
+
+
+@pytest.fixture(scope="module")
+def exported(users, tmp_path_factory) -> Iterator[Site]:
+    """Mosquitto with the exported configuration: its WebSocket listener serves the same page (http_dir)."""
+    binary = _mosquitto_binary()
+    folder = tmp_path_factory.mktemp("page-mosquitto")
+    topics, passwd = users
+    port, ws = free_port(), free_port()
+    out = folder / "mosquitto"
+    done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
+                         "--bind", f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{ws}", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    conf = out / "mosquitto.conf"
+    assert f"http_dir {out.resolve() / 'page'}" in conf.read_text()
+    if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files
+        conf.write_text(conf.read_text() + "user root\n")
+    proc = Proc([binary, "-c", str(conf)], folder / "mosquitto.log")
+    proc.wait_for_line(r"mosquitto version \S+ running")
+    yield from _with_node(Broker("mosquitto", port, proc), f"http://127.0.0.1:{ws}/", folder, topics)
+
+
+def log_in(page, site: Site, user: str, password: str | None = None) -> None:
+    page.goto(site.url)
+    page.get_by_label("User").fill(user)
+    page.get_by_label("Password").fill(USERS[user] if password is None else password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def protocol(page) -> int:
+    """The MQTT version the page logged in with, as it says (5 where the broker speaks it, else 3.1.1)."""
+    playwright_api.expect(page.locator("#connection")).to_contain_text("Connected as")
+    return 5 if "MQTT 5" in (page.locator("#connection").text_content() or "") else 4
+
+
+def device_card(page, name: str = "Edison"):
+    return page.get_by_role("article", name=name)
+
+
+def command_id(page, text: str) -> str:
+    """The id the page gave the newest command whose log line starts with `text`."""
+    entry = page.locator("#results li", has_text=text).first
+    playwright_api.expect(entry).to_be_visible()
+    return entry.get_attribute("data-id") or ""
+
+
+def switch_dim_and_watch_the_button(page, site: Site) -> None:
+    expect = playwright_api.expect
+    log_in(page, site, "laptop")
+    card = device_card(page)
+    expect(card.get_by_text("online", exact=True)).to_be_visible()
+    led = card.get_by_role("switch", name="LED")
+    expect(led).not_to_be_checked()
+
+    led.click()
+    expect(card.get_by_role("status").filter(has_text="LED on")).to_have_text("LED on: ok")
+    expect(led).to_be_checked()
+    on = command_id(page, "LED on")
+    assert [c["duty"] for c in site.led_changes(on)] == [1.0]  # the pin, as the node's trace recorded it
+
+    card.get_by_role("slider", name="LED brightness").fill("64")
+    expect(card.get_by_role("status")).to_have_text("LED brightness 25 %: ok")
+    dim = command_id(page, "LED brightness")
+    assert [c["duty"] for c in site.led_changes(dim)] == [pytest.approx(64 / 255, abs=1e-3)]  # the trace keeps 3 decimals
+
+    button = card.get_by_role("group", name="Button")
+    expect(button.get_by_text("off", exact=True)).to_be_visible()
+    site.press(BUTTON_PIN, 0)  # pressed: the button pulls the pin low
+    expect(button.get_by_text("on", exact=True)).to_be_visible()
+    site.press(BUTTON_PIN, 1)
+    expect(button.get_by_text("off", exact=True)).to_be_visible()
+    expect(button.get_by_role("list", name="Button events")).to_contain_text(re.compile(r"^press at "))
+
+    led.click()
+    expect(card.get_by_role("status")).to_have_text("LED off: ok")
+    expect(led).not_to_be_checked()
+    assert [c["duty"] for c in site.led_changes(command_id(page, "LED off"))] == [0.0]
+
+
+def test_a_phone_logs_in_switches_and_dims_the_led_and_sees_the_button(embedded, page):
+    switch_dim_and_watch_the_button(page, embedded)
+
+
+def test_the_exported_mosquitto_serves_the_same_page(exported, page):
+    switch_dim_and_watch_the_button(page, exported)
+
+
+@pytest.fixture(params=["embedded", "exported"])
+def site(request) -> Site:
+    return request.getfixturevalue(request.param)
+
+
+def test_a_wrong_password_is_said_in_words(site, page):
+    log_in(page, site, "laptop", "not-the-password")
+    playwright_api.expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+    playwright_api.expect(page.get_by_role("button", name="Log in")).to_be_enabled()  # the person can try again
+    if site.broker.kind == "amqtt":  # the page's login met the same throttle as any other
+        site.broker.proc.wait_for_line(r"refused login: user=\W?laptop\W? .*next answer in")
+
+
+def test_a_user_sees_only_the_devices_its_rules_cover(site, page, browser):
+    log_in(page, site, OTHER)  # a device's user may read nothing of the devices, not even its own discovery
+    protocol(page)
+    playwright_api.expect(page.locator("#no-devices")).to_be_visible()
+    # Meanwhile a controller sees the device at once and watches a press: by then the other page has had all
+    # that its subscriptions would bring.
+    context = browser.new_context(viewport=PHONE)
+    try:
+        laptop = context.new_page()
+        laptop.set_default_timeout(MS)
+        log_in(laptop, site, "laptop")
+        button = device_card(laptop).get_by_role("group", name="Button")
+        playwright_api.expect(button.get_by_text("off", exact=True)).to_be_visible()
+        site.press(BUTTON_PIN, 0)
+        playwright_api.expect(button.get_by_text("on", exact=True)).to_be_visible()
+        site.press(BUTTON_PIN, 1)
+        playwright_api.expect(button.get_by_role("listitem")).not_to_have_count(0)
+    finally:
+        context.close()
+    playwright_api.expect(page.get_by_role("article")).to_have_count(0)
+
+
+def test_a_publish_the_broker_refuses_is_shown_as_refused(site, page):
+    log_in(page, site, "wall")  # a viewer: sees the devices, may command none
+    version = protocol(page)
+    card = device_card(page)
+    led = card.get_by_role("switch", name="LED")
+    playwright_api.expect(card.get_by_text("online", exact=True)).to_be_visible()
+    led.click()
+    result = card.get_by_role("status").filter(has_text="LED on")
+    if version == 5:  # the PUBACK says why
+        playwright_api.expect(result).to_have_text("LED on: refused by the broker: user wall is not allowed to "
+                                                   "command it")
+    else:  # MQTT 3.1.1 acknowledges a refused publish like any other: the page can only say no result came
+        playwright_api.expect(result).to_contain_text("LED on: no result within 5 s: the broker may have refused it")
+    playwright_api.expect(led).not_to_be_checked()  # back to what the device reports
+    assert site.led_changes(command_id(page, "LED on")) == []
