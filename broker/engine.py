@@ -151,7 +151,7 @@ class WebSocketTransport:
 
 class _HandshakeFailures(logging.Filter):
     """websockets logs every failed opening handshake (a port scan, plain MQTT sent to the WebSocket port) as an
-    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s. A file of the control page
+    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s. An answer of the control page
     is, to websockets, a rejected handshake too: that is not logged."""
 
     def __init__(self) -> None:
@@ -159,8 +159,9 @@ class _HandshakeFailures(logging.Filter):
         self._squelch = Squelch()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "connection rejected (%d %s)" and isinstance(record.args, tuple) and record.args[0] in OK:
-            return False  # a file of the control page was served: not news
+        rejected = record.msg == "connection rejected (%d %s)" and isinstance(record.args, tuple)
+        if rejected and record.args[0] in PAGE_ANSWERS:  # type: ignore[index]
+            return False
         if record.getMessage() != "opening handshake failed" or not record.exc_info:
             return True
         exc = record.exc_info[1]
@@ -171,7 +172,7 @@ class _HandshakeFailures(logging.Filter):
 
 
 WS_LOG = logging.getLogger("edison-broker.websocket")
-OK = (200,)  # HTTP status of a page file served
+PAGE_ANSWERS = (200, 404)  # a file of the control page served, or no such file (a scanner's guesses): not logged
 WS_QUEUE = 2  # frames received and not yet read, per WebSocket connection
 WS_LOG.addFilter(_HandshakeFailures())
 

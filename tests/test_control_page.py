@@ -146,8 +146,8 @@ def exported(users, tmp_path_factory) -> Iterator[Site]:
     yield from _with_node(Broker("mosquitto", port, proc), f"http://127.0.0.1:{ws}/", folder, topics)
 
 
-def log_in(page, site: Site, user: str, password: str | None = None) -> None:
-    page.goto(site.url)
+def log_in(page, url: str, user: str, password: str | None = None) -> None:
+    page.goto(url)
     page.get_by_label("User").fill(user)
     page.get_by_label("Password").fill(USERS[user] if password is None else password)
     page.get_by_role("button", name="Log in").click()
@@ -172,7 +172,7 @@ def command_id(page, text: str) -> str:
 
 def switch_dim_and_watch_the_button(page, site: Site) -> None:
     expect = playwright_api.expect
-    log_in(page, site, "laptop")
+    log_in(page, site.url, "laptop")
     card = device_card(page)
     expect(card.get_by_text("online", exact=True)).to_be_visible()
     led = card.get_by_role("switch", name="LED")
@@ -187,7 +187,7 @@ def switch_dim_and_watch_the_button(page, site: Site) -> None:
     card.get_by_role("slider", name="LED brightness").fill("64")
     expect(card.get_by_role("status")).to_have_text("LED brightness 25 %: ok")
     dim = command_id(page, "LED brightness")
-    assert [c["duty"] for c in site.led_changes(dim)] == [pytest.approx(64 / 255, abs=1e-3)]  # the trace keeps 3 decimals
+    assert [c["duty"] for c in site.led_changes(dim)] == [pytest.approx(64 / 255, abs=1e-3)]  # 3 decimals kept
 
     button = card.get_by_role("group", name="Button")
     expect(button.get_by_text("off", exact=True)).to_be_visible()
@@ -217,7 +217,7 @@ def site(request) -> Site:
 
 
 def test_a_wrong_password_is_said_in_words(site, page):
-    log_in(page, site, "laptop", "not-the-password")
+    log_in(page, site.url, "laptop", "not-the-password")
     playwright_api.expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
     playwright_api.expect(page.get_by_role("button", name="Log in")).to_be_enabled()  # the person can try again
     if site.broker.kind == "amqtt":  # the page's login met the same throttle as any other
@@ -225,7 +225,7 @@ def test_a_wrong_password_is_said_in_words(site, page):
 
 
 def test_a_user_sees_only_the_devices_its_rules_cover(site, page, browser):
-    log_in(page, site, OTHER)  # a device's user may read nothing of the devices, not even its own discovery
+    log_in(page, site.url, OTHER)  # a device's user may read nothing of the devices, not even its own discovery
     protocol(page)
     playwright_api.expect(page.locator("#no-devices")).to_be_visible()
     # Meanwhile a controller sees the device at once and watches a press: by then the other page has had all
@@ -234,7 +234,7 @@ def test_a_user_sees_only_the_devices_its_rules_cover(site, page, browser):
     try:
         laptop = context.new_page()
         laptop.set_default_timeout(MS)
-        log_in(laptop, site, "laptop")
+        log_in(laptop, site.url, "laptop")
         button = device_card(laptop).get_by_role("group", name="Button")
         playwright_api.expect(button.get_by_text("off", exact=True)).to_be_visible()
         site.press(BUTTON_PIN, 0)
@@ -247,7 +247,7 @@ def test_a_user_sees_only_the_devices_its_rules_cover(site, page, browser):
 
 
 def test_a_publish_the_broker_refuses_is_shown_as_refused(site, page):
-    log_in(page, site, "wall")  # a viewer: sees the devices, may command none
+    log_in(page, site.url, "wall")  # a viewer: sees the devices, may command none
     version = protocol(page)
     card = device_card(page)
     led = card.get_by_role("switch", name="LED")
@@ -261,3 +261,27 @@ def test_a_publish_the_broker_refuses_is_shown_as_refused(site, page):
         playwright_api.expect(result).to_contain_text("LED on: no result within 5 s: the broker may have refused it")
     playwright_api.expect(led).not_to_be_checked()  # back to what the device reports
     assert site.led_changes(command_id(page, "LED on")) == []
+
+
+def test_with_a_certificate_the_page_and_its_mqtt_connection_are_https_and_wss(users, tmp_path, page):
+    topics, passwd = users
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    web = free_port()
+    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{web}",
+                         "--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        site = Site(f"https://127.0.0.1:{web}/", broker, NodeRunner(broker, tmp_path, topics), -1)
+        log_in(page, site.url, "laptop")
+        protocol(page)
+        assert sockets and all(url == f"wss://127.0.0.1:{web}/mqtt" for url in sockets)
+    finally:
+        broker.proc.signal(signal.SIGTERM)
+        try:
+            broker.proc.wait(TIMEOUT)
+        finally:
+            broker.proc.stop()
