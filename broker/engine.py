@@ -159,8 +159,8 @@ class _HandshakeFailures(logging.Filter):
         self._squelch = Squelch()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rejected = record.msg == "connection rejected (%d %s)" and isinstance(record.args, tuple)
-        if rejected and record.args[0] in PAGE_ANSWERS:  # type: ignore[index]
+        status = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.msg == "connection rejected (%d %s)" and status in PAGE_ANSWERS:
             return False
         if record.getMessage() != "opening handshake failed" or not record.exc_info:
             return True
