@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 1883
+WEB_PORT ?= 8080
 SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 
 .PHONY: run test bench clean
@@ -15,13 +16,17 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,test]'
 	touch $@
 
-# The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,
+# The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) with the control page on
+# 127.0.0.1:$(WEB_PORT), and the node with simulated pins,
 # printing the LED and the button as they change; lines appended to $(SIM_INPUTS) press the button. Ctrl-C stops both, the node first (its `offline` reaches the broker); either of
 # them ending (a port already taken, say) stops the other. The broker has its own session, so Ctrl-C reaches it last.
 run: $(BIN)/.installed
 	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT)))' 2>/dev/null || \
 		{ echo "make run: port $(PORT) is taken (another MQTT broker?): try make run PORT=1884" >&2; exit 1; }
-	@setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
+	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(WEB_PORT)))' 2>/dev/null || \
+		{ echo "make run: port $(WEB_PORT) is taken: try make run WEB_PORT=8081" >&2; exit 1; }
+	@echo "control page: http://127.0.0.1:$(WEB_PORT)/ (trial mode: any user name, no password)"
+	@setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) --web-bind 127.0.0.1:$(WEB_PORT) & broker=$$!; \
 	MQTT_USERNAME=edison-1 $(BIN)/edison-node --config topics.yaml --device edison-1 \
 		--broker mqtt://127.0.0.1:$(PORT) --pins sim --sim-inputs $(SIM_INPUTS) & node=$$!; \
 	trap 'kill -INT $$node 2>/dev/null; wait $$node; kill -INT $$broker 2>/dev/null; wait' EXIT INT TERM; \
