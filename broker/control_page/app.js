@@ -16,7 +16,7 @@ const LOG_SHOWN = 20;
 const $ = (id) => document.getElementById(id);
 const devices = new Map(); // device id -> {root, outputs: Map, inputs: Map, name}
 const retained = new Map(); // topic -> payload text, for what arrives before the device's discovery
-const pending = new Map(); // command id -> {label, out, timer, output}
+const pending = new Map(); // command id -> {id, label, output, entry, timer}: commands whose result is awaited
 let layout = null;
 let client = null;
 let protocol = null;
@@ -79,6 +79,11 @@ function logIn(name, password, versions) {
     subscribe(c);
   });
   c.on("error", (err) => {
+    if (loggedIn && BAD_LOGIN.includes(err.code) && client === c) { // the password was changed meanwhile
+      logOut();
+      say("login-error", "The broker no longer accepts this user and password: log in again.");
+      return;
+    }
     if (settled) return; // once logged in, close and reconnect tell what happens
     settled = true;
     c.end(true);
@@ -246,7 +251,7 @@ function addOutput(device, deviceId, object, name, pwm) {
   const group = el("section", { class: "output", role: "group", "aria-labelledby": `title-${id}` },
     el("h3", { id: `title-${id}`, text: name }),
     el("div", { class: "row" }, el("label", { class: "switch", for: toggle.id }, toggle, stateText), blink, effect));
-  const output = { deviceId, object, name, toggle, stateText, effect, result, state: null, slider: null };
+  const output = { deviceId, object, name, toggle, stateText, effect, result, state: null, slider: null, latest: null };
   toggle.addEventListener("change", () => {
     const wanted = toggle.checked ? "ON" : "OFF";
     send(output, { state: wanted }, `${name} ${wanted.toLowerCase()}`);
@@ -327,18 +332,19 @@ function showEvent(input, text) {
 
 function send(output, command, label) {
   const id = newId();
-  const entry = el("li", { "data-id": id, text: `${label}: sent` });
+  const entry = el("li", { "data-id": id });
   $("results").prepend(entry);
-  while ($("results").children.length > LOG_SHOWN) $("results").lastChild.remove();
-  const shown = { label, output, entry, timer: null };
-  show(shown, "sent", "pending");
-  shown.timer = setTimeout(() => noAnswer(id), RESULT_TIMEOUT_MS);
-  pending.set(id, shown);
+  while ($("results").children.length > LOG_SHOWN) {
+    pending.delete($("results").lastChild.dataset.id); // too old to be shown: a late result is not awaited
+    $("results").lastChild.remove();
+  }
+  const p = { id, label, output, entry, timer: setTimeout(() => noAnswer(id), RESULT_TIMEOUT_MS) };
+  pending.set(id, p);
+  output.latest = id;
+  show(p, "sent", "pending");
   const topic = `${layout.prefix}/${output.deviceId}/${output.object}/set`;
   client.publish(topic, JSON.stringify({ ...command, id }), { qos: 1 }, (err) => {
-    if (err && pending.has(id)) {
-      finish(id, `refused by the broker: ${reason(err)}`, "error");
-    }
+    if (err && pending.has(id)) finish(id, `refused by the broker: ${reason(err)}`, "error");
   });
 }
 
@@ -348,17 +354,19 @@ function reason(err) {
 
 function noAnswer(id) {
   const p = pending.get(id);
-  if (!p) return;
   const device = devices.get(p.output.deviceId);
   let why;
   if (device && !device.online) {
     why = `${device.name} is offline; the command waits for it`;
   } else if (protocol === 4) {
-    why = "the broker may have refused it (MQTT 3.1.1 does not say; the broker's log names the rule) or the device is busy";
+    why = "the broker may have refused it (MQTT 3.1.1 does not say; the broker's log names the rule) " +
+      "or the device is slow";
   } else {
-    why = "the device did not answer";
+    why = "the device did not answer yet";
   }
-  finish(id, `no result within ${RESULT_TIMEOUT_MS / 1000} s: ${why}`, "error");
+  // still awaited: a result that comes later replaces this
+  show(p, `no result within ${RESULT_TIMEOUT_MS / 1000} s: ${why}`, "error");
+  restoreSwitch(p.output);
 }
 
 function onResult(text) {
@@ -378,14 +386,20 @@ function finish(id, text, kind) {
   pending.delete(id);
   clearTimeout(p.timer);
   show(p, text, kind);
-  if (kind === "error" && p.output.state !== null) showOutputState(p.output, p.output.state);
+  if (kind === "error") restoreSwitch(p.output);
+}
+
+function restoreSwitch(output) {
+  if (output.state !== null) showOutputState(output, output.state); // what the device last reported
 }
 
 function show(p, text, kind) {
   p.entry.textContent = `${p.label}: ${text}`;
   p.entry.className = kind;
-  p.output.result.textContent = `${p.label}: ${text}`;
-  p.output.result.className = `result ${kind}`;
+  if (p.output.latest === p.id) { // beside the output: its newest command
+    p.output.result.textContent = `${p.label}: ${text}`;
+    p.output.result.className = `result ${kind}`;
+  }
 }
 
 // ---- start ------------------------------------------------------------------------------------------------------
