@@ -8,7 +8,7 @@ PORT ?= 1883
 WEB_PORT ?= 8080
 SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean mqttjs
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/node.py
+
+# The control page's MQTT client: mqtt.js's own browser bundle (dist/mqtt.min.js) and license, from the npm registry
+# (npm checks the package's integrity). To update: change the version, run `make mqttjs`, run the tests, commit.
+MQTTJS_VERSION := 5.16.0
+PAGE := broker/control_page
+mqttjs:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent mqtt@$(MQTTJS_VERSION) >/dev/null && tar xzf mqtt-$(MQTTJS_VERSION).tgz) && \
+	cp "$$tmp/package/dist/mqtt.min.js" $(PAGE)/mqtt.min.js && \
+	cp "$$tmp/package/LICENSE.md" $(PAGE)/mqtt.min.js.LICENSE.md && \
+	echo "$(PAGE)/mqtt.min.js: mqtt.js $(MQTTJS_VERSION), sha256 $$(sha256sum $(PAGE)/mqtt.min.js | cut -c1-64)"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
