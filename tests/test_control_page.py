@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import trustme
+from playwright import sync_api as playwright_api
 
 from tests.broker_setup import edison_broker
 from tests.conftest import NodeRunner, _mosquitto_binary, required, start_amqtt
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium as root, with nothing that reaches out (updates, sync, field trials) or needs a GPU.
@@ -286,6 +286,34 @@ def test_with_a_certificate_the_page_and_its_mqtt_connection_are_https_and_wss(u
         log_in(page, site.url, "laptop")
         protocol(page)
         assert sockets and all(url == f"wss://127.0.0.1:{web}/mqtt" for url in sockets)
+    finally:
+        broker.proc.signal(signal.SIGTERM)
+        try:
+            broker.proc.wait(TIMEOUT)
+        finally:
+            broker.proc.stop()
+
+
+def test_a_password_refused_on_reconnect_ends_the_session_in_words(users, tmp_path, page):
+    topics, passwd = users
+    mine = tmp_path / "passwd"
+    shutil.copy2(passwd, mine)
+    port, web = free_port(), free_port()
+    args = ("--config", str(topics), "--passwd", str(mine), "--web-bind", f"127.0.0.1:{web}")
+    broker = start_amqtt(tmp_path, *args, port=port)
+    log_in(page, f"http://127.0.0.1:{web}/", "laptop")
+    protocol(page)
+    broker.proc.signal(signal.SIGTERM)
+    broker.proc.wait(TIMEOUT)
+    broker.proc.stop()
+    playwright_api.expect(page.locator("#connection")).to_have_text("Connection lost: reconnecting…")
+    done = edison_broker("passwd", "--passwd", str(mine), "add", "laptop", "--stdin", stdin="changed\n")
+    assert done.returncode == 0, done.stderr
+    broker = start_amqtt(tmp_path, *args, port=port)
+    try:
+        playwright_api.expect(page.get_by_role("alert")).to_have_text(
+            "The broker no longer accepts this user and password: log in again.")
+        playwright_api.expect(page.get_by_label("User")).to_be_visible()
     finally:
         broker.proc.signal(signal.SIGTERM)
         try:

@@ -14,9 +14,9 @@ import pytest
 from broker.mosquitto import conf_text
 from broker.server import Listeners, Options
 from broker.web import PAGE_DIR
-from tests.broker_setup import edison_broker
+from tests.broker_setup import USERS, edison_broker
 from tests.conftest import start_amqtt
-from tests.helpers import TIMEOUT, Broker, free_port
+from tests.helpers import TIMEOUT, Broker, Probe, free_port
 
 
 @pytest.fixture
@@ -90,6 +90,32 @@ def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
     try:
         assert get(port, "/layout.json")[2] == b'{"prefix": "home", "discovery_prefix": "ha"}'
     finally:
+        broker.proc.signal(signal.SIGTERM)
+        broker.proc.wait(TIMEOUT)
+
+
+def test_mqtt_at_the_web_port_has_the_same_users_rules_and_limits(tmp_path, user_files):
+    topics, passwd = user_files
+    port = free_port()
+    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{port}",
+                         "--max-connections-per-user", "1")
+    probes: list[Probe] = []
+
+    def login(user: str, password: str) -> Probe:  # paho's WebSocket path is /mqtt, as the page's
+        probes.append(Probe(broker, username=user, password=password, port=port, transport="websockets"))
+        return probes[-1]
+
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            login("laptop", "wrong")
+        broker.proc.wait_for_line(r"refused login: user=laptop .*next answer in")  # the throttle counted it
+        laptop = login("laptop", USERS["laptop"])
+        with pytest.raises(ConnectionRefusedError):
+            login("laptop", USERS["laptop"])  # one connection per user here
+        assert [c.is_failure for c in laptop.subscribe("edison/#", "secret/#", check=False)] == [False, True]
+    finally:
+        for p in probes:
+            p.close()
         broker.proc.signal(signal.SIGTERM)
         broker.proc.wait(TIMEOUT)
 
