@@ -141,13 +141,13 @@ function logOut() {
 
 function subscribe(c) {
   const filters = [`${layout.discovery_prefix}/+/+/+/config`, `${layout.prefix}/#`];
-  c.subscribe(filters, { qos: 1 }, (err, granted) => {
-    if (err) {
-      noDevices(`Subscribing failed: ${err.message}.`);
-      return;
-    }
-    if (granted.every((g) => g.qos >= 0x80)) {
+  // mqtt.js reports any refused filter as an error; the SUBACK's codes tell which
+  c.subscribe(filters, { qos: 1 }, (err, granted, packet) => {
+    const codes = packet ? packet.granted : [];
+    if (codes.length === filters.length && codes.every((code) => code >= 0x80)) {
       noDevices(`The broker lets ${user} read no device: its access rules cover none.`);
+    } else if (err && !packet) {
+      noDevices(`Subscribing failed: ${err.message}.`);
     } else if (devices.size === 0) {
       noDevices("No device has announced itself yet.");
     }
