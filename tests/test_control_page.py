@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
@@ -61,7 +62,8 @@ def users(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """One Chromium for the module; each test gets a new context (its own fresh profile, cookies and storage)."""
+    """One Chromium for the module (Playwright starts it with a fresh --user-data-dir); each test gets a new
+    context (its own cookies and storage)."""
     required(shutil.which("chromium") and CHROMIUM, "Chromium is not installed (Debian: apt-get install chromium)")
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -71,14 +73,19 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser) -> Iterator:
+    """A phone-sized page that must raise nothing, log no error (a blocked script or worker would) and load
+    nothing from another host."""
     context = browser.new_context(viewport=PHONE, ignore_https_errors=True)
     context.set_default_timeout(MS)
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    p.on("request", lambda request: None if urlsplit(request.url.removeprefix("blob:")).hostname == "127.0.0.1"
+         else errors.append(f"request to another host: {request.url}"))  # blob: mqtt.js's timer worker
     yield p
     context.close()
-    assert not errors, f"the page raised: {errors}"
+    assert not errors, f"the page raised or logged: {errors}"
 
 
 @dataclass
