@@ -211,6 +211,14 @@ def switch_dim_and_watch_the_button(page, site: Site) -> None:
     expect(button.get_by_text("off", exact=True)).to_be_visible()
     expect(button.get_by_role("list", name="Button events")).to_contain_text(re.compile(r"^press at "))
 
+    card.get_by_role("combobox", name="LED transition").select_option(label="over 1 s")
+    card.get_by_role("slider", name="LED brightness").fill("128")
+    expect(card.get_by_role("status")).to_have_text("LED brightness 50 %: ok")  # answered as the fade starts
+    fade = command_id(page, "LED brightness 50 %")
+    site.nodes.procs[0].wait_for_line(f"transition of command {fade} ended")
+    duties = [c["duty"] for c in site.led_changes(fade)]
+    assert len(duties) > 2 and duties == sorted(duties) and duties[-1] == pytest.approx(128 / 255, abs=1e-3)
+
     led.click()
     expect(card.get_by_role("status")).to_have_text("LED off: ok")
     expect(led).not_to_be_checked()
