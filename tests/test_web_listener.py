@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from broker.mosquitto import conf_text
 from broker.server import Listeners, Options
@@ -79,6 +80,22 @@ def test_a_slow_or_oversized_request_is_closed_and_the_page_still_served(web):
         assert not answer.startswith(b"HTTP/1.1 200")
     assert get(port, "/")[0] == 200
     assert broker.proc.popen.poll() is None
+
+
+def test_with_tls_a_connection_that_never_starts_its_handshake_is_closed_too(tmp_path):
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = free_port()
+    broker = start_amqtt(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--tls-cert",
+                         str(cert_file), "--tls-key", str(key_file), "--connect-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as silent:
+            assert silent.recv(100) == b""  # after --connect-timeout (websockets passes it on as the TLS handshake's)
+    finally:
+        broker.proc.signal(signal.SIGTERM)
+        broker.proc.wait(TIMEOUT)
 
 
 def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
