@@ -10,6 +10,7 @@ file system), answers have known sizes, and websockets bounds each request
 
 from __future__ import annotations
 
+import gzip
 import http
 import json
 from pathlib import Path
@@ -67,10 +68,15 @@ def write_page(layout: Layout, out: Path) -> Path:
 
 
 class Site:
-    """Answers the HTTP requests of the web listener; an upgrade on /mqtt goes on to MQTT."""
+    """Answers the HTTP requests of the web listener; an upgrade on /mqtt goes on to MQTT.
+
+    Each file is also kept gzipped, for browsers that accept it: the page's files are 366 KB, gzipped 113 KB
+    (mqtt.js is most of it).
+    """
 
     def __init__(self, layout: Layout) -> None:
         self._files = page_files(layout)
+        self._gzipped = {name: gzip.compress(data, mtime=0) for name, data in self._files.items()}
 
     def answer(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' process_request: None lets the WebSocket handshake go on, anything else is the answer."""
@@ -81,6 +87,9 @@ class Site:
         body = self._files.get(name)
         if body is None or "/" in name:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found: the control page is at /\n")
-        headers = Headers({"Content-Type": TYPES[Path(name).suffix], "Content-Length": str(len(body)),
-                           **SECURITY_HEADERS})
+        headers = Headers({"Content-Type": TYPES[Path(name).suffix], "Vary": "Accept-Encoding", **SECURITY_HEADERS})
+        if "gzip" in request.headers.get("Accept-Encoding", "").lower():
+            body = self._gzipped[name]
+            headers["Content-Encoding"] = "gzip"
+        headers["Content-Length"] = str(len(body))
         return Response(http.HTTPStatus.OK, http.HTTPStatus.OK.phrase, headers, body)

@@ -3,6 +3,7 @@ What the page does in a browser is in test_control_page.py."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import signal
 import socket
@@ -33,11 +34,13 @@ def web(tmp_path) -> Iterator[tuple[Broker, int]]:
         broker.proc.stop()
 
 
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, gzipped: bool = False) -> tuple[int, dict[str, str], bytes]:
     """One GET with the path sent exactly as given (no normalising)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
         conn.putrequest("GET", path, skip_accept_encoding=True)
+        if gzipped:
+            conn.putheader("Accept-Encoding", "deflate, gzip;q=1.0")
         conn.endheaders()
         answer = conn.getresponse()
         return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
@@ -56,6 +59,9 @@ def test_the_page_files_are_served_with_their_types_and_a_policy_that_keeps_othe
         status, headers, body = get(port, f"/{name}?v=1")
         assert (status, headers["content-type"].split(";")[0]) == (200, kind), name
         assert body == (PAGE_DIR / name).read_bytes()
+    status, headers, body = get(port, "/mqtt.min.js", gzipped=True)
+    assert (status, headers["content-encoding"]) == (200, "gzip") and int(headers["content-length"]) == len(body)
+    assert gzip.decompress(body) == (PAGE_DIR / "mqtt.min.js").read_bytes() and len(body) < 120_000
     status, _, body = get(port, "/layout.json")  # trial mode: the default prefixes
     assert (status, body) == (200, b'{"prefix": "edison", "discovery_prefix": "homeassistant"}')
 
