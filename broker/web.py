@@ -85,7 +85,7 @@ class Site:
             return None  # websockets itself answers a plain GET here with 426 Upgrade Required
         name = "index.html" if path == "/" else path[1:]
         body = self._files.get(name)
-        if body is None or "/" in name:
+        if body is None:  # only the page's own names are keys: no path leads anywhere else
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found: the control page is at /\n")
         headers = Headers({"Content-Type": TYPES[Path(name).suffix], "Vary": "Accept-Encoding", **SECURITY_HEADERS})
         if "gzip" in request.headers.get("Accept-Encoding", "").lower():
