@@ -33,7 +33,7 @@ devices:
   {DEVICE}:
     name: Edison
     outputs:
-      led: {{name: LED, pin: 20, pwm: true, blink: {{count: 2, on_time: 0.3, off_time: 0.3}}}}
+      led: {{name: LED, pin: 20, pwm: true, blink: {{count: 3, on_time: 0.3, off_time: 0.3}}}}  # 1.8 s: seen blinking
     inputs:
       button: {{name: Button, pin: 36, component: event, double_press: 0, long_press: 60, debounce: 0.01}}
   {OTHER}:
@@ -201,7 +201,7 @@ def switch_dim_and_watch_the_button(page, site: Site) -> None:
     expect(card.get_by_text("blinking", exact=True)).to_be_visible()
     expect(card.get_by_text("blinking", exact=True)).to_have_count(0)  # over: back to the brightness before
     blink = [c["duty"] for c in site.led_changes(command_id(page, "LED blink"))]
-    assert blink == [0.0, pytest.approx(64 / 255, abs=1e-3)] * 2
+    assert blink == [0.0, pytest.approx(64 / 255, abs=1e-3)] * 3
 
     button = card.get_by_role("group", name="Button")
     expect(button.get_by_text("off", exact=True)).to_be_visible()
