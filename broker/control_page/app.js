@@ -12,6 +12,7 @@ const BAD_LOGIN = [4, 5, 0x86, 0x87]; // bad user name or password, not authoriz
 const RESULT_TIMEOUT_MS = 5000;
 const EVENTS_SHOWN = 5;
 const LOG_SHOWN = 20;
+const RETAINED = ["status", "state", "brightness", "effect"]; // what a node keeps on the broker (last topic level)
 
 const $ = (id) => document.getElementById(id);
 const devices = new Map(); // device id -> {root, outputs: Map, inputs: Map, name}
@@ -199,7 +200,7 @@ function replay(deviceId) {
 }
 
 function onDeviceTopic(parts, text, topic) {
-  if (topic !== null && (parts.length === 2 || parts[2] !== "event")) retained.set(topic, text);
+  if (topic !== null && RETAINED.includes(parts[parts.length - 1])) retained.set(topic, text);
   const device = devices.get(parts[0]);
   if (!device) return;
   if (parts.length === 2 && parts[1] === "status") showAvailability(device, text);
