@@ -110,13 +110,15 @@ def _with_node(broker: Broker, url: str, folder: Path, topics: Path) -> Iterator
     fifo = folder / "inputs"
     os.mkfifo(fifo)
     nodes = NodeRunner(broker, folder, topics)
-    node = nodes.start("--sim-inputs", str(fifo), env={"MQTT_PASSWORD": USERS[DEVICE]})
-    node.wait_for_line(r"connected to ")
-    wire = os.open(fifo, os.O_WRONLY)
+    wire = None
     try:
+        node = nodes.start("--sim-inputs", str(fifo), env={"MQTT_PASSWORD": USERS[DEVICE]})
+        node.wait_for_line(r"connected to ")
+        wire = os.open(fifo, os.O_WRONLY)
         yield Site(url, broker, nodes, wire)
     finally:
-        os.close(wire)
+        if wire is not None:
+            os.close(wire)
         nodes.stop_all()
         broker.proc.signal(signal.SIGTERM)
         try:
