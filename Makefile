@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 1883
+WEB_PORT ?= 8080
 SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 
-.PHONY: run test docs bench clean
+.PHONY: run test docs bench clean mqttjs
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +16,20 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,nats,test,docs]'
 	touch $@
 
-# The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) and the node with simulated pins,
-# printing the LED and the button as they change; lines appended to $(SIM_INPUTS) press the button. The node starts
-# once the broker listens, with a state directory of this run's own (removed at the end), so runs never share the
-# ids of commands carried out. Ctrl-C stops both, the node first (its `offline` reaches the broker); either of them
-# ending (a port already taken, say) stops the other. The broker has its own session, so Ctrl-C reaches it last.
+# The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) with the control page on
+# 127.0.0.1:$(WEB_PORT), and the node with simulated pins, printing the LED and the button as they change; lines
+# appended to $(SIM_INPUTS) press the button. The node starts once the broker listens, with a state directory of this
+# run's own (removed at the end), so runs never share the ids of commands carried out. Ctrl-C stops both, the node
+# first (its `offline` reaches the broker); either of them ending (a port already taken, say) stops the other. The
+# broker has its own session, so Ctrl-C reaches it last.
 run: $(BIN)/.installed
 	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT)))' 2>/dev/null || \
 		{ echo "make run: port $(PORT) is taken (another MQTT broker?): try make run PORT=1884" >&2; exit 1; }
+	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(WEB_PORT)))' 2>/dev/null || \
+		{ echo "make run: port $(WEB_PORT) is taken: try make run WEB_PORT=8081" >&2; exit 1; }
+	@echo "control page: http://127.0.0.1:$(WEB_PORT)/ (trial mode: any user name, no password)"
 	@state=$$(mktemp -d -t edison-run.XXXXXX); \
-	setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) & broker=$$!; \
+	setsid $(BIN)/edison-broker --allow-anonymous --bind 127.0.0.1:$(PORT) --web-bind 127.0.0.1:$(WEB_PORT) & broker=$$!; \
 	node=; trap 'trap - EXIT INT TERM; [ -z "$$node" ] || { kill -INT $$node 2>/dev/null; wait $$node; }; \
 		kill -INT $$broker 2>/dev/null; wait; rm -rf "$$state"' EXIT INT TERM; \
 	until (exec 3<>/dev/tcp/127.0.0.1/$(PORT)) 2>/dev/null; do kill -0 $$broker 2>/dev/null || exit 1; sleep 0.05; done; \
@@ -47,6 +52,17 @@ docs: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/node.py
+
+# The control page's MQTT client: mqtt.js's own browser bundle (dist/mqtt.min.js) and license, from the npm registry
+# (npm checks the package's integrity). To update: change the version, run `make mqttjs`, run the tests, commit.
+MQTTJS_VERSION := 5.16.0
+PAGE := broker/control_page
+mqttjs:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent mqtt@$(MQTTJS_VERSION) >/dev/null && tar xzf mqtt-$(MQTTJS_VERSION).tgz) && \
+	cp "$$tmp/package/dist/mqtt.min.js" $(PAGE)/mqtt.min.js && \
+	cp "$$tmp/package/LICENSE.md" $(PAGE)/mqtt.min.js.LICENSE.md && \
+	echo "$(PAGE)/mqtt.min.js: mqtt.js $(MQTTJS_VERSION), sha256 $$(sha256sum $(PAGE)/mqtt.min.js | cut -c1-64)"
 
 clean:
 	rm -rf $(VENV) site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -47,6 +47,8 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, help="private key (PEM) of the TLS listener")
     p.add_argument("--tls-ca", type=Path, help="CA (PEM) that signs client certificates, if clients present one")
     p.add_argument("--ws-bind", type=_host_port, help="MQTT over WebSocket HOST:PORT")
+    p.add_argument("--web-bind", type=_host_port, help="the control page HOST:PORT, with MQTT over WebSocket at "
+                   "/mqtt on the same port; HTTPS and WSS with --tls-cert and --tls-key (see docs/control-page.md)")
     p.add_argument("--data", type=Path, help="directory that keeps retained messages, sessions and queues")
     d = Limits()
     p.add_argument("--max-connections", type=_count, default=d.max_connections,
@@ -77,13 +79,17 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options
     from broker import access
     from broker.server import Limits, Listeners, Options
     from node.config import load
+    from node.topics import Layout
 
-    rules = access.rules(load(args.config)) if args.config else None
-    listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind)
+    config = load(args.config) if args.config else None
+    rules = access.rules(config) if config else None
+    listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind,
+                          args.web_bind)
     limits = Limits(args.max_connections, args.max_connections_per_user, args.max_pending, args.connect_timeout,
                     args.max_message_size, args.max_queued, args.max_queued_bytes, args.max_subscriptions,
                     args.max_sessions_per_user, args.session_expiry, args.max_retained_bytes)
-    return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits)
+    return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits,
+                   config.layout if config else Layout())
 
 
 def _serve(argv: list[str]) -> int:

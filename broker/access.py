@@ -38,6 +38,8 @@ def role_rules(layout: Layout, role: str) -> tuple[list[str], list[str]]:
         return [layout.every_result], [layout.every_set]
     if role == "controller":
         return [layout.everything, layout.ha_everything], [layout.every_set, layout.ha_status]
+    if role == "viewer":  # sees what a controller sees, commands nothing (a display on the wall, a guest's phone)
+        return [layout.everything, layout.ha_everything], []
     raise ValueError(f"unknown role {role!r}")
 
 

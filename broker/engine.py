@@ -35,6 +35,8 @@ from websockets.exceptions import ConnectionClosed
 
 from broker.connection import Closed, Connections
 from broker.logs import Squelch, shown
+from broker.server import WEB_LISTENER
+from broker.web import Site
 
 AMQTT_VERSION = "0.12.1"
 
@@ -149,13 +151,17 @@ class WebSocketTransport:
 
 class _HandshakeFailures(logging.Filter):
     """websockets logs every failed opening handshake (a port scan, plain MQTT sent to the WebSocket port) as an
-    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s."""
+    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s. An answer of the control page
+    is, to websockets, a rejected handshake too: that is not logged."""
 
     def __init__(self) -> None:
         super().__init__()
         self._squelch = Squelch()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        status = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.msg == "connection rejected (%d %s)" and status in PAGE_ANSWERS:
+            return False
         if record.getMessage() != "opening handshake failed" or not record.exc_info:
             return True
         exc = record.exc_info[1]
@@ -166,6 +172,7 @@ class _HandshakeFailures(logging.Filter):
 
 
 WS_LOG = logging.getLogger("edison-broker.websocket")
+PAGE_ANSWERS = (200, 404)  # a file of the control page served, or no such file (a scanner's guesses): not logged
 WS_QUEUE = 2  # frames received and not yet read, per WebSocket connection
 WS_LOG.addFilter(_HandshakeFailures())
 
@@ -173,9 +180,11 @@ WS_LOG.addFilter(_HandshakeFailures())
 class EdisonBroker(Broker):
     """amqtt's listeners, feeding `Connections`."""
 
-    def __init__(self, listeners: dict[str, dict[str, Any]], connections: Connections) -> None:
+    def __init__(self, listeners: dict[str, dict[str, Any]], connections: Connections,
+                 site: Site | None = None) -> None:
         super().__init__({"listeners": listeners, "plugins": {}})
         self.connections = connections
+        self.site = site  # the control page, on the web listener
         self._tls: dict[str, ssl.SSLContext] = {}  # TCP listeners whose TLS handshake the connection does
 
     async def _create_server_instance(self, listener_name: str, listener_type: ListenerType, address: str | None,
@@ -188,8 +197,10 @@ class EdisonBroker(Broker):
         if listener_type == ListenerType.WS:
             # a frame may carry one whole packet, and only WS_QUEUE frames wait unread: websockets' defaults (1 MiB,
             # 16 frames) let a stranger waiting for its password check hold 17 MiB
+            site = self.site if listener_name == WEB_LISTENER else None
             return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
+                                          process_request=site.answer if site else None,
                                           open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG,
                                           max_size=self.connections.max_packet, max_queue=WS_QUEUE)
         if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):

@@ -18,6 +18,9 @@ from pathlib import Path
 from broker import passwords
 from broker.access import Rules, mosquitto_acl
 from broker.server import Listeners, Options
+from broker.web import write_page
+
+PAGE_DIR = "page"  # beside the configuration: the control page, Mosquitto's http_dir
 
 
 def _listener(bind: str, o: Options, own_client_ids: bool) -> list[str]:
@@ -104,13 +107,17 @@ def conf_text(o: Options, out: Path, version: tuple[int, ...], several_per_user:
                   f"keyfile {_absolute(ls.tls_key)}"]
         if ls.tls_ca:
             lines += [f"cafile {_absolute(ls.tls_ca)}", "require_certificate false"]
-    if ls.ws_bind:
-        lines += ["", *_listener(ls.ws_bind, o, own_client_ids), "protocol websockets"]
+    for bind in (ls.ws_bind, ls.web_bind):  # the control page is served by Mosquitto itself, beside MQTT
+        if bind:
+            lines += ["", *_listener(bind, o, own_client_ids), "protocol websockets", f"http_dir {out / PAGE_DIR}"]
+    if ls.web_bind and ls.tls_cert:
+        lines += [f"certfile {_absolute(ls.tls_cert)}", f"keyfile {_absolute(ls.tls_key)}"]
     return "\n".join(lines) + "\n"
 
 
 def export(o: Options, out: Path, version: tuple[int, ...], several_per_user: bool = False) -> list[Path]:
-    """Write mosquitto.conf, acl and passwd into `out`; the written paths."""
+    """Write mosquitto.conf, acl and passwd into `out`, and the control page into `out/page` if there is a
+    WebSocket listener; the written paths."""
     if not (o.passwd and o.rules):
         raise ValueError("the export needs the password file and the access rules")
     hashes = passwords.twin(o.passwd, "mosquitto")
@@ -119,6 +126,8 @@ def export(o: Options, out: Path, version: tuple[int, ...], several_per_user: bo
     written[0].write_text(conf_text(o, out.resolve(), version, several_per_user))
     written[1].write_text(mosquitto_acl(o.rules))
     passwords.write(written[2], hashes)
+    if o.listeners.ws_bind or o.listeners.web_bind:
+        written.append(write_page(o.layout, out / PAGE_DIR))
     if o.data:
         o.data.mkdir(parents=True, exist_ok=True, mode=0o700)
     return written

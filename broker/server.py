@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from broker import passwords
 from broker.access import Rules
+from node.topics import Layout
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -22,6 +23,7 @@ log = logging.getLogger("edison-broker")
 
 DATA_FILE = "broker.sqlite3"
 EXPIRY_CHECK = 60.0  # seconds between looks for expired sessions
+WEB_LISTENER = "web"  # the listener that serves the control page beside MQTT over WebSocket
 
 
 class SetupError(Exception):
@@ -36,10 +38,11 @@ class Listeners:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     ws_bind: str | None = None
+    web_bind: str | None = None  # the control page, and MQTT over WebSocket at /mqtt; with TLS if a certificate
 
     @property
     def binds(self) -> list[str]:
-        return [b for b in (self.bind, self.tls_bind, self.ws_bind) if b]
+        return [b for b in (self.bind, self.tls_bind, self.ws_bind, self.web_bind) if b]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Options:
     allow_anonymous: bool = False
     data: Path | None = None
     limits: Limits = Limits()
+    layout: Layout = Layout()  # the topic prefixes, which the control page needs
 
 
 def is_loopback(bind: str) -> bool:
@@ -93,6 +97,10 @@ def check(o: Options) -> None:
     ls = o.listeners
     if ls.tls_bind and not (ls.tls_cert and ls.tls_key):
         raise SetupError("--tls-bind needs --tls-cert and --tls-key")
+    if bool(ls.tls_cert) != bool(ls.tls_key):
+        raise SetupError("--tls-cert and --tls-key go together")
+    if ls.tls_cert and not (ls.tls_bind or ls.web_bind):
+        raise SetupError("--tls-cert is for --tls-bind or --web-bind: give one of them")
     for option, path in (("--tls-cert", ls.tls_cert), ("--tls-key", ls.tls_key), ("--tls-ca", ls.tls_ca),
                          ("--passwd", o.passwd)):
         if path and not path.is_file():
@@ -117,6 +125,11 @@ def listener_config(ls: Listeners) -> dict[str, dict]:
         listeners["tls"] = tls
     if ls.ws_bind:
         listeners["ws"] = {"type": "ws", "bind": ls.ws_bind}
+    if ls.web_bind:
+        web: dict = {"type": "ws", "bind": ls.web_bind}
+        if ls.tls_cert:
+            web.update({"ssl": True, "certfile": str(ls.tls_cert), "keyfile": str(ls.tls_key)})
+        listeners[WEB_LISTENER] = web
     return listeners
 
 
@@ -139,6 +152,7 @@ async def serve(o: Options, store: Store | None, grace: float = 2.0) -> None:
     from broker.core import Core
     from broker.engine import EdisonBroker
     from broker.login import Passwords
+    from broker.web import Site
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,7 +167,8 @@ async def serve(o: Options, store: Store | None, grace: float = 2.0) -> None:
         log.info("state restored from %s: %d retained message(s), %d session(s), %d queued message(s)", store.path,
                  len(state.retained), len(state.sessions), sum(len(s.queued) for s in state.sessions))
         store.start(loop)
-    broker = EdisonBroker(listener_config(o.listeners), Connections(core, access, users, o.limits))
+    site = Site(o.layout) if o.listeners.web_bind else None
+    broker = EdisonBroker(listener_config(o.listeners), Connections(core, access, users, o.limits), site)
     try:
         await broker.start()
         mode = "trial mode: every client is accepted" if o.allow_anonymous else f"users from {o.passwd}"

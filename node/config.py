@@ -225,7 +225,7 @@ _CONFIG = vol.Schema({
     vol.Optional("prefix"): text(TOPIC_PREFIX_PATTERN),
     vol.Optional("discovery_prefix"): text(TOPIC_PREFIX_PATTERN),
     vol.Required("devices"): {name: _DEVICE},
-    vol.Optional("access"): {name: one_of("controller", "bridge")},
+    vol.Optional("access"): {name: one_of("controller", "viewer", "bridge")},
     vol.Optional("bridge"): object,  # edison-bridge's own section: it validates it
 })
 
@@ -273,7 +273,7 @@ class Config:
     prefix: str = "edison"
     discovery_prefix: str = "homeassistant"
     devices: Mapping[str, DeviceConfig] = field(default_factory=dict)
-    access: Mapping[str, Literal["controller", "bridge"]] = field(default_factory=dict)
+    access: Mapping[str, Literal["controller", "viewer", "bridge"]] = field(default_factory=dict)
     bridge: Any = None  # as read; edison-bridge validates it
 
     @property

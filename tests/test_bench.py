@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.conftest import required
 from tests.helpers import ROOT
 
 FIGURES = [
@@ -77,3 +79,14 @@ def test_quick_fleet_bench_runs_every_broker_and_misses_nothing(mosquitto_bin):
     for row in rows:  # every device kept its session through the restart, and every command was answered
         assert "20/20 sessions kept" in row and "| 20/20 |" in row and "MISSING" not in row, row
     assert "run failed" not in done.stdout and done.stdout.count("| 20 | ") == 3 + 2, done.stdout  # + ratios
+
+
+def test_quick_control_page_bench_prints_every_figure():
+    required(shutil.which("chromium"), "Chromium is not installed (Debian: apt-get install chromium)")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "control_page.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    for figure in ("page load until it can log in", "log in until the device shows online",
+                   "click -> result on the page p50 / p99", "floor: paho /set -> result p50 / p99"):
+        assert re.search(rf"^  {re.escape(figure)} +[0-9.]+( / [0-9.]+)? ms$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^  page p50 / floor p50 +[0-9.]+x$", done.stdout, re.MULTILINE), done.stdout
