@@ -158,7 +158,7 @@ def test_the_mosquitto_export_serves_the_page_on_its_websocket_listeners(tmp_pat
     out = Path("/srv/edison")
     listeners = Listeners("127.0.0.1:1883", ws_bind="127.0.0.1:9001", web_bind="0.0.0.0:443",
                           tls_cert=Path("/etc/c.pem"), tls_key=Path("/etc/k.pem"))
-    text = conf_text(Options(listeners), out)
+    text = conf_text(Options(listeners), out, (2, 0, 11))
     ws, web = text.split("listener 9001 127.0.0.1\n")[1].split("listener 443 0.0.0.0\n")
     assert "protocol websockets\nhttp_dir /srv/edison/page\n" in ws and "certfile" not in ws
     assert "protocol websockets\nhttp_dir /srv/edison/page\ncertfile /etc/c.pem\nkeyfile /etc/k.pem\n" in web
