@@ -554,7 +554,8 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("huge remaining length", b"\x10\xff\xff\xff\x7f"),
     ("wrong protocol name", b"\x10\x0e\x00\x04MQTX\x04\x02\x00\x3c\x00\x02id"),
     ("protocol level 3 (MQTT 3.1)", b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02id"),
-    ("protocol level 5 (MQTT 5)", b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02id"),
+    ("MQTT 5 CONNECT with a PUBLISH property", b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x02\x01\x01\x00\x02id"),
+    ("MQTT 5 CONNECT, properties past the end", b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x09\x11\x00\x02id"),
     ("protocol level 9", b"\x10\x0e\x00\x04MQTT\x09\x02\x00\x3c\x00\x02id"),
     ("reserved CONNECT flag", b"\x10\x0e\x00\x04MQTT\x04\x03\x00\x3c\x00\x02id"),
     ("will QoS 3", b"\x10\x18\x00\x04MQTT\x04\x1e\x00\x3c\x00\x02id\x00\x01t\x00\x01m"),
@@ -598,8 +599,11 @@ def send_raw(port: int, data: bytes, timeout: float = TIMEOUT) -> bytes:
 
 
 CONNACK = {code: bytes([0x20, 2, 0, code]) for code in (1, 2, 5)}
-# What MQTT 3.1.1 prescribes for each: CONNACK with this code then close; all others: close without an answer.
-ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "protocol level 5 (MQTT 5)": CONNACK[1],
+CONNACK5 = {code: bytes([0x20, 3, 0, code, 0]) for code in (0x81, 0x82)}  # MQTT 5: a reason code, no properties
+# What MQTT 3.1.1 (and 5, for an MQTT 5 CONNECT) prescribes for each: CONNACK with this code then close; all others:
+# close without an answer.
+ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "MQTT 5 CONNECT with a PUBLISH property": CONNACK5[0x82],
+           "MQTT 5 CONNECT, properties past the end": CONNACK5[0x81],
            "protocol level 9": CONNACK[1], "empty client id, clean session 0": CONNACK[2],
            "two CONNECTs in a row": CONNACK[5]}
 
@@ -627,7 +631,7 @@ def malformed_packets(broker: BrokerUnderTest, device: Device, count: int) -> Ta
         send(sender, tally, toggles("malformed-after", count - count // 2))
         settle(tally, sender, device)
         sender.close()
-    tally.note = (f"{len(MALFORMED) - len(wrong)} of {len(MALFORMED)} answered as MQTT 3.1.1 prescribes"
+    tally.note = (f"{len(MALFORMED) - len(wrong)} of {len(MALFORMED)} answered as MQTT prescribes"
                   + (f"; not: {', '.join(wrong)}" if wrong else ""))
     return tally
 
