@@ -447,7 +447,9 @@ class Connection:
                     await self._unless_ended(self._acks.put((wire.ack(wire.PUBCOMP, packet.packet_id, code, self.v5),
                                                              True)))
                 else:
-                    core.acked(s, packet)
+                    pubrel = core.acked(s, packet)
+                    if pubrel is not None:  # sent once the data directory knows the PUBREC came
+                        await self._unless_ended(self._acks.put((pubrel, False)))
             elif isinstance(packet, wire.Subscribe):
                 results = core.subscribe(s, packet)
                 await self._committed()  # Closed if the session was taken over meanwhile: its SUBACK is not owed

@@ -580,30 +580,33 @@ class Core:
                 codes.append(wire.NO_SUBSCRIPTION_EXISTED)
         self._control(s, wire.unsuback(p.packet_id, codes if s.v5 else None))
 
-    def acked(self, s: Session, ack: wire.Ack) -> None:
-        """A PUBACK, PUBREC or PUBCOMP from the client: the message moves on, and the next one may go."""
+    def acked(self, s: Session, ack: wire.Ack) -> bytes | None:
+        """A PUBACK, PUBREC or PUBCOMP from the client: the message moves on, and the next one may go.
+
+        For a PUBREC, the PUBREL to send once the data directory knows of it: were it sent before, a broker
+        killed meanwhile would send the message again after its restart to a client that already had it.
+        """
         m = s.inflight.get(ack.packet_id)
         expected = None if m is None else wire.PUBACK if m.qos == 1 else wire.PUBCOMP if m.released else wire.PUBREC
         if m is not None and m.released and ack.kind == wire.PUBREC:
             expected = wire.PUBREC  # sent again: so is the PUBREL
         if ack.kind != expected:
-            if ack.kind == wire.PUBREC and s.outlet is not None:  # answered, so the client can let go of it
-                s.outlet.send(wire.ack(wire.PUBREL, ack.packet_id, wire.PACKET_ID_NOT_FOUND, s.v5))
             log.debug("%s: acknowledgement (type %d) for packet id %d, which is not waiting for it", s.who(),
                       ack.kind, ack.packet_id)
-            return
+            if ack.kind == wire.PUBREC:  # answered, so the client can let go of it
+                return wire.ack(wire.PUBREL, ack.packet_id, wire.PACKET_ID_NOT_FOUND, s.v5)
+            return None
         assert m is not None
         if ack.kind == wire.PUBREC and ack.code < wire.SUBSCRIBE_FAILURE:
             if not m.released:
                 m.released = True
                 if m.stored is not None and self.store:
                     self.store.released_out(m.stored)
-            if s.outlet is not None:
-                s.outlet.send(wire.ack(wire.PUBREL, ack.packet_id))
-            return
+            return wire.ack(wire.PUBREL, ack.packet_id)
         del s.inflight[ack.packet_id]  # PUBACK, PUBCOMP, or a PUBREC that refuses the message
         self._discard(m)
         self.pump(s)
+        return None
 
     # -- sending ----------------------------------------------------------------
 

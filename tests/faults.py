@@ -28,6 +28,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
 from tests.cluster import NatsCluster
@@ -144,9 +146,11 @@ def close_socket(c: paho.Client) -> None:
 class Client:
     """A paho client logged in as one of the test users, reconnecting by itself, that counts its acknowledgements."""
 
-    def __init__(self, broker: BrokerUnderTest, user: str, client_id: str = "", clean: bool = True) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
-                                  clean_session=clean)
+    def __init__(self, broker: BrokerUnderTest, user: str, client_id: str = "", clean: bool = True,
+                 mqtt5: bool = False) -> None:
+        version = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                                  clean_session=None if mqtt5 else clean)
         self.client.username_pw_set(user, USERS[user])
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self.client.max_inflight_messages_set(100)
@@ -158,7 +162,12 @@ class Client:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
         self.client.on_publish = self._on_publish
-        self.client.connect_async("127.0.0.1", broker.port, keepalive=10)
+        if mqtt5:  # a session that is not clean lives on for an hour (MQTT 5 ends it with the connection by default)
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if clean else 3600
+            self.client.connect_async("127.0.0.1", broker.port, keepalive=10, clean_start=clean, properties=props)
+        else:
+            self.client.connect_async("127.0.0.1", broker.port, keepalive=10)
         self.client.loop_start()
         assert self.connected.wait(TIMEOUT), f"{user} could not connect"
 
@@ -345,10 +354,10 @@ def toggles(prefix: str, count: int) -> Iterator[tuple[str, str]]:
         yield command_id, json.dumps({"state": "TOGGLE", "id": command_id})
 
 
-def send(sender: Client, tally: Tally, commands: Iterator[tuple[str, str]], topic: str = SET) -> None:
+def send(sender: Client, tally: Tally, commands: Iterator[tuple[str, str]], topic: str = SET, qos: int = 1) -> None:
     for command_id, payload in commands:
         tally.sent.append(command_id)
-        sender.publish(topic, payload, command_id)
+        sender.publish(topic, payload, command_id, qos)
 
 
 def settle(tally: Tally, sender: Client, device: Device, timeout: float = SETTLE) -> Tally:
@@ -376,22 +385,27 @@ def bystander(broker: BrokerUnderTest, tally: Tally) -> Iterator[Bystander]:
 Fault = Callable[[BrokerUnderTest, Device, int], Tally]
 
 
-def publisher_leaves(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+def _version(mqtt5: bool, qos: int) -> str:
+    return f" (MQTT 5, QoS {qos})" if mqtt5 else f" (QoS {qos})" if qos != 1 else ""
+
+
+def publisher_leaves(broker: BrokerUnderTest, device: Device, count: int, mqtt5: bool = False, qos: int = 1) -> Tally:
     """A publisher sends a burst, gets every PUBACK and disconnects at once (what the bridge does at end of input)."""
-    tally = Tally("publisher leaves after PUBACKs", broker.kind)
+    tally = Tally("publisher leaves after PUBACKs" + _version(mqtt5, qos), broker.kind)
     with bystander(broker, tally):
-        sender = Client(broker, "laptop")
-        send(sender, tally, toggles("leave", count))
+        sender = Client(broker, "laptop", mqtt5=mqtt5)
+        send(sender, tally, toggles("leave", count), qos=qos)
         sender.wait_acked(count)
         sender.close()
         return settle(tally, sender, device)
 
 
-def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: int, mqtt5: bool = False,
+                                qos: int = 1) -> Tally:
     """SIGKILL the broker right after the last PUBACK, start it again: every acknowledged command still runs once."""
-    tally = Tally("broker SIGKILL after PUBACKs", broker.kind)
-    sender = Client(broker, "laptop")
-    send(sender, tally, toggles("kill", count))
+    tally = Tally("broker SIGKILL after PUBACKs" + _version(mqtt5, qos), broker.kind)
+    sender = Client(broker, "laptop", mqtt5=mqtt5)
+    send(sender, tally, toggles("kill", count), qos=qos)
     sender.wait_acked(count)
     tally.acked = set(sender.acked)
     broker.kill()
@@ -401,15 +415,16 @@ def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: 
     return tally
 
 
-def broker_restarts(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10) -> Tally:
+def broker_restarts(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10, mqtt5: bool = False,
+                    qos: int = 1) -> Tally:
     """Clean restarts of the broker while commands keep coming; the publisher resends what was not acknowledged."""
-    tally = Tally(f"{restarts} broker restarts", broker.kind)
-    sender = Client(broker, "laptop", client_id="laptop-restarts", clean=False)
+    tally = Tally(f"{restarts} broker restarts" + _version(mqtt5, qos), broker.kind)
+    sender = Client(broker, "laptop", client_id="laptop-restarts", clean=False, mqtt5=mqtt5)
     per_round = max(1, count // restarts)
     exits = []
     with bystander(broker, tally):
         for r in range(restarts):
-            send(sender, tally, toggles(f"restart{r}", per_round))
+            send(sender, tally, toggles(f"restart{r}", per_round), qos=qos)
             code, took = broker.terminate()
             exits.append((code, took))
             broker.start()
@@ -671,7 +686,25 @@ def squatting(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
     return tally
 
 
+def publisher_leaves_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """publisher_leaves with an MQTT 5 publisher at QoS 2 (the exchange ends with PUBCOMP)."""
+    return publisher_leaves(broker, device, count, mqtt5=True, qos=2)
+
+
+def broker_killed_after_pubacks_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """broker_killed_after_pubacks with an MQTT 5 publisher at QoS 2: killed right after the last PUBCOMP."""
+    return broker_killed_after_pubacks(broker, device, count, mqtt5=True, qos=2)
+
+
+def broker_restarts_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10) -> Tally:
+    """broker_restarts with an MQTT 5 publisher at QoS 2 on a session that outlives its connection."""
+    return broker_restarts(broker, device, count, restarts, mqtt5=True, qos=2)
+
+
+MQTT5_FAULTS = {publisher_leaves_mqtt5_qos2, broker_killed_after_pubacks_mqtt5_qos2, broker_restarts_mqtt5_qos2}
 MATRIX: list[tuple[Fault, int]] = [
     (publisher_leaves, 100), (broker_killed_after_pubacks, 20), (broker_restarts, 100), (node_killed, 20),
+    (publisher_leaves_mqtt5_qos2, 100), (broker_killed_after_pubacks_mqtt5_qos2, 20),
+    (broker_restarts_mqtt5_qos2, 100),
     (churn, 200), (login_flood, 100), (idle_sockets, 50), (malformed_packets, 50), (squatting, 50),
 ]

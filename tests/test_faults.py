@@ -51,6 +51,20 @@ def test_broker_restarts_under_a_running_node(embedded, device):
     assert tally.broker_exit.startswith("0 "), tally.broker_exit
 
 
+def test_mqtt5_qos2_publisher_leaving_right_after_its_pubcomps_loses_nothing(embedded, device):
+    no_loss(faults.publisher_leaves_mqtt5_qos2(embedded, device, 50))
+
+
+def test_broker_sigkill_right_after_pubcomps_of_mqtt5_qos2_loses_nothing(embedded, device):
+    no_loss(faults.broker_killed_after_pubacks_mqtt5_qos2(embedded, device, 20))
+
+
+def test_broker_restarts_under_mqtt5_qos2_publishes(embedded, device):
+    tally = faults.broker_restarts_mqtt5_qos2(embedded, device, 30, restarts=3)
+    no_loss(tally)
+    assert tally.broker_exit.startswith("0 "), tally.broker_exit
+
+
 def test_node_killed_with_commands_queued(embedded, device):
     no_loss(faults.node_killed(embedded, device, 20))
 
