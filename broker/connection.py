@@ -142,6 +142,7 @@ class Connection:
         self._disconnect_expiry: int | None = None
         self.v5 = False
         self.assigned = False  # whether the broker chose its client id
+        self.server_keepalive: int | None = None  # the keep-alive the broker chose instead of the client's
         self._tasks: list[asyncio.Task[None]] = []
         self.session: Session | None = None
         self._since = asyncio.get_running_loop().time()
@@ -367,7 +368,8 @@ class Connection:
         elif (hub.limits.max_connections_per_user and user is not None and not taking_over
               and hub.per_user[user] >= hub.limits.max_connections_per_user):
             full = f"user {shown(user)} already has {hub.per_user[user]} connections (--max-connections-per-user)"
-        elif (hub.limits.max_sessions_per_user and not connect.clean_session and client_id not in hub.core.sessions
+        elif (hub.limits.max_sessions_per_user and hub.core.session_expiry(connect) != 0
+              and client_id not in hub.core.sessions
               and hub.core.sessions_of(user) >= hub.limits.max_sessions_per_user):
             full = (f"user {shown(user)} already has {hub.core.sessions_of(user)} persistent sessions "
                     "(--max-sessions-per-user): log in with a clean session or one of their client ids")
@@ -378,6 +380,10 @@ class Connection:
             return None
         if hub.stopping:
             return None
+        longest = hub.limits.max_keepalive
+        if self.v5 and longest and not 0 < connect.keepalive <= longest:
+            connect = dataclasses.replace(connect, keepalive=longest)  # told in CONNACK: Server Keep Alive
+            self.server_keepalive = longest
         hub.logged_in += 1
         if user is not None:
             hub.per_user[user] += 1
@@ -402,6 +408,8 @@ class Connection:
             pairs.append((P.SESSION_EXPIRY, granted))
         if self.assigned:
             pairs.append((P.ASSIGNED_CLIENT_ID, connect.client_id))
+        if self.server_keepalive is not None:
+            pairs.append((P.SERVER_KEEP_ALIVE, self.server_keepalive))
         return P.encode(pairs)
 
     def _client_id_refusal(self, client_id: str, user: str | None) -> str | None:

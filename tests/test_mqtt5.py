@@ -160,6 +160,20 @@ def test_connack_states_the_brokers_limits(broker):
         c.close()
 
 
+def test_server_keep_alive_replaces_a_longer_or_missing_one_and_is_enforced(tmp_path):
+    b = start_amqtt(tmp_path, "--allow-anonymous", "--max-keepalive", "1")
+    try:
+        r = Raw(b.port)
+        r.send(connect("sleepy", keepalive=0, props=b"\x00"))
+        answer = r.read()
+        assert answer and answer[0] == 0x20 and answer[1][:2] == b"\x00\x00"
+        props, _ = P.decode(answer[1], 2, frozenset(P.TYPES), "CONNACK")
+        assert props.values[P.SERVER_KEEP_ALIVE] == 1
+        assert r.read() == (0xE0, bytes([0x8D, 0]))  # held to it: Keep alive timeout after 1.5 s of silence
+    finally:
+        b.proc.stop()
+
+
 # -- PUBLISH properties -----------------------------------------------------------------
 
 
@@ -566,3 +580,17 @@ def test_mosquitto_rr_gets_its_reply_from_a_responder(broker):
     finally:
         thread.join(TIMEOUT)
         responder.close()
+
+
+def test_a_session_expiry_counts_toward_the_persistent_sessions_of_a_user(tmp_path, user_files):
+    """On MQTT 5 a session outlives its connection by its expiry, not by clean start: the limit counts those."""
+    s = start_secured_amqtt(tmp_path, user_files, "--max-sessions-per-user", "1")
+    try:
+        Client5(s.broker, "laptop-a", user="laptop", password=USERS["laptop"], session_expiry=60).close()
+        refused = Client5(s.broker, "laptop-b", user="laptop", password=USERS["laptop"], session_expiry=60)
+        refused.client.loop_stop()
+        assert refused.reason.value == 0x97  # Quota exceeded
+        s.broker.proc.wait_for_line(r"already has 1 persistent sessions \(--max-sessions-per-user\)")
+        Client5(s.broker, "laptop-c", user="laptop", password=USERS["laptop"], session_expiry=0).close()
+    finally:
+        s.broker.proc.stop()
