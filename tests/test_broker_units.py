@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import properties as P
 from broker import wire
 from broker.access import Access
 from broker.core import MAX_INFLIGHT, Core, Retained
@@ -571,3 +572,37 @@ def test_an_address_whose_login_failed_loses_the_priority_of_its_waiting_checks(
 def test_subscribe_with_packet_id_0_is_malformed():
     with pytest.raises(wire.Malformed, match="packet id 0"):
         wire.parse(wire.SUBSCRIBE, 2, b"\x00\x00\x00\x01a\x01")
+
+
+# -- MQTT 5 codec -------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 15), st.integers(0, 15), st.binary(max_size=60), st.booleans())
+def test_any_bytes_after_connect_decode_or_raise_malformed_with_a_reason_code(kind, flags, body, v5):
+    """Whatever a client sends, the codec answers a packet or Malformed carrying the reason code to send back."""
+    try:
+        wire.parse(kind, flags, body, v5)
+    except wire.Malformed as exc:
+        assert str(exc) and 0x80 <= exc.code <= 0xA2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_any_bytes_in_an_mqtt5_connect_decode_or_raise_malformed(rest):
+    try:
+        wire.parse_connect(wire.CONNECT, 0, b"\x00\x04MQTT\x05\x02\x00\x3c" + rest)
+    except wire.Malformed as exc:
+        assert str(exc)
+
+
+def test_mqtt5_publish_properties_are_forwarded_as_they_came_and_the_rest_read():
+    own = P.encode([(P.USER_PROPERTY, ("k", "v")), (P.CORRELATION_DATA, b"\x00c"), (P.USER_PROPERTY, ("k", "w"))])
+    block = P.encode([(P.MESSAGE_EXPIRY, 30), (P.TOPIC_ALIAS, 2)], own[1:])  # own[0] is its length
+    p = wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + block + b"payload", v5=True)
+    assert p == wire.Publish("t", b"payload", 1, False, False, 7, own[1:], 30, 2)
+    with pytest.raises(wire.Malformed, match="may not carry") as refused:
+        wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + P.encode([(P.SUBSCRIPTION_ID, 3)]), v5=True)
+    assert refused.value.code == wire.PROTOCOL_ERROR  # [MQTT-3.3.4-6]
+    with pytest.raises(wire.Malformed, match="twice"):
+        wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + P.encode([(P.CONTENT_TYPE, "a"), (P.CONTENT_TYPE, "b")]),
+                   v5=True)
