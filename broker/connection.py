@@ -138,6 +138,8 @@ class Connection:
         self._receiving = 0  # QoS 1 and 2 publishes whose PUBACK or PUBCOMP was not sent yet (receive maximum)
         self._aliases: dict[int, str] = {}  # topic aliases the client set up
         self._farewell: asyncio.Future[None] | None = None
+        self._task: asyncio.Task | None = None  # the one that runs run(): its reader, which _close() follows
+        self._drain_owed = False
         self._session_expiry: int | None = None  # of the CONNECT, MQTT 5 (a DISCONNECT may change it)
         self._disconnect_expiry: int | None = None
         self.v5 = False
@@ -178,16 +180,27 @@ class Connection:
         if self._ended is None:
             self._ended = reason
             self._stopped.set()
-            if self.v5 and code is not None:
-                self.transport.write(wire.disconnect(code))
-                self._farewell = asyncio.ensure_future(self._say_farewell())
-            else:
+            if not (self.v5 and code is not None):
                 self.transport.abort()
+                return
+            self.transport.write(wire.disconnect(code))
+            if asyncio.current_task() is not self._task:  # ended from outside while its reader may be waiting
+                self._farewell = asyncio.ensure_future(self._say_farewell())
+            else:  # its reader stops now, and _close() sends the DISCONNECT and reads what the client still sends
+                self._drain_owed = True
 
     async def _say_farewell(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
             await asyncio.wait_for(self.transport.close(), FAREWELL_WAIT)
         self.transport.abort()
+
+    async def _drain(self) -> None:
+        """Send what is left, then read and drop what the client still sends until it closes: closing at once
+        would reset a connection that data is still arriving on, and the reset can destroy the DISCONNECT
+        before the client reads why (a client flooding past the receive maximum would see a broken pipe)."""
+        await self.transport.flush()
+        while True:
+            await self.transport.read_exactly(65536)
 
     async def _unless_ended(self, awaitable: Awaitable[T]) -> T:
         """The result of `awaitable`, or Closed as soon as the connection is ended meanwhile."""
@@ -204,6 +217,7 @@ class Connection:
     # -- the connection's life ----------------------------------------------------
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         session: Session | None = None
         try:
             session = self.session = await self._login()
@@ -235,6 +249,9 @@ class Connection:
         if self._farewell is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._farewell
+        elif self._drain_owed:
+            with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
+                await asyncio.wait_for(self._drain(), FAREWELL_WAIT)
         if self._ended is None:
             with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
                 await asyncio.wait_for(self.transport.close(), 1.0)
