@@ -301,7 +301,7 @@ class Connection:
             hub.admission.release(self.address, self)
 
     async def _connect_packet(self) -> wire.Connect | None:
-        """The CONNECT, or None once the connection was answered or closed as MQTT 3.1.1 says."""
+        """The CONNECT, or None once the connection was answered or closed as MQTT says."""
         hub = self.hub
         packet = None
         try:

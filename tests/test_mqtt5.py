@@ -596,3 +596,19 @@ def test_a_session_expiry_counts_toward_the_persistent_sessions_of_a_user(tmp_pa
         Client5(s.broker, "laptop-c", user="laptop", password=USERS["laptop"], session_expiry=0).close()
     finally:
         s.broker.proc.stop()
+
+
+def test_a_devices_client_id_and_the_message_size_limit_hold_on_mqtt5(tmp_path, user_files):
+    """What the broker promised on 3.1.1 holds on MQTT 5, now with the reason said."""
+    s = start_secured_amqtt(tmp_path, user_files, "--max-message-size", "100")
+    try:
+        squatter = Client5(s.broker, "edison-t", user="laptop", password=USERS["laptop"])
+        squatter.client.loop_stop()
+        assert squatter.reason.value == 0x87  # the device's client id: not authorized
+        s.broker.proc.wait_for_line(r"refused login: user=laptop client=edison-t: client id belongs to user edison-t")
+        laptop = Client5(s.broker, "laptop-1", user="laptop", password=USERS["laptop"])
+        assert laptop.publish("edison/edison-t/led/set", "x" * 101).value == 0x97  # quota exceeded
+        assert not laptop.publish("edison/edison-t/led/set", "ON").is_failure
+        laptop.close()
+    finally:
+        s.broker.proc.stop()
