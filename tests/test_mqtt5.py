@@ -21,7 +21,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker import properties as P
 from tests.broker_setup import USERS, start_secured_amqtt
 from tests.conftest import start_amqtt
-from tests.helpers import TIMEOUT, Broker, mosquitto_binary
+from tests.test_node import cli
+from tests.helpers import TIMEOUT, Broker
 from tests.rawmqtt import Raw, ack, connect, publish, subscribe
 
 embedded_only = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -560,9 +561,7 @@ def test_a_refused_publish_and_subscribe_get_0x87_and_the_log_names_the_rule(tmp
 
 def test_mosquitto_rr_gets_its_reply_from_a_responder(broker):
     """The README's request/response: mosquitto_rr publishes with a response topic, a responder answers there."""
-    binary = mosquitto_binary()
-    if binary is None:
-        pytest.skip("mosquitto-clients is not installed")
+    rr = cli("mosquitto_rr")
     responder = Client5(broker)
     responder.subscribe("rr/request")
 
@@ -574,7 +573,7 @@ def test_mosquitto_rr_gets_its_reply_from_a_responder(broker):
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
-        out = subprocess.run(["mosquitto_rr", "-V", "5", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
+        out = subprocess.run([rr, "-V", "5", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
                               "rr/request", "-e", "rr/reply/laptop", "-m", "ping", "-q", "1", "-W", "10",
                               "-D", "publish", "correlation-data", "c-42", "-F", "%p %D"],
                              capture_output=True, text=True, timeout=TIMEOUT)
