@@ -229,14 +229,14 @@ class Core:
             return ceiling
         return wanted if ceiling is None else min(ceiling, wanted if wanted is not None else ceiling)
 
+    def _expired(self, s: Session, now: float) -> bool:
+        lifetime = self._lifetime(s)
+        return s.outlet is None and s.offline_since is not None and lifetime is not None and \
+            now - s.offline_since >= lifetime
+
     def expire(self, now: float) -> int:
         """Drop persistent sessions whose client has been away longer than their expiry; how many."""
-        gone = []
-        for s in self.sessions.values():
-            lifetime = self._lifetime(s)
-            if s.outlet is None and s.offline_since is not None and lifetime is not None and \
-                    now - s.offline_since >= lifetime:
-                gone.append(s)
+        gone = [s for s in self.sessions.values() if self._expired(s, now)]
         for s in gone:
             log.info("%s: session expired after %.0f s away, with %d queued message(s)", s.who(),
                      now - (s.offline_since or now), len(s.queue))
@@ -274,6 +274,9 @@ class Core:
         """The session for a login that was accepted, and whether it existed; a connection it had is closed."""
         s = self.sessions.get(c.client_id)
         expiry = self.session_expiry(c)
+        if s is not None and self._expired(s, time.time()):
+            self.expire(time.time())  # its time ran out before the periodic look came: gone, will and all
+            s = None
         if s is not None:
             if s.outlet is not None:
                 log.info("%s: a new connection takes over the session", s.who())

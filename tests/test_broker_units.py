@@ -447,6 +447,16 @@ def test_sessions_expire_after_their_client_stayed_away():
     assert core.expire(s.offline_since + 150) == 1 and "dev" not in core.sessions
 
 
+def test_a_session_past_its_expiry_is_not_resumed_even_before_the_periodic_look():
+    core = Core(Access(None), limits=Limits(session_expiry=100))
+    s, w, _ = login(core, "dev")
+    core.subscribe(s, wire.Subscribe(1, (("cmd", 1),)))
+    core.detach(s, w, graceful=True)
+    s.offline_since = time.time() - 150
+    again, _, present = login(core, "dev")
+    assert not present and again is not s and again.subscriptions == {}
+
+
 def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
     core = Core(Access(None))
     s, w, _ = login(core, "dev")
