@@ -157,8 +157,10 @@ class Client:
         self.connected = threading.Event()
         self._lock = threading.Condition()
         self._ids: dict[int, str] = {}
-        self._early: set[int] = set()  # PUBACKs that came before publish() returned the mid
+        self._early: dict[int, bool] = {}  # PUBACKs that came before publish() returned the mid: refused?
         self.acked: list[str] = []
+        self.refused: list[str] = []  # MQTT 5: answered with a failure reason code
+        self.refusals: Counter[str] = Counter()  # by reason
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
         self.client.on_publish = self._on_publish
@@ -176,26 +178,29 @@ class Client:
             self.connected.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        """PUBACK or PUBCOMP; on MQTT 5 a failure reason code is a refusal, not an acknowledgement."""
         with self._lock:
             command_id = self._ids.pop(mid, None)
             if command_id is None:
-                self._early.add(mid)
+                self._early[mid] = reason_code.is_failure
             else:
-                self.acked.append(command_id)
+                (self.refused if reason_code.is_failure else self.acked).append(command_id)
+            if reason_code.is_failure:
+                self.refusals[str(reason_code)] += 1
             self._lock.notify_all()
 
     def publish(self, topic: str, payload: str, command_id: str, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos)
         with self._lock:
             if info.mid in self._early:
-                self._early.discard(info.mid)
-                self.acked.append(command_id)
+                (self.refused if self._early.pop(info.mid) else self.acked).append(command_id)
             else:
                 self._ids[info.mid] = command_id
 
     def wait_acked(self, count: int, timeout: float = TIMEOUT) -> bool:
+        """Until `count` publishes were answered, acknowledged or refused."""
         with self._lock:
-            return self._lock.wait_for(lambda: len(self.acked) >= count, timeout)
+            return self._lock.wait_for(lambda: len(self.acked) + len(self.refused) >= count, timeout)
 
     def close(self, clean: bool = True) -> None:
         if clean:
@@ -365,7 +370,15 @@ def settle(tally: Tally, sender: Client, device: Device, timeout: float = SETTLE
     sender.wait_acked(len(tally.sent), timeout)
     tally.acked = set(sender.acked)
     tally.carried = device.wait_carried(tally.acked, timeout)
+    refused(tally, sender)
     return tally
+
+
+def refused(tally: Tally, sender: Client) -> None:
+    """Publishes the broker refused (MQTT 5 reason codes) are not acknowledged: the note says how many and why."""
+    if sender.refusals:
+        tally.note = "; ".join(filter(None, [tally.note, "refused by the broker: " + ", ".join(
+            f"{n} {reason}" for reason, n in sender.refusals.most_common())]))
 
 
 @contextmanager
@@ -408,6 +421,7 @@ def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: 
     send(sender, tally, toggles("kill", count), qos=qos)
     sender.wait_acked(count)
     tally.acked = set(sender.acked)
+    refused(tally, sender)
     broker.kill()
     sender.close(clean=False)
     broker.start()
