@@ -164,6 +164,25 @@ def round_trips(probe: Probe, request: str, reply: str, payloads: Iterator[str],
     return Timings(out)
 
 
+def request_response(probe: Probe, request: str, reply: str, payloads: Iterator[str], n: int) -> Timings:
+    """What `mosquitto_rr` does over MQTT 5: a QoS 1 request with a response topic and correlation data, timed
+    until the reply carrying that correlation data arrives on the response topic."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    out = []
+    for i in range(n):
+        correlation = f"rr-{i}".encode()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic, props.CorrelationData = reply, correlation
+        start = time.perf_counter()
+        probe.client.publish(request, next(payloads), qos=1, properties=props)
+        probe.wait_for(reply, timeout=WAIT,
+                       where=lambda m, c=correlation: getattr(m.properties, "CorrelationData", None) == c)
+        out.append(time.perf_counter() - start)
+    return Timings(out)
+
+
 def result_for(command: str, msg: Received) -> bool:
     """A result that reports the state a plain ON/OFF command asked for."""
     return msg.json().get("state") == command
@@ -454,6 +473,12 @@ def run(kind: str, args: argparse.Namespace, report: Report, full: bool) -> None
                 result = round_trips(probe, set_topic, result_topic, payloads, n // 5, 1, answers=result_for)
                 report.row("/set -> result p50 / p99", f"{result.p50:.2f} / {result.p99:.2f} ms",
                            "(the 2nd publish)", f"{result.p50 / floor[1].p50:.2f}x floor")
+                if probe.mqtt5:
+                    reply_topic = f"edison/{DEVICE}/reply/bench"
+                    probe.subscribe(reply_topic)
+                    rr = request_response(probe, set_topic, reply_topic, payloads, n // 5)
+                    report.row("MQTT 5 request/response p50 / p99", f"{rr.p50:.2f} / {rr.p99:.2f} ms",
+                               "(mosquitto_rr-style)", f"{rr.p50 / floor[1].p50:.2f}x QoS 1 floor")
                 if not full:
                     return
                 changes = read_trace(node.trace)[traced_before:traced_before + n]  # one level change per command

@@ -72,7 +72,11 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session-expiry", type=float, default=d.session_expiry,
                    help="seconds a persistent session outlives its client's absence, 0: forever (default: %(default)s)")
     p.add_argument("--max-retained-bytes", type=_count, default=d.max_retained_bytes,
-                   help="bytes of all retained messages; beyond, new ones are not retained (default: %(default)s)")
+                   help="bytes of all retained messages, topics included; beyond, new ones are not retained "
+                   "(default: %(default)s)")
+    p.add_argument("--max-keepalive", type=_count, default=d.max_keepalive,
+                   help="seconds: an MQTT 5 client asking for a longer keep-alive, or none, is given this one "
+                   "(default: %(default)s, no limit)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options:
@@ -87,13 +91,14 @@ def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options
                           args.web_bind)
     limits = Limits(args.max_connections, args.max_connections_per_user, args.max_pending, args.connect_timeout,
                     args.max_message_size, args.max_queued, args.max_queued_bytes, args.max_subscriptions,
-                    args.max_sessions_per_user, args.session_expiry, args.max_retained_bytes)
+                    args.max_sessions_per_user, args.session_expiry, args.max_retained_bytes, args.max_keepalive)
     return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits,
                    config.layout if config else Layout())
 
 
 def _serve(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (amqtt). "
+    p = argparse.ArgumentParser(prog="edison-broker", description="The embedded MQTT broker (MQTT 5 and 3.1.1, on "
+                                "amqtt's listeners). "
                                 "Subcommands: `passwd` (users), `mosquitto-config` and `nats-config` (exports), "
                                 "`nats-auth` (the NATS cluster's logins).")
     _listener_args(p)

@@ -78,16 +78,32 @@ class Access:
         self._owners = sorted(set(users) | set(rules.users if rules else ()), key=len, reverse=True)
 
     def may_publish(self, user: str | None, topic: str) -> bool:
-        if self.rules is None:
-            return not topic.startswith("$")
-        return any(matches(f, topic) for f in self.rules.publish.get(user or "", ()))
+        return self.publish_refusal(user, topic) is None
 
     def may_subscribe(self, user: str | None, topic_filter: str) -> bool:
+        return self.subscribe_refusal(user, topic_filter) is None
+
+    def publish_refusal(self, user: str | None, topic: str) -> str | None:
+        """Why `user` may not publish to `topic`, naming the rules that apply; None if it may."""
         if self.rules is None:
-            return True
-        return any(covers(f, topic_filter) for f in self.rules.subscribe.get(user or "", ()))
+            return "topics starting with $ are the broker's" if topic.startswith("$") else None
+        allowed = self.rules.publish.get(user or "", [])
+        return None if any(matches(f, topic) for f in allowed) else _refusal("publish", user, allowed)
+
+    def subscribe_refusal(self, user: str | None, topic_filter: str) -> str | None:
+        """Why `user` may not subscribe to `topic_filter`, naming the rules that apply; None if it may."""
+        if self.rules is None:
+            return None
+        allowed = self.rules.subscribe.get(user or "", [])
+        return None if any(covers(f, topic_filter) for f in allowed) else _refusal("subscribe", user, allowed)
 
     def client_id_owner(self, client_id: str) -> str | None:
         if self.rules is None:
             return None
         return next((u for u in self._owners if client_id == u or client_id.startswith(u + "-")), None)
+
+
+def _refusal(what: str, user: str | None, allowed: list[str]) -> str:
+    if not allowed:
+        return f"no access rule lets user {user or '(none)'} {what} (access: and devices: in topics.yaml)"
+    return f"access rule: user {user} may {what} only to {', '.join(allowed)}"

@@ -5,12 +5,18 @@ within `connect_timeout`, only so many connections may be logging in at once
 (broker.login.Admission, which gives a newcomer the place of the busiest
 address when all are taken), a failed login waits out its delay outside those
 places, a packet's size is checked before its body is read, and a malformed
-packet closes the connection as MQTT 3.1.1 prescribes. After the login a connection that sends nothing for
+packet closes the connection as MQTT prescribes. After the login a connection that sends nothing for
 1.5 times its keep-alive is closed and its will published.
 
 A QoS 1 publish is routed as soon as it is read; its PUBACK follows once the
 data directory has it (when there is one), in the order the publishes came,
-while the next packets are already being read.
+while the next packets are already being read. QoS 2 likewise, with PUBREC.
+
+The CONNECT's protocol level sets the connection's MQTT version. On MQTT 5
+the broker says why it refuses something (a reason code in CONNACK, PUBACK,
+PUBREC, SUBACK) and why it ends a connection (DISCONNECT with a reason code
+before closing it), states its limits in CONNACK (receive maximum, maximum
+packet size, topic aliases) and holds clients to them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
+from broker import properties as P
 from broker import wire
 from broker.access import Access
 from broker.core import Core, Session
@@ -42,6 +49,8 @@ MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement
 # Logins wait for the disk only past twice the backlog that holds publishers back: a publish flood on a slow disk
 # must not delay a device's login, while logins repeated with large wills cannot grow the backlog without bound.
 LOGIN_BACKLOG = 2
+TOPIC_ALIASES = 32  # topic aliases an MQTT 5 client may set up on one connection
+FAREWELL_WAIT = 1.0  # seconds a DISCONNECT to an MQTT 5 client may take before the connection is dropped
 
 
 class Closed(Exception):
@@ -108,7 +117,7 @@ class Connections:
         while self.core.unacknowledged() and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for c in list(self.live):
-            c.end("the broker is stopping")
+            c.end("the broker is stopping", wire.SHUTTING_DOWN)
         tasks = [asyncio.ensure_future(c.finished.wait()) for c in list(self.live)]
         if tasks:  # each was aborted: they end at once, but a busy loop takes its time to run them
             await asyncio.wait(tasks, timeout=CLOSE_WAIT)
@@ -125,7 +134,17 @@ class Connection:
         self._stopped = asyncio.Event()
         self._graceful = False
         self._flush_wanted = asyncio.Event()
-        self._acks: asyncio.Queue[bytes] = asyncio.Queue(MAX_UNACKNOWLEDGED)
+        self._acks: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue(MAX_UNACKNOWLEDGED)  # and: ends an exchange
+        self._receiving = 0  # QoS 1 and 2 publishes whose PUBACK or PUBCOMP was not sent yet (receive maximum)
+        self._aliases: dict[int, str] = {}  # topic aliases the client set up
+        self._farewell: asyncio.Future[None] | None = None
+        self._task: asyncio.Task | None = None  # the one that runs run(): its reader, which _close() follows
+        self._drain_owed = False
+        self._session_expiry: int | None = None  # of the CONNECT, MQTT 5 (a DISCONNECT may change it)
+        self._disconnect_expiry: int | None = None
+        self.v5 = False
+        self.assigned = False  # whether the broker chose its client id
+        self.server_keepalive: int | None = None  # the keep-alive the broker chose instead of the client's
         self._tasks: list[asyncio.Task[None]] = []
         self.session: Session | None = None
         self._since = asyncio.get_running_loop().time()
@@ -139,15 +158,15 @@ class Connection:
             return
         self.transport.write(data)
         if self.transport.buffered() > MAX_WRITE_BUFFER:
-            self.end(f"it left {self.transport.buffered()} bytes unread")
+            self.end(f"it left {self.transport.buffered()} bytes unread", wire.QUOTA_EXCEEDED)
             return
         self._flush_wanted.set()
 
     def writable(self) -> bool:
         return self._ended is None and self.transport.buffered() < HIGH_WATER
 
-    def close(self, reason: str) -> None:
-        self.end(reason)
+    def close(self, reason: str, code: int = wire.SESSION_TAKEN_OVER) -> None:
+        self.end(reason, code)
 
     def yields(self) -> str | None:
         if self._doubt:
@@ -156,12 +175,32 @@ class Connection:
             return f"it sent no CONNECT for {STALLED_AFTER:g} s"
         return None
 
-    def end(self, reason: str) -> None:
-        """Stop this connection at once (its reader sees the connection closed)."""
+    def end(self, reason: str, code: int | None = None) -> None:
+        """Stop this connection at once (its reader sees the connection closed); an MQTT 5 client is told `code`."""
         if self._ended is None:
             self._ended = reason
             self._stopped.set()
-            self.transport.abort()
+            if not (self.v5 and code is not None):
+                self.transport.abort()
+                return
+            self.transport.write(wire.disconnect(code))
+            if asyncio.current_task() is not self._task:  # ended from outside while its reader may be waiting
+                self._farewell = asyncio.ensure_future(self._say_farewell())
+            else:  # its reader stops now, and _close() sends the DISCONNECT and reads what the client still sends
+                self._drain_owed = True
+
+    async def _say_farewell(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
+            await asyncio.wait_for(self.transport.close(), FAREWELL_WAIT)
+        self.transport.abort()
+
+    async def _drain(self) -> None:
+        """Send what is left, then read and drop what the client still sends until it closes: closing at once
+        would reset a connection that data is still arriving on, and the reset can destroy the DISCONNECT
+        before the client reads why (a client flooding past the receive maximum would see a broken pipe)."""
+        await self.transport.flush()
+        while True:
+            await self.transport.read_exactly(65536)
 
     async def _unless_ended(self, awaitable: Awaitable[T]) -> T:
         """The result of `awaitable`, or Closed as soon as the connection is ended meanwhile."""
@@ -178,6 +217,7 @@ class Connection:
     # -- the connection's life ----------------------------------------------------
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         session: Session | None = None
         try:
             session = self.session = await self._login()
@@ -195,7 +235,7 @@ class Connection:
                 if session.username is not None:
                     self.hub.per_user[session.username] -= 1
                 if not self.hub.stopping:  # a stopping broker keeps the will for the next start
-                    self.hub.core.detach(session, self, self._graceful)
+                    self.hub.core.detach(session, self, self._graceful, self._disconnect_expiry)
                 if self._ended and not self.hub.stopping:
                     log.info("%s: connection closed: %s", session.who(), self._ended)
             for task in self._tasks:
@@ -204,7 +244,14 @@ class Connection:
             self.finished.set()
 
     async def _close(self) -> None:
-        """Send what is left (a refusal, say) and close; a connection that was ended is dropped at once."""
+        """Send what is left (a refusal, say) and close; a connection that was ended is dropped at once, once an
+        MQTT 5 client was told why."""
+        if self._farewell is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._farewell
+        elif self._drain_owed:
+            with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
+                await asyncio.wait_for(self._drain(), FAREWELL_WAIT)
         if self._ended is None:
             with contextlib.suppress(asyncio.TimeoutError, OSError, Closed):
                 await asyncio.wait_for(self.transport.close(), 1.0)
@@ -232,6 +279,12 @@ class Connection:
             user = connect.username
             if user is not None and hub.throttle.failing(user):
                 self._doubt = f"a login as {shown(user)} failed in the last {FORGET_AFTER / 60:g} minutes"
+            if hub.passwords is not None and user is None and connect.password is None:
+                # Nothing to guess, nothing to check: refused at once, and not counted against the address (a client
+                # asking which MQTT version the broker speaks, as the node does, sends no credentials).
+                log.info("refused login from %s: no user name (client %s)", self.peer, shown(connect.client_id))
+                await self._answer(wire.NOT_AUTHORIZED)
+                return None
             if hub.passwords is not None:
                 urgent = hub.admission.trusted(self.address)
                 if user is None or not await self._unless_ended(
@@ -248,8 +301,9 @@ class Connection:
             hub.admission.release(self.address, self)
 
     async def _connect_packet(self) -> wire.Connect | None:
-        """The CONNECT, or None once the connection was answered or closed as MQTT 3.1.1 says."""
+        """The CONNECT, or None once the connection was answered or closed as MQTT says."""
         hub = self.hub
+        packet = None
         try:
             packet = await self._read(hub.limits.connect_timeout or None)
             self._connect_read = True
@@ -263,20 +317,32 @@ class Connection:
             return None
         except wire.Malformed as exc:
             log.warning("closed connection from %s: %s", self.peer, exc)
+            if packet is not None and packet[0] == wire.CONNECT and packet[2][2:7] == b"MQTT\x05":
+                self.v5 = True  # an MQTT 5 client is told why
+                await self._answer(exc.code)
             return None
         except Closed:
             log.debug("connection from %s closed before its CONNECT", self.peer)
             return None
+        self.v5 = connect.version == wire.MQTT5
         problem = topic_problem(connect.will.topic) if connect.will else None
         if connect.will and problem:
             log.warning("closed connection from %s: will topic %s: %s", self.peer, shown(connect.will.topic), problem)
+            if self.v5:
+                await self._answer(wire.TOPIC_NAME_INVALID)
+            return None
+        if connect.props.text(P.AUTH_METHOD) is not None:
+            log.info("refused client %s: enhanced authentication (%s) is not supported", self.peer,
+                     shown(connect.props.text(P.AUTH_METHOD)))
+            await self._answer(wire.BAD_AUTH_METHOD)
             return None
         if not connect.client_id:
-            if not connect.clean_session:
+            if not connect.clean_session and not self.v5:
                 log.warning("refused client %s: empty client id needs clean session [MQTT-3.1.3-8]", self.peer)
                 await self._answer(wire.IDENTIFIER_REJECTED)
                 return None
             connect = dataclasses.replace(connect, client_id=f"auto-{uuid.uuid4().hex[:16]}")
+            self.assigned = True
         return connect
 
     async def _refuse_login(self, connect: wire.Connect) -> None:
@@ -310,7 +376,7 @@ class Connection:
         refusal = self._client_id_refusal(client_id, user)
         if refusal:
             log.warning("refused login: user=%s client=%s: %s", shown(user), shown(client_id), refusal)
-            self.transport.write(wire.connack(False, wire.NOT_AUTHORIZED))
+            self.transport.write(wire.connack(False, wire.NOT_AUTHORIZED, self.v5))
             return None
         taking_over = client_id in hub.core.sessions and hub.core.sessions[client_id].outlet is not None
         full = None
@@ -319,26 +385,49 @@ class Connection:
         elif (hub.limits.max_connections_per_user and user is not None and not taking_over
               and hub.per_user[user] >= hub.limits.max_connections_per_user):
             full = f"user {shown(user)} already has {hub.per_user[user]} connections (--max-connections-per-user)"
-        elif (hub.limits.max_sessions_per_user and not connect.clean_session and client_id not in hub.core.sessions
+        elif (hub.limits.max_sessions_per_user and hub.core.session_expiry(connect) != 0
+              and client_id not in hub.core.sessions
               and hub.core.sessions_of(user) >= hub.limits.max_sessions_per_user):
             full = (f"user {shown(user)} already has {hub.core.sessions_of(user)} persistent sessions "
                     "(--max-sessions-per-user): log in with a clean session or one of their client ids")
         if full:
             hub.squelch.warning(f"full {user}", "refused connection from %s: %s", self.peer, full)
-            self.transport.write(wire.connack(False, wire.SERVER_UNAVAILABLE))
+            self.transport.write(wire.connack(False, wire.QUOTA_EXCEEDED if self.v5 else wire.SERVER_UNAVAILABLE,
+                                              self.v5))
             return None
         if hub.stopping:
             return None
+        longest = hub.limits.max_keepalive
+        if self.v5 and longest and not 0 < connect.keepalive <= longest:
+            connect = dataclasses.replace(connect, keepalive=longest)  # told in CONNACK: Server Keep Alive
+            self.server_keepalive = longest
         hub.logged_in += 1
         if user is not None:
             hub.per_user[user] += 1
         hub.admission.logged_in(self.address)
         session, present = hub.core.attach(connect, user, self)
-        self.send(wire.connack(present, wire.ACCEPTED))
+        self.send(wire.connack(present, wire.ACCEPTED, self.v5, self._connack_properties(connect)))
         hub.core.resume(session)
         log.debug("user=%s client=%s from %s logged in (%s session)", shown(user), shown(client_id), self.peer,
                   "resumed" if present else "new")
         return session
+
+    def _connack_properties(self, connect: wire.Connect) -> bytes:
+        """What an MQTT 5 client must know: the broker's limits, and what it chose in the client's place."""
+        if not self.v5:
+            return b""
+        self._session_expiry = self.hub.core.session_expiry(connect)  # type: ignore[assignment]
+        pairs: list[tuple[int, int | str | bytes | tuple[str, str]]] = [
+            (P.RECEIVE_MAXIMUM, MAX_UNACKNOWLEDGED), (P.TOPIC_ALIAS_MAXIMUM, TOPIC_ALIASES),
+            (P.MAXIMUM_PACKET_SIZE, self.hub.max_packet)]
+        granted = self.hub.core.granted_expiry(connect)
+        if granted is not None:
+            pairs.append((P.SESSION_EXPIRY, granted))
+        if self.assigned:
+            pairs.append((P.ASSIGNED_CLIENT_ID, connect.client_id))
+        if self.server_keepalive is not None:
+            pairs.append((P.SERVER_KEEP_ALIVE, self.server_keepalive))
+        return P.encode(pairs)
 
     def _client_id_refusal(self, client_id: str, user: str | None) -> str | None:
         owner = self.hub.access.client_id_owner(client_id)
@@ -350,7 +439,7 @@ class Connection:
         return None
 
     async def _answer(self, code: int) -> None:
-        self.transport.write(wire.connack(False, code))
+        self.transport.write(wire.connack(False, code, self.v5))
         with contextlib.suppress(OSError, Closed):
             await asyncio.wait_for(self.transport.flush(), 1.0)
 
@@ -358,12 +447,12 @@ class Connection:
         core, timeout = self.hub.core, 1.5 * s.keepalive or None
         while True:
             try:
-                packet = wire.parse(*await self._read(timeout))
+                packet = wire.parse(*await self._read(timeout), v5=self.v5)
             except asyncio.TimeoutError:
-                self.end(f"nothing received for {timeout:g} s (keep-alive {s.keepalive} s)")
+                self.end(f"nothing received for {timeout:g} s (keep-alive {s.keepalive} s)", wire.KEEP_ALIVE_TIMEOUT)
                 return
             except wire.Malformed as exc:
-                self.end(f"{exc}")
+                self.end(f"{exc}", exc.code)
                 return
             # Reading what is already buffered never yields, so a client that keeps its buffer full would hold
             # the event loop (other clients, SIGTERM) for as long as it sends: every packet gives the others a turn
@@ -377,42 +466,79 @@ class Connection:
             if isinstance(packet, wire.Publish):
                 await self._publish(s, packet)
             elif isinstance(packet, wire.Ack):
-                if packet.kind == wire.PUBACK:
-                    core.acked(s, packet.packet_id)
-                elif packet.kind == wire.PUBREL:
-                    core.released(s, packet.packet_id)
-                    await self._unless_ended(self._acks.put(wire.ack(wire.PUBCOMP, packet.packet_id)))
+                if packet.kind == wire.PUBREL:
+                    known = core.released(s, packet.packet_id)
+                    code = wire.SUCCESS if known or not self.v5 else wire.PACKET_ID_NOT_FOUND
+                    await self._unless_ended(self._acks.put((wire.ack(wire.PUBCOMP, packet.packet_id, code, self.v5),
+                                                             True)))
                 else:
-                    self.end(f"it sent packet type {packet.kind}, but nothing was sent to it at QoS 2")
-                    return
+                    pubrel = core.acked(s, packet)
+                    if pubrel is not None:  # sent once the data directory knows the PUBREC came
+                        await self._unless_ended(self._acks.put((pubrel, False)))
             elif isinstance(packet, wire.Subscribe):
-                codes = core.subscribe(s, packet)
+                results = core.subscribe(s, packet)
                 await self._committed()  # Closed if the session was taken over meanwhile: its SUBACK is not owed
-                core.subscribed(s, packet, codes)
+                core.subscribed(s, packet, results)
             elif isinstance(packet, wire.Unsubscribe):
                 core.unsubscribe(s, packet)
             elif isinstance(packet, wire.Control) and packet.kind == wire.PINGREQ:
                 self.send(wire.PINGRESP_PACKET)
+            elif isinstance(packet, wire.Control) and packet.kind == wire.AUTH:
+                self.end("it sent AUTH, but enhanced authentication is not supported", wire.PROTOCOL_ERROR)
+                return
             elif isinstance(packet, wire.Control):  # DISCONNECT
-                self._graceful = True
+                self._disconnected(packet)
                 return
 
+    def _disconnected(self, packet: wire.Control) -> None:
+        """A DISCONNECT: the will is dropped, unless (MQTT 5) the client asks for it or sets a session expiry after
+        asking for none, which is a protocol error [MQTT-3.14.2-2]."""
+        if packet.session_expiry is not None and packet.session_expiry and self._session_expiry == 0:
+            self.end("its DISCONNECT set a session expiry after its CONNECT asked for none", wire.PROTOCOL_ERROR)
+            return
+        self._graceful = packet.code != wire.DISCONNECT_WITH_WILL
+        self._disconnect_expiry = packet.session_expiry
+
     async def _publish(self, s: Session, p: wire.Publish) -> None:
+        p = self._unalias(p)
         problem = topic_problem(p.topic)
         if problem:
-            self.end(f"PUBLISH to {p.topic[:80]!r}: {problem}")
+            self.end(f"PUBLISH to {p.topic[:80]!r}: {problem}", wire.TOPIC_NAME_INVALID)
             raise Closed
         if self.hub.stopping:
             return  # not acknowledged: the client sends it again once the broker is back
-        if p.qos == 2 and p.packet_id in s.awaiting_release:
-            pass  # sent again before its PUBREL: routed already, only the PUBREC is repeated
-        else:
-            self.hub.core.publish(s, p)
+        resent = p.qos == 2 and p.packet_id in s.awaiting_release
+        if p.qos and not resent:
+            self._receiving += 1
+            if self.v5 and self._receiving > MAX_UNACKNOWLEDGED:
+                self.end(f"more than {MAX_UNACKNOWLEDGED} publishes unacknowledged (its receive maximum)",
+                         wire.RECEIVE_MAXIMUM_EXCEEDED)
+                raise Closed
+        code = wire.SUCCESS if resent else self.hub.core.publish(s, p)  # a resend before PUBREL was routed already
         if p.qos == 1:
-            await self._unless_ended(self._acks.put(wire.ack(wire.PUBACK, p.packet_id or 0)))
+            await self._unless_ended(self._acks.put((wire.ack(wire.PUBACK, p.packet_id or 0, code, self.v5), True)))
         elif p.qos == 2:
-            s.awaiting_release.add(p.packet_id or 0)
-            await self._unless_ended(self._acks.put(wire.ack(wire.PUBREC, p.packet_id or 0)))
+            refused = self.v5 and code >= wire.SUBSCRIBE_FAILURE
+            if not refused:
+                s.awaiting_release.add(p.packet_id or 0)
+            await self._unless_ended(self._acks.put((wire.ack(wire.PUBREC, p.packet_id or 0, code, self.v5),
+                                                     refused)))
+
+    def _unalias(self, p: wire.Publish) -> wire.Publish:
+        """The publish with its topic, where an MQTT 5 client gave a topic alias; Closed for a wrong alias."""
+        if p.alias is None:
+            return p
+        if p.alias > TOPIC_ALIASES:
+            self.end(f"topic alias {p.alias}, over its maximum of {TOPIC_ALIASES}", wire.TOPIC_ALIAS_INVALID)
+            raise Closed
+        if p.topic:
+            self._aliases[p.alias] = p.topic
+            return p
+        topic = self._aliases.get(p.alias)
+        if topic is None:
+            self.end(f"topic alias {p.alias} was never set", wire.PROTOCOL_ERROR)
+            raise Closed
+        return dataclasses.replace(p, topic=topic)
 
     async def _committed(self) -> None:
         store = self.hub.core.store
@@ -422,12 +548,14 @@ class Connection:
     async def _acknowledger(self) -> None:
         """Acknowledge publishes in the order they came, each once what it changed is on disk."""
         while True:
-            ack = await self._acks.get()
+            ack, ends_exchange = await self._acks.get()
             try:
                 await self._committed()
             except Closed:
                 return
             self.send(ack)
+            if ends_exchange:
+                self._receiving = max(0, self._receiving - 1)
 
     async def _flusher(self) -> None:
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+Key = tuple[str, str]  # client id, the filter as it subscribed (a shared one with its $share/GROUP/ prefix)
 
 MAX_LEVELS = 64  # topic levels; real topics have a handful, and deeper ones only cost time
 
@@ -38,6 +39,17 @@ def filter_problem(topic_filter: str) -> str | None:
         if "+" in level and level != "+":
             return "'+' must be a whole level [MQTT-4.7.1-3]"
     return None
+
+
+def shared_filter(topic_filter: str) -> tuple[str | None, str]:
+    """(group, filter) of a shared subscription `$share/GROUP/FILTER`; (None, the filter) of any other, and
+    ("", the filter) of one that starts with `$share/` but is not a valid shared subscription."""
+    if not topic_filter.startswith("$share/"):
+        return None, topic_filter
+    parts = topic_filter.split("/", 2)
+    if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1] or not parts[2]:
+        return "", topic_filter
+    return parts[1], parts[2]
 
 
 def matches(topic_filter: str, topic: str) -> bool:
@@ -72,8 +84,8 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.here: dict[str, int] = {}  # subscriptions ending at this level: client id -> QoS
-        self.rest: dict[str, int] = {}  # subscriptions with '#' after this level
+        self.here: set[Key] = set()  # subscriptions ending at this level
+        self.rest: set[Key] = set()  # subscriptions with '#' after this level
 
 
 class SubscriptionTree:
@@ -82,16 +94,16 @@ class SubscriptionTree:
     def __init__(self) -> None:
         self._root = _Node()
 
-    def add(self, topic_filter: str, client_id: str, qos: int) -> None:
+    def add(self, topic_filter: str, key: Key) -> None:
         node, levels = self._root, topic_filter.split("/")
         for level in levels[:-1]:
             node = node.children.setdefault(level, _Node())
         if levels[-1] == "#":
-            node.rest[client_id] = qos
+            node.rest.add(key)
         else:
-            node.children.setdefault(levels[-1], _Node()).here[client_id] = qos
+            node.children.setdefault(levels[-1], _Node()).here.add(key)
 
-    def remove(self, topic_filter: str, client_id: str) -> None:
+    def remove(self, topic_filter: str, key: Key) -> None:
         levels = topic_filter.split("/")
         nodes = [self._root]
         for level in levels[:-1]:
@@ -100,13 +112,13 @@ class SubscriptionTree:
                 return
             nodes.append(child)
         if levels[-1] == "#":
-            nodes[-1].rest.pop(client_id, None)
+            nodes[-1].rest.discard(key)
             path = levels[:-1]
         else:
             leaf = nodes[-1].children.get(levels[-1])
             if leaf is None:
                 return
-            leaf.here.pop(client_id, None)
+            leaf.here.discard(key)
             nodes.append(leaf)
             path = levels
         for depth in range(len(path), 0, -1):  # prune empty branches so churn does not grow the tree
@@ -115,20 +127,16 @@ class SubscriptionTree:
                 break
             del nodes[depth - 1].children[path[depth - 1]]
 
-    def match(self, topic: str) -> dict[str, int]:
-        """client id -> QoS of every subscription matching `topic` (the highest QoS where several match).
+    def match(self, topic: str) -> list[Key]:
+        """Every subscription matching `topic` (a client may have several).
 
         Walked with a stack, not recursion: a topic may have thousands of levels.
         """
-        found: dict[str, int] = {}
+        found: list[Key] = []
         levels = topic.split("/")
         last = len(levels) - 1
         dollar = topic.startswith("$")
-
-        def take(subs: dict[str, int]) -> None:
-            for client_id, qos in subs.items():
-                if qos > found.get(client_id, -1):
-                    found[client_id] = qos
+        take = found.extend
 
         stack = [(self._root, 0)]
         while stack:

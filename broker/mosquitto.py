@@ -95,6 +95,8 @@ def conf_text(o: Options, out: Path, version: tuple[int, ...], several_per_user:
         f"max_queued_messages {o.limits.max_queued}",
         "set_tcp_nodelay true",
     ]
+    if o.limits.max_keepalive:
+        lines.append(f"max_keepalive {o.limits.max_keepalive}")
     if o.data:
         lines += ["persistence true", f"persistence_location {o.data.resolve()}/",
                   "autosave_on_changes true", "autosave_interval 1"]

@@ -59,7 +59,8 @@ class Limits:
     max_subscriptions: int = 256  # topic filters of one client
     max_sessions_per_user: int = 20  # persistent sessions (clean_session=0) of one user
     session_expiry: float = 7 * 86400.0  # seconds a persistent session outlives its client's absence
-    max_retained_bytes: int = 32 * 1024 * 1024  # bytes of payload of all retained messages
+    max_retained_bytes: int = 32 * 1024 * 1024  # bytes of topics, payloads and properties of all retained messages
+    max_keepalive: int = 0  # seconds; an MQTT 5 client asking for more, or for none, is given this (Server Keep Alive)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger("edison-broker")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, data BLOB NOT NULL, qos INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, username TEXT NOT NULL);
@@ -51,16 +51,33 @@ MIGRATIONS = {2: ["ALTER TABLE sessions ADD COLUMN keepalive INTEGER NOT NULL DE
               3: ["ALTER TABLE sessions ADD COLUMN offline_since REAL",
                   "CREATE TABLE IF NOT EXISTS awaiting_release ("
                   "client_id TEXT NOT NULL REFERENCES sessions(client_id) ON DELETE CASCADE, "
-                  "packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id))"]}
+                  "packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id))"],
+              # Version 4: MQTT 5 and QoS 2 to subscribers. A message's properties and expiry, a subscription's
+              # options (in `qos`) and identifier, a session's expiry (NULL: the broker's), a will's properties and
+              # delay, and whether a QoS 2 message's PUBREC came.
+              4: ["ALTER TABLE retained ADD COLUMN props BLOB NOT NULL DEFAULT x''",
+                  "ALTER TABLE retained ADD COLUMN expires REAL",
+                  "ALTER TABLE subscriptions ADD COLUMN sub_id INTEGER",
+                  "ALTER TABLE queued ADD COLUMN retain INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE queued ADD COLUMN props BLOB NOT NULL DEFAULT x''",
+                  "ALTER TABLE queued ADD COLUMN expires REAL",
+                  "ALTER TABLE queued ADD COLUMN sub_ids TEXT NOT NULL DEFAULT ''",
+                  "ALTER TABLE queued ADD COLUMN released INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE sessions ADD COLUMN expiry REAL",
+                  "ALTER TABLE sessions ADD COLUMN will_props BLOB",
+                  "ALTER TABLE sessions ADD COLUMN will_expiry INTEGER",
+                  "ALTER TABLE sessions ADD COLUMN will_delay INTEGER NOT NULL DEFAULT 0"]}
 
 
 KEEP_SESSION = """
 INSERT INTO sessions (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected,
-                      offline_since)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      offline_since, expiry, will_props, will_expiry, will_delay)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(client_id) DO UPDATE SET username = excluded.username, keepalive = excluded.keepalive,
     will_topic = excluded.will_topic, will_data = excluded.will_data, will_qos = excluded.will_qos,
-    will_retain = excluded.will_retain, connected = excluded.connected, offline_since = excluded.offline_since
+    will_retain = excluded.will_retain, connected = excluded.connected, offline_since = excluded.offline_since,
+    expiry = excluded.expiry, will_props = excluded.will_props, will_expiry = excluded.will_expiry,
+    will_delay = excluded.will_delay
 """
 
 
@@ -80,6 +97,11 @@ class StoredMessage:
     data: bytes
     qos: int
     id: int = 0  # row id of a queued message
+    retain: bool = False
+    props: bytes = b""  # its MQTT 5 properties, as they came
+    expires: float | None = None  # unix time
+    sub_ids: tuple[int, ...] = ()
+    released: bool = False  # QoS 2: its PUBREC came
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,9 @@ class StoredWill:
     data: bytes
     qos: int
     retain: bool
+    props: bytes = b""
+    expiry: int | None = None  # message expiry interval
+    delay: int = 0  # will delay interval
 
 
 @dataclass
@@ -98,7 +123,8 @@ class StoredSession:
     will: StoredWill | None = None
     connected: bool = False
     offline_since: float | None = None  # unix time its client left
-    subscriptions: list[tuple[str, int]] = field(default_factory=list)
+    expiry: float | None = None  # seconds it outlives its client; None: the broker's --session-expiry
+    subscriptions: list[tuple[str, int, int | None]] = field(default_factory=list)  # filter, options, identifier
     queued: list[StoredMessage] = field(default_factory=list)
     awaiting_release: list[int] = field(default_factory=list)
 
@@ -151,17 +177,25 @@ class Store:
     def load(self) -> State:
         """Everything on disk, read once at start before the writer runs (a query per table, not per session)."""
         q = self._db.execute
-        retained = [StoredMessage(t, bytes(d), n) for t, d, n in q("SELECT topic, data, qos FROM retained")]
+        retained = [StoredMessage(t, bytes(d), n, props=bytes(p), expires=e)
+                    for t, d, n, p, e in q("SELECT topic, data, qos, props, expires FROM retained")]
         sessions: dict[str, StoredSession] = {}
         for row in q("SELECT client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected, "
-                     "offline_since FROM sessions"):
-            client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected, offline = row
-            will = StoredWill(will_topic, bytes(will_data), will_qos, bool(will_retain)) if will_topic else None
-            sessions[client_id] = StoredSession(client_id, username, keepalive, will, bool(connected), offline)
-        for client_id, topic_filter, qos in q("SELECT client_id, filter, qos FROM subscriptions ORDER BY filter"):
-            sessions[client_id].subscriptions.append((topic_filter, qos))
-        for i, client_id, t, d, n in q("SELECT id, client_id, topic, data, qos FROM queued ORDER BY id"):
-            sessions[client_id].queued.append(StoredMessage(t, bytes(d), n, i))
+                     "offline_since, expiry, will_props, will_expiry, will_delay FROM sessions"):
+            (client_id, username, keepalive, will_topic, will_data, will_qos, will_retain, connected, offline, expiry,
+             will_props, will_expiry, will_delay) = row
+            will = StoredWill(will_topic, bytes(will_data), will_qos, bool(will_retain), bytes(will_props or b""),
+                              will_expiry, will_delay) if will_topic else None
+            sessions[client_id] = StoredSession(client_id, username, keepalive, will, bool(connected), offline,
+                                                expiry)
+        for client_id, topic_filter, options, sub_id in q(
+                "SELECT client_id, filter, qos, sub_id FROM subscriptions ORDER BY filter"):
+            sessions[client_id].subscriptions.append((topic_filter, options, sub_id))
+        for i, client_id, t, d, n, r, p, e, ids, rel in q(
+                "SELECT id, client_id, topic, data, qos, retain, props, expires, sub_ids, released FROM queued "
+                "ORDER BY id"):
+            sessions[client_id].queued.append(StoredMessage(t, bytes(d), n, i, bool(r), bytes(p), e, tuple(
+                int(x) for x in ids.split(",") if x), bool(rel)))
         for client_id, packet_id in q("SELECT client_id, packet_id FROM awaiting_release"):
             sessions[client_id].awaiting_release.append(packet_id)
         return State(retained, list(sessions.values()))
@@ -172,9 +206,10 @@ class Store:
 
     # -- changes (called on the event loop; applied in order by the writer) ---------
 
-    def set_retained(self, topic: str, data: bytes, qos: int) -> None:
+    def set_retained(self, topic: str, data: bytes, qos: int, props: bytes = b"", expires: float | None = None) -> None:
         if data:
-            self._submit("INSERT OR REPLACE INTO retained VALUES (?, ?, ?)", (topic, bytes(data), qos))
+            self._submit("INSERT OR REPLACE INTO retained (topic, data, qos, props, expires) VALUES (?, ?, ?, ?, ?)",
+                         (topic, bytes(data), qos, props, expires))
         else:
             self._submit("DELETE FROM retained WHERE topic = ?", (topic,))
 
@@ -183,23 +218,31 @@ class Store:
         w = s.will
         self._submit(KEEP_SESSION, (s.client_id, s.username, s.keepalive, w.topic if w else None,
                                     bytes(w.data) if w else None, w.qos if w else 0, int(w.retain) if w else 0,
-                                    int(s.connected), s.offline_since))
+                                    int(s.connected), s.offline_since, s.expiry, w.props if w else None,
+                                    w.expiry if w else None, w.delay if w else 0))
 
     def drop_session(self, client_id: str) -> None:
         self._submit("DELETE FROM sessions WHERE client_id = ?", (client_id,))
 
-    def subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
-        self._submit("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?)", (client_id, topic_filter, qos))
+    def subscribe(self, client_id: str, topic_filter: str, options: int, sub_id: int | None = None) -> None:
+        self._submit("INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, sub_id) VALUES (?, ?, ?, ?)",
+                     (client_id, topic_filter, options, sub_id))
 
     def unsubscribe(self, client_id: str, topic_filter: str) -> None:
         self._submit("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?", (client_id, topic_filter))
 
-    def queue(self, client_id: str, topic: str, data: bytes, qos: int) -> int:
+    def queue(self, client_id: str, topic: str, data: bytes, qos: int, retain: bool = False, props: bytes = b"",
+              expires: float | None = None, sub_ids: tuple[int, ...] = ()) -> int:
         """Keep a message for a client; its id, for `delivered`."""
         message_id, self.next_id = self.next_id, self.next_id + 1
-        self._submit("INSERT INTO queued (id, client_id, topic, data, qos) VALUES (?, ?, ?, ?, ?)",
-                     (message_id, client_id, topic, bytes(data), qos))
+        self._submit("INSERT INTO queued (id, client_id, topic, data, qos, retain, props, expires, sub_ids) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (message_id, client_id, topic, bytes(data), qos, int(retain),
+                                                           props, expires, ",".join(map(str, sub_ids))))
         return message_id
+
+    def released_out(self, message_id: int) -> None:
+        """The client answered a QoS 2 message with PUBREC: after a restart only its PUBREL is sent."""
+        self._submit("UPDATE queued SET released = 1 WHERE id = ?", (message_id,))
 
     def awaiting_release(self, client_id: str, packet_id: int) -> None:
         """A QoS 2 publish was routed: its id is kept until the PUBREL, so a resend after a crash is not routed."""

@@ -1,43 +1,65 @@
-"""MQTT 3.1.1 packets on the wire: strict decoding of what clients send, encoding of what the broker sends,
-and the mirror for a light client (the fleet benchmark's simulated devices).
+"""MQTT 3.1.1 and 5 packets on the wire: strict decoding of what clients send, encoding of what the broker
+sends, and the mirror for a light client (the fleet benchmark's simulated devices).
 
 The broker reads every packet whole (its size known from the fixed header
 before a byte of the body is read) and decodes it here, refusing what
-MQTT 3.1.1 calls malformed: ill-formed UTF-8 or U+0000 in a string [MQTT-1.5.3],
-non-zero reserved flags, QoS 3, a body longer or shorter than its fields. The
-connection is then closed, as the standard prescribes; nothing here raises
-anything but `Malformed` for bad input.
+MQTT calls malformed: ill-formed UTF-8 or U+0000 in a string [MQTT-1.5.3],
+non-zero reserved flags, QoS 3, a body longer or shorter than its fields, a
+property the packet may not carry. The connection is then closed (on MQTT 5
+after a DISCONNECT with the reason code `Malformed.code`), as the standard
+prescribes; nothing here raises anything but `Malformed` for bad input. The
+version is the CONNECT's protocol level, and every packet after it is read
+and written in that version.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from broker import properties as P
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
-SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
 
-PROTOCOL_LEVEL = 4  # MQTT 3.1.1
-# CONNACK return codes
-ACCEPTED, UNACCEPTABLE_PROTOCOL, IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 0, 1, 2, 3, 5
-SUBSCRIBE_FAILURE = 0x80
+PROTOCOL_LEVEL, MQTT5 = 4, 5  # MQTT 3.1.1, MQTT 5.0
+# Reason codes (MQTT 5.0, 2.4); a 3.1.1 CONNACK carries the return code `V3_CONNACK` maps them to.
+ACCEPTED = SUCCESS = 0
+NO_MATCHING_SUBSCRIBERS, NO_SUBSCRIPTION_EXISTED, DISCONNECT_WITH_WILL = 0x10, 0x11, 0x04
+UNSPECIFIED, MALFORMED, PROTOCOL_ERROR, IMPLEMENTATION_SPECIFIC = 0x80, 0x81, 0x82, 0x83
+UNSUPPORTED_VERSION, CLIENT_ID_NOT_VALID, BAD_LOGIN, NOT_AUTHORIZED = 0x84, 0x85, 0x86, 0x87
+SERVER_UNAVAILABLE, SERVER_BUSY, SHUTTING_DOWN, BAD_AUTH_METHOD = 0x88, 0x89, 0x8B, 0x8C
+KEEP_ALIVE_TIMEOUT, SESSION_TAKEN_OVER, TOPIC_FILTER_INVALID, TOPIC_NAME_INVALID = 0x8D, 0x8E, 0x8F, 0x90
+PACKET_ID_IN_USE, PACKET_ID_NOT_FOUND, RECEIVE_MAXIMUM_EXCEEDED, TOPIC_ALIAS_INVALID = 0x91, 0x92, 0x93, 0x94
+PACKET_TOO_LARGE, QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = 0x95, 0x97, 0x99
+SHARED_NOT_SUPPORTED, SUBSCRIPTION_IDS_NOT_SUPPORTED = 0x9E, 0xA1
+SUBSCRIBE_FAILURE = UNSPECIFIED
+V3_CONNACK = {UNSUPPORTED_VERSION: 1, CLIENT_ID_NOT_VALID: 2, SERVER_UNAVAILABLE: 3, SERVER_BUSY: 3,
+              QUOTA_EXCEEDED: 3, BAD_LOGIN: 4,
+              NOT_AUTHORIZED: 5, BAD_AUTH_METHOD: 5}
+# 3.1.1 names of the CONNACK return codes
+UNACCEPTABLE_PROTOCOL, IDENTIFIER_REJECTED = UNSUPPORTED_VERSION, CLIENT_ID_NOT_VALID
 
 # The fixed-header flags each client packet must carry [MQTT-2.2.2-1]; PUBLISH carries its own.
 _FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2, PINGREQ: 0,
-          DISCONNECT: 0}
+          DISCONNECT: 0, AUTH: 0}
 
 
 class Malformed(Exception):
-    """The bytes are not a valid MQTT 3.1.1 packet from a client; the message says why."""
+    """The bytes are not a valid MQTT packet from a client; the message says why, `code` is the MQTT 5 reason."""
+
+    def __init__(self, message: str, code: int = MALFORMED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class UnsupportedProtocol(Malformed):
     """A well-formed CONNECT of another MQTT version: answered with CONNACK 1 before closing."""
 
     def __init__(self, level: int) -> None:
-        name = {3: "MQTT 3.1", 5: "MQTT 5"}.get(level, f"protocol level {level}")
-        super().__init__(f"{name} is not supported (MQTT 3.1.1 only)")
+        name = {3: "MQTT 3.1"}.get(level, f"protocol level {level}")
+        super().__init__(f"{name} is not supported (MQTT 3.1.1 and 5 only)", UNSUPPORTED_VERSION)
         self.level = level
 
 
@@ -47,16 +69,21 @@ class Will:
     payload: bytes
     qos: int
     retain: bool
+    props: bytes = b""  # its own properties (MQTT 5), forwarded as they came
+    expiry: int | None = None  # message expiry interval, seconds
+    delay: int = 0  # will delay interval, seconds
 
 
 @dataclass(frozen=True)
 class Connect:
     client_id: str
-    clean_session: bool
+    clean_session: bool  # MQTT 5: clean start
     keepalive: int
     will: Will | None
     username: str | None
     password: bytes | None
+    version: int = PROTOCOL_LEVEL
+    props: P.Props = field(default_factory=P.Props)
 
 
 @dataclass(frozen=True)
@@ -67,12 +94,16 @@ class Publish:
     retain: bool
     dup: bool = False
     packet_id: int | None = None
+    props: bytes = b""  # the message's own properties (MQTT 5), forwarded as they came
+    expiry: int | None = None  # message expiry interval, seconds
+    alias: int | None = None  # topic alias
 
 
 @dataclass(frozen=True)
 class Subscribe:
     packet_id: int
-    requests: tuple[tuple[str, int], ...]
+    requests: tuple[tuple[str, int], ...]  # filter, subscription options (3.1.1: the QoS)
+    sub_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,17 +114,20 @@ class Unsubscribe:
 
 @dataclass(frozen=True)
 class Ack:
-    """PUBACK, PUBREC, PUBREL or PUBCOMP: a packet type and the id it acknowledges."""
+    """PUBACK, PUBREC, PUBREL or PUBCOMP: a packet type, the id it acknowledges and (MQTT 5) its reason code."""
 
     kind: int
     packet_id: int
+    code: int = SUCCESS
 
 
 @dataclass(frozen=True)
 class Control:
-    """PINGREQ or DISCONNECT."""
+    """PINGREQ, DISCONNECT or AUTH, with the reason code and session expiry a DISCONNECT may carry."""
 
     kind: int
+    code: int = SUCCESS
+    session_expiry: int | None = None
 
 
 Packet = Connect | Publish | Subscribe | Unsubscribe | Ack | Control
@@ -106,7 +140,7 @@ Read = Callable[[int], Awaitable[bytes]]
 
 class TooLarge(Malformed):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"packet of {size} bytes is over the limit of {limit}")
+        super().__init__(f"packet of {size} bytes is over the limit of {limit}", PACKET_TOO_LARGE)
         self.size = size
 
 
@@ -161,6 +195,14 @@ class _Body:
             raise Malformed(f"{what} contains U+0000")
         return value
 
+    def props(self, allowed: frozenset[int], what: str) -> P.Props:
+        try:
+            props, self.pos = P.decode(self.data, self.pos, allowed, what)
+        except P.PropertyError as exc:
+            raise Malformed(str(exc), PROTOCOL_ERROR if "may not carry" in str(exc) or "twice" in str(exc)
+                            else MALFORMED) from None
+        return props
+
     @property
     def left(self) -> int:
         return len(self.data) - self.pos
@@ -179,7 +221,7 @@ def parse_connect(kind: int, flags: int, body: bytes) -> Connect:
     b = _Body(body)
     name = b.binary("protocol name")
     level = b.byte("protocol level")
-    if (name, level) == (b"MQIsdp", 3) or (name == b"MQTT" and level != PROTOCOL_LEVEL):
+    if (name, level) == (b"MQIsdp", 3) or (name == b"MQTT" and level not in (PROTOCOL_LEVEL, MQTT5)):
         raise UnsupportedProtocol(level)
     if name != b"MQTT":
         raise Malformed(f"protocol name {name[:20]!r} is not MQTT")
@@ -193,59 +235,77 @@ def parse_connect(kind: int, flags: int, body: bytes) -> Connect:
         raise Malformed("will QoS 3 [MQTT-3.1.2-14]")
     if not will_flag and (will_qos or will_retain):
         raise Malformed("will QoS or retain set without a will [MQTT-3.1.2-13]")
-    if has_password and not has_user:
+    if has_password and not has_user and level == PROTOCOL_LEVEL:
         raise Malformed("password without a user name [MQTT-3.1.2-22]")
+    v5 = level == MQTT5
+    props = b.props(P.CONNECT_PROPS, "CONNECT") if v5 else P.Props()
     client_id = b.text("client id")
     will = None
     if will_flag:
+        wp = b.props(P.WILL_PROPS, "will") if v5 else P.Props()
         topic = b.text("will topic")
-        will = Will(topic, b.binary("will message"), will_qos, will_retain)
+        will = Will(topic, b.binary("will message"), will_qos, will_retain, wp.forwarded,
+                    wp.get(P.MESSAGE_EXPIRY), wp.get(P.WILL_DELAY, 0) or 0)
     username = b.text("user name") if has_user else None
     password = b.binary("password") if has_password else None
     b.end("CONNECT payload")
-    return Connect(client_id, bool(cflags & 0x02), keepalive, will, username, password)
+    return Connect(client_id, bool(cflags & 0x02), keepalive, will, username, password, level, props)
 
 
-def parse(kind: int, flags: int, body: bytes) -> Packet:
+def parse(kind: int, flags: int, body: bytes, v5: bool = False) -> Packet:
     """A packet after CONNECT, or Malformed (a second CONNECT and server-only packets included)."""
     if kind == PUBLISH:
-        return _publish(flags, body)
-    if kind not in _FLAGS or kind == CONNECT:
+        return _publish(flags, body, v5)
+    if kind not in _FLAGS or kind == CONNECT or (kind == AUTH and not v5):
         raise Malformed("a second CONNECT [MQTT-3.1.0-2]" if kind == CONNECT
-                        else f"packet type {kind} is not one a client may send")
+                        else f"packet type {kind} is not one a client may send", PROTOCOL_ERROR)
     if flags != _FLAGS[kind]:
         raise Malformed(f"packet type {kind} with fixed-header flags {flags:#x}")
     b = _Body(body)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
         packet_id = b.u16("packet id")
+        code = SUCCESS
+        if v5 and b.left:
+            code = b.byte("reason code")
+            if b.left:
+                b.props(P.ACK_PROPS, "acknowledgement")
         b.end("packet id")
-        return Ack(kind, packet_id)
-    if kind in (PINGREQ, DISCONNECT):
+        return Ack(kind, packet_id, code)
+    if kind in (PINGREQ, DISCONNECT, AUTH):
+        code, expiry = SUCCESS, None
+        if v5 and kind != PINGREQ and b.left:
+            code = b.byte("reason code")
+            if b.left:
+                expiry = b.props(P.AUTH_PROPS if kind == AUTH else P.DISCONNECT_PROPS, "DISCONNECT").get(
+                    P.SESSION_EXPIRY)
         b.end("packet")
-        return Control(kind)
+        return Control(kind, code, expiry)
     packet_id = b.u16("packet id")
     if packet_id == 0:
         raise Malformed("packet id 0 [MQTT-2.3.1-1]")
     if kind == SUBSCRIBE:
+        sub_id = b.props(P.SUBSCRIBE_PROPS, "SUBSCRIBE").get(P.SUBSCRIPTION_ID) if v5 else None
         requests = []
         while b.left:
             topic_filter = b.text("topic filter")
-            options = b.byte("requested QoS")
-            if options & 0xFC or options == 3:
-                raise Malformed(f"SUBSCRIBE asks QoS {options} [MQTT-3.8.3-4]")
+            options = b.byte("subscription options")
+            if options & (0xC0 if v5 else 0xFC) or options & 0x03 == 3 or options & 0x30 == 0x30:
+                raise Malformed(f"SUBSCRIBE with options {options:#04x} [MQTT-3.8.3-4]")
             requests.append((topic_filter, options))
         if not requests:
-            raise Malformed("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
-        return Subscribe(packet_id, tuple(requests))
+            raise Malformed("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]", PROTOCOL_ERROR)
+        return Subscribe(packet_id, tuple(requests), sub_id)
+    if v5:
+        b.props(P.UNSUBSCRIBE_PROPS, "UNSUBSCRIBE")
     filters = []
     while b.left:
         filters.append(b.text("topic filter"))
     if not filters:
-        raise Malformed("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
+        raise Malformed("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]", PROTOCOL_ERROR)
     return Unsubscribe(packet_id, tuple(filters))
 
 
-def _publish(flags: int, body: bytes) -> Publish:
+def _publish(flags: int, body: bytes, v5: bool = False) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise Malformed("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
@@ -257,18 +317,17 @@ def _publish(flags: int, body: bytes) -> Publish:
     packet_id = b.u16("packet id") if qos else None
     if packet_id == 0:
         raise Malformed("packet id 0 [MQTT-2.3.1-1]")
-    return Publish(topic, b.take(b.left, "payload"), qos, bool(flags & 0x01), dup, packet_id)
+    if not v5:
+        return Publish(topic, b.take(b.left, "payload"), qos, bool(flags & 0x01), dup, packet_id)
+    props = b.props(P.PUBLISH_PROPS, "PUBLISH")
+    return Publish(topic, b.take(b.left, "payload"), qos, bool(flags & 0x01), dup, packet_id, props.forwarded,
+                   props.get(P.MESSAGE_EXPIRY), props.get(P.TOPIC_ALIAS))
 
 
 # -- writing ----------------------------------------------------------------------
 
 def _packet(first: int, body: bytes) -> bytes:
-    size, header = len(body), bytearray([first])
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        header.append(byte | 0x80 if size else byte)
-        if not size:
-            return bytes(header) + body
+    return bytes([first]) + P.varint(len(body)) + body
 
 
 def _string(value: str) -> bytes:
@@ -276,28 +335,43 @@ def _string(value: str) -> bytes:
     return struct.pack("!H", len(raw)) + raw
 
 
-def connack(session_present: bool, code: int) -> bytes:
-    return _packet(CONNACK << 4, bytes([1 if session_present and code == ACCEPTED else 0, code]))
+def connack(session_present: bool, code: int, v5: bool = False, props: bytes = b"\x00") -> bytes:
+    """CONNACK with a reason code; a 3.1.1 client gets the return code it maps to, an MQTT 5 one `props`."""
+    flags = 1 if session_present and code == ACCEPTED else 0
+    if not v5:
+        return _packet(CONNACK << 4, bytes([flags, V3_CONNACK.get(code, code)]))
+    return _packet(CONNACK << 4, bytes([flags, code]) + props)
 
 
 def publish(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int | None = None,
-            dup: bool = False) -> bytes:
+            dup: bool = False, props: bytes | None = None) -> bytes:
+    """PUBLISH; `props` is an MQTT 5 property block (None for 3.1.1)."""
     first = PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (0x01 if retain else 0)
-    body = _string(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"") + payload
-    return _packet(first, body)
+    body = _string(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"")
+    return _packet(first, body + (props or b"") + payload)
 
 
-def ack(kind: int, packet_id: int) -> bytes:
-    """PUBACK, PUBREC or PUBCOMP for `packet_id`."""
-    return _packet(kind << 4, struct.pack("!H", packet_id))
+def ack(kind: int, packet_id: int, code: int = SUCCESS, v5: bool = False, reason: str | None = None) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP for `packet_id`; on MQTT 5 with its reason code (and reason string)."""
+    body = struct.pack("!H", packet_id)
+    if v5 and (code or reason):
+        body += bytes([code]) + (P.encode([(P.REASON_STRING, reason)]) if reason else b"")
+    return _packet(kind << 4 | (2 if kind == PUBREL else 0), body)
 
 
-def suback(packet_id: int, codes: list[int]) -> bytes:
-    return _packet(SUBACK << 4, struct.pack("!H", packet_id) + bytes(codes))
+def suback(packet_id: int, codes: list[int], v5: bool = False) -> bytes:
+    return _packet(SUBACK << 4, struct.pack("!H", packet_id) + (b"\x00" if v5 else b"") + bytes(codes))
 
 
-def unsuback(packet_id: int) -> bytes:
-    return _packet(UNSUBACK << 4, struct.pack("!H", packet_id))
+def unsuback(packet_id: int, codes: list[int] | None = None) -> bytes:
+    """UNSUBACK; MQTT 5 gives a reason code per filter (`codes`), 3.1.1 none."""
+    body = struct.pack("!H", packet_id)
+    return _packet(UNSUBACK << 4, body + (b"\x00" + bytes(codes) if codes is not None else b""))
+
+
+def disconnect(code: int, reason: str | None = None) -> bytes:
+    """An MQTT 5 server's DISCONNECT: why the connection ends."""
+    return _packet(DISCONNECT << 4, bytes([code]) + P.encode([(P.REASON_STRING, reason)] if reason else []))
 
 
 PINGRESP_PACKET = bytes([PINGRESP << 4, 0])

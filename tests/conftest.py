@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -60,6 +61,21 @@ def start_amqtt(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
     proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}", *extra), tmp_path / f"amqtt-{port}.log")
     proc.wait_for_line(r"listening on")
     return Broker("amqtt", port, proc)
+
+
+def start_stock_amqtt(tmp_path: Path) -> Broker:
+    """amqtt's own broker as shipped: an MQTT 3.1.1-only broker (amqtt is installed with the embedded one)."""
+    port = free_port()
+    conf = tmp_path / f"stock-amqtt-{port}.yaml"
+    conf.write_text(textwrap.dedent(f"""\
+        listeners:
+          default: {{type: tcp, bind: "127.0.0.1:{port}"}}
+        plugins:
+          amqtt.plugins.authentication.AnonymousAuthPlugin: {{allow_anonymous: true}}
+        """))
+    proc = Proc([str(Path(sys.executable).parent / "amqtt"), "-c", str(conf)], tmp_path / f"stock-amqtt-{port}.log")
+    proc.wait_for_line(rf"bind to 127\.0\.0\.1:{port}")
+    return Broker("stock-amqtt", port, proc)
 
 
 def start_mosquitto(tmp_path: Path, binary: str, extra_conf: str = "", port: int | None = None) -> Broker:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
 from tests.cluster import NatsCluster
@@ -145,21 +147,30 @@ def close_socket(c: paho.Client) -> None:
 class Client:
     """A paho client logged in as one of the test users, reconnecting by itself, that counts its acknowledgements."""
 
-    def __init__(self, broker: BrokerUnderTest, user: str, client_id: str = "", clean: bool = True) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
-                                  clean_session=clean)
+    def __init__(self, broker: BrokerUnderTest, user: str, client_id: str = "", clean: bool = True,
+                 mqtt5: bool = False) -> None:
+        version = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                                  clean_session=None if mqtt5 else clean)
         self.client.username_pw_set(user, USERS[user])
         self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes seconds as floats
         self.client.max_inflight_messages_set(100)
         self.connected = threading.Event()
         self._lock = threading.Condition()
         self._ids: dict[int, str] = {}
-        self._early: set[int] = set()  # PUBACKs that came before publish() returned the mid
+        self._early: dict[int, bool] = {}  # PUBACKs that came before publish() returned the mid: refused?
         self.acked: list[str] = []
+        self.refused: list[str] = []  # MQTT 5: answered with a failure reason code
+        self.refusals: Counter[str] = Counter()  # by reason
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
         self.client.on_publish = self._on_publish
-        self.client.connect_async("127.0.0.1", broker.port, keepalive=10)
+        if mqtt5:  # a session that is not clean lives on for an hour (MQTT 5 ends it with the connection by default)
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if clean else 3600
+            self.client.connect_async("127.0.0.1", broker.port, keepalive=10, clean_start=clean, properties=props)
+        else:
+            self.client.connect_async("127.0.0.1", broker.port, keepalive=10)
         self.client.loop_start()
         assert self.connected.wait(TIMEOUT), f"{user} could not connect"
 
@@ -168,26 +179,29 @@ class Client:
             self.connected.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        """PUBACK or PUBCOMP; on MQTT 5 a failure reason code is a refusal, not an acknowledgement."""
         with self._lock:
             command_id = self._ids.pop(mid, None)
             if command_id is None:
-                self._early.add(mid)
+                self._early[mid] = reason_code.is_failure
             else:
-                self.acked.append(command_id)
+                (self.refused if reason_code.is_failure else self.acked).append(command_id)
+            if reason_code.is_failure:
+                self.refusals[str(reason_code)] += 1
             self._lock.notify_all()
 
     def publish(self, topic: str, payload: str, command_id: str, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos)
         with self._lock:
             if info.mid in self._early:
-                self._early.discard(info.mid)
-                self.acked.append(command_id)
+                (self.refused if self._early.pop(info.mid) else self.acked).append(command_id)
             else:
                 self._ids[info.mid] = command_id
 
     def wait_acked(self, count: int, timeout: float = TIMEOUT) -> bool:
+        """Until `count` publishes were answered, acknowledged or refused."""
         with self._lock:
-            return self._lock.wait_for(lambda: len(self.acked) >= count, timeout)
+            return self._lock.wait_for(lambda: len(self.acked) + len(self.refused) >= count, timeout)
 
     def close(self, clean: bool = True) -> None:
         if clean:
@@ -398,10 +412,10 @@ def toggles(prefix: str, count: int) -> Iterator[tuple[str, str]]:
         yield command_id, json.dumps({"state": "TOGGLE", "id": command_id})
 
 
-def send(sender: Client, tally: Tally, commands: Iterator[tuple[str, str]], topic: str = SET) -> None:
+def send(sender: Client, tally: Tally, commands: Iterator[tuple[str, str]], topic: str = SET, qos: int = 1) -> None:
     for command_id, payload in commands:
         tally.sent.append(command_id)
-        sender.publish(topic, payload, command_id)
+        sender.publish(topic, payload, command_id, qos)
 
 
 def settle(tally: Tally, sender: Client, device: Device, timeout: float = SETTLE) -> Tally:
@@ -409,7 +423,15 @@ def settle(tally: Tally, sender: Client, device: Device, timeout: float = SETTLE
     sender.wait_acked(len(tally.sent), timeout)
     tally.acked = set(sender.acked)
     tally.carried = device.wait_carried(tally.acked, timeout)
+    refused(tally, sender)
     return tally
+
+
+def refused(tally: Tally, sender: Client) -> None:
+    """Publishes the broker refused (MQTT 5 reason codes) are not acknowledged: the note says how many and why."""
+    if sender.refusals:
+        tally.note = "; ".join(filter(None, [tally.note, "refused by the broker: " + ", ".join(
+            f"{n} {reason}" for reason, n in sender.refusals.most_common())]))
 
 
 @contextmanager
@@ -429,24 +451,30 @@ def bystander(broker: BrokerUnderTest, tally: Tally) -> Iterator[Bystander]:
 Fault = Callable[[BrokerUnderTest, Device, int], Tally]
 
 
-def publisher_leaves(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+def _version(mqtt5: bool, qos: int) -> str:
+    return f" (MQTT 5, QoS {qos})" if mqtt5 else f" (QoS {qos})" if qos != 1 else ""
+
+
+def publisher_leaves(broker: BrokerUnderTest, device: Device, count: int, mqtt5: bool = False, qos: int = 1) -> Tally:
     """A publisher sends a burst, gets every PUBACK and disconnects at once (what the bridge does at end of input)."""
-    tally = Tally("publisher leaves after PUBACKs", broker.kind)
+    tally = Tally("publisher leaves after PUBACKs" + _version(mqtt5, qos), broker.kind)
     with bystander(broker, tally):
-        sender = Client(broker, "laptop")
-        send(sender, tally, toggles("leave", count))
+        sender = Client(broker, "laptop", mqtt5=mqtt5)
+        send(sender, tally, toggles("leave", count), qos=qos)
         sender.wait_acked(count)
         sender.close()
         return settle(tally, sender, device)
 
 
-def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: int, mqtt5: bool = False,
+                                qos: int = 1) -> Tally:
     """SIGKILL the broker right after the last PUBACK, start it again: every acknowledged command still runs once."""
-    tally = Tally("broker SIGKILL after PUBACKs", broker.kind)
-    sender = Client(broker, "laptop")
-    send(sender, tally, toggles("kill", count))
+    tally = Tally("broker SIGKILL after PUBACKs" + _version(mqtt5, qos), broker.kind)
+    sender = Client(broker, "laptop", mqtt5=mqtt5)
+    send(sender, tally, toggles("kill", count), qos=qos)
     sender.wait_acked(count)
     tally.acked = set(sender.acked)
+    refused(tally, sender)
     broker.kill()
     sender.close(clean=False)
     broker.start()
@@ -454,15 +482,16 @@ def broker_killed_after_pubacks(broker: BrokerUnderTest, device: Device, count: 
     return tally
 
 
-def broker_restarts(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10) -> Tally:
+def broker_restarts(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10, mqtt5: bool = False,
+                    qos: int = 1) -> Tally:
     """Clean restarts of the broker while commands keep coming; the publisher resends what was not acknowledged."""
-    tally = Tally(f"{restarts} broker restarts", broker.kind)
-    sender = Client(broker, "laptop", client_id="laptop-restarts", clean=False)
+    tally = Tally(f"{restarts} broker restarts" + _version(mqtt5, qos), broker.kind)
+    sender = Client(broker, "laptop", client_id="laptop-restarts", clean=False, mqtt5=mqtt5)
     per_round = max(1, count // restarts)
     exits = []
     with bystander(broker, tally):
         for r in range(restarts):
-            send(sender, tally, toggles(f"restart{r}", per_round))
+            send(sender, tally, toggles(f"restart{r}", per_round), qos=qos)
             code, took = broker.terminate()
             exits.append((code, took))
             broker.start()
@@ -611,7 +640,8 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("huge remaining length", b"\x10\xff\xff\xff\x7f"),
     ("wrong protocol name", b"\x10\x0e\x00\x04MQTX\x04\x02\x00\x3c\x00\x02id"),
     ("protocol level 3 (MQTT 3.1)", b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02id"),
-    ("protocol level 5 (MQTT 5)", b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02id"),
+    ("MQTT 5 CONNECT with a PUBLISH property", b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x02\x01\x01\x00\x02id"),
+    ("MQTT 5 CONNECT, properties past the end", b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x09\x11\x00\x02id"),
     ("protocol level 9", b"\x10\x0e\x00\x04MQTT\x09\x02\x00\x3c\x00\x02id"),
     ("reserved CONNECT flag", b"\x10\x0e\x00\x04MQTT\x04\x03\x00\x3c\x00\x02id"),
     ("will QoS 3", b"\x10\x18\x00\x04MQTT\x04\x1e\x00\x3c\x00\x02id\x00\x01t\x00\x01m"),
@@ -655,8 +685,11 @@ def send_raw(port: int, data: bytes, timeout: float = TIMEOUT) -> bytes:
 
 
 CONNACK = {code: bytes([0x20, 2, 0, code]) for code in (1, 2, 5)}
-# What MQTT 3.1.1 prescribes for each: CONNACK with this code then close; all others: close without an answer.
-ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "protocol level 5 (MQTT 5)": CONNACK[1],
+CONNACK5 = {code: bytes([0x20, 3, 0, code, 0]) for code in (0x81, 0x82)}  # MQTT 5: a reason code, no properties
+# What MQTT 3.1.1 (and 5, for an MQTT 5 CONNECT) prescribes for each: CONNACK with this code then close; all others:
+# close without an answer.
+ANSWERS = {"protocol level 3 (MQTT 3.1)": CONNACK[1], "MQTT 5 CONNECT with a PUBLISH property": CONNACK5[0x82],
+           "MQTT 5 CONNECT, properties past the end": CONNACK5[0x81],
            "protocol level 9": CONNACK[1], "empty client id, clean session 0": CONNACK[2],
            "two CONNECTs in a row": CONNACK[5]}
 
@@ -684,7 +717,7 @@ def malformed_packets(broker: BrokerUnderTest, device: Device, count: int) -> Ta
         send(sender, tally, toggles("malformed-after", count - count // 2))
         settle(tally, sender, device)
         sender.close()
-    tally.note = (f"{len(MALFORMED) - len(wrong)} of {len(MALFORMED)} answered as MQTT 3.1.1 prescribes"
+    tally.note = (f"{len(MALFORMED) - len(wrong)} of {len(MALFORMED)} answered as MQTT prescribes"
                   + (f"; not: {', '.join(wrong)}" if wrong else ""))
     return tally
 
@@ -724,7 +757,25 @@ def squatting(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
     return tally
 
 
+def publisher_leaves_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """publisher_leaves with an MQTT 5 publisher at QoS 2 (the exchange ends with PUBCOMP)."""
+    return publisher_leaves(broker, device, count, mqtt5=True, qos=2)
+
+
+def broker_killed_after_pubacks_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int) -> Tally:
+    """broker_killed_after_pubacks with an MQTT 5 publisher at QoS 2: killed right after the last PUBCOMP."""
+    return broker_killed_after_pubacks(broker, device, count, mqtt5=True, qos=2)
+
+
+def broker_restarts_mqtt5_qos2(broker: BrokerUnderTest, device: Device, count: int, restarts: int = 10) -> Tally:
+    """broker_restarts with an MQTT 5 publisher at QoS 2 on a session that outlives its connection."""
+    return broker_restarts(broker, device, count, restarts, mqtt5=True, qos=2)
+
+
+MQTT5_FAULTS = {publisher_leaves_mqtt5_qos2, broker_killed_after_pubacks_mqtt5_qos2, broker_restarts_mqtt5_qos2}
 MATRIX: list[tuple[Fault, int]] = [
     (publisher_leaves, 100), (broker_killed_after_pubacks, 20), (broker_restarts, 100), (node_killed, 20),
+    (publisher_leaves_mqtt5_qos2, 100), (broker_killed_after_pubacks_mqtt5_qos2, 20),
+    (broker_restarts_mqtt5_qos2, 100),
     (churn, 200), (login_flood, 100), (idle_sockets, 50), (malformed_packets, 50), (squatting, 50),
 ]

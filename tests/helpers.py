@@ -188,7 +188,9 @@ class Broker:
 
     @property
     def mqtt5(self) -> bool:
-        return self.kind == "mosquitto"
+        """The embedded broker and Mosquitto speak MQTT 5 (a probe uses it unless told otherwise); NATS and amqtt's
+        own broker 3.1.1 only."""
+        return self.kind not in ("nats", "stock-amqtt")
 
 
 @dataclass(frozen=True)

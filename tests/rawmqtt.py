@@ -1,20 +1,13 @@
-"""MQTT 3.1.1 as raw bytes, for tests that send what no well-behaved client library would."""
+"""MQTT 3.1.1 and 5 as raw bytes, for tests that send what no well-behaved client library would, or read what a
+library hides (topic aliases, reason codes)."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
+from broker.properties import varint
 from tests.helpers import TIMEOUT
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
 
 
 def string(value: str | bytes) -> bytes:
@@ -23,28 +16,41 @@ def string(value: str | bytes) -> bytes:
 
 
 def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _length(len(body)) + body
+    return bytes([first]) + varint(len(body)) + body
 
 
 def connect(client_id: str, user: str | None = None, password: str | None = None, clean: bool = True,
-            keepalive: int = 60, will: tuple[str, bytes, int, bool] | None = None) -> bytes:
+            keepalive: int = 60, will: tuple[str, bytes, int, bool] | None = None, props: bytes | None = None,
+            will_props: bytes = b"\x00") -> bytes:
+    """A CONNECT; with `props` (an encoded property block) an MQTT 5 one."""
+    v5 = props is not None
     flags = (0x02 if clean else 0) | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
     payload = string(client_id)
     if will:
         topic, message, qos, retain = will
         flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
-        payload += string(topic) + string(message)
+        payload += (will_props if v5 else b"") + string(topic) + string(message)
     payload += (string(user) if user is not None else b"") + (string(password) if password is not None else b"")
-    return packet(0x10, string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload)
+    return packet(0x10, string("MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack("!H", keepalive)
+                  + (props or b"") + payload)
 
 
-def publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, retain: bool = False) -> bytes:
+def publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, retain: bool = False,
+            props: bytes | None = None) -> bytes:
+    """A PUBLISH; with `props` an MQTT 5 one."""
     first = 0x30 | qos << 1 | (1 if retain else 0)
-    return packet(first, string(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload)
+    return packet(first, string(topic) + (struct.pack("!H", packet_id) if qos else b"") + (props or b"") + payload)
 
 
-def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
-    return packet(0x82, struct.pack("!H", packet_id) + b"".join(string(f) + bytes([q]) for f, q in filters))
+def subscribe(packet_id: int, filters: list[tuple[str, int]], props: bytes | None = None) -> bytes:
+    """A SUBSCRIBE (the int is the QoS, or on MQTT 5 the subscription options); with `props` an MQTT 5 one."""
+    return packet(0x82, struct.pack("!H", packet_id) + (props or b"") + b"".join(
+        string(f) + bytes([q]) for f, q in filters))
+
+
+def ack(kind: int, packet_id: int) -> bytes:
+    """PUBACK (4), PUBREC (5), PUBREL (6) or PUBCOMP (7)."""
+    return packet(kind << 4 | (2 if kind == 6 else 0), struct.pack("!H", packet_id))
 
 
 class Raw:

@@ -18,6 +18,7 @@ FIGURES = [
     "/set -> /state, QoS 0 request",
     "/set -> /state, QoS 0, 100 ms apart",
     "/set -> result p50 / p99",
+    "MQTT 5 request/response p50 / p99",
     "/set -> pin change p50 / p99",
     "node CPU per command",
     "RSS after 50 commands",
@@ -65,7 +66,7 @@ def test_quick_bridge_bench_prints_every_figure_per_source(mosquitto_bin):
 
 def test_quick_bench_runs_on_the_embedded_broker():
     out = run_bench("--broker", "amqtt")
-    assert "broker: amqtt" in out and "start -> online" in out, out
+    assert "broker: amqtt" in out and "start -> online" in out and "MQTT 5 request/response" in out, out
 
 
 @pytest.mark.mosquitto

@@ -6,9 +6,11 @@ import signal
 
 import pytest
 
+from broker import properties as P
 from tests.broker_setup import USERS, login, start_secured_amqtt
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Probe, read_trace
+from tests.rawmqtt import Raw, ack, connect, publish, subscribe
 
 SET = "edison/edison-t/led/set"
 
@@ -138,5 +140,70 @@ def test_an_offline_queue_stops_at_its_limit(tmp_path, user_files):
         assert [m.text for m in d.barrier()] == ["c0", "c1"]
         d.close()
         laptop.close()
+    finally:
+        s.broker.proc.stop()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_qos2_exchange_survives_a_sigkill_at_each_step_neither_lost_nor_doubled(tmp_path, user_files, version):
+    """The device's QoS 2 session and the laptop's QoS 2 publish, with the broker killed after each step: after the
+    restart each side resumes where it stood (same packet ids), and the command reaches the device once."""
+    data = tmp_path / "data"
+    props = b"\x00" if version == 5 else None
+    connect_props = P.encode([(P.SESSION_EXPIRY, 3600)]) if version == 5 else None
+
+    def restart(s):
+        s.broker.proc.signal(signal.SIGKILL)
+        s.broker.proc.wait(TIMEOUT)
+        return start_secured_amqtt(tmp_path, user_files, "--data", str(data), port=s.broker.port)
+
+    def device_login(s) -> Raw:
+        r = Raw(s.broker.port)
+        r.send(connect("edison-t", "edison-t", USERS["edison-t"], clean=False, props=connect_props))
+        answer = r.read()
+        assert answer and answer[0] == 0x20 and answer[1][1] == 0, answer
+        return r
+
+    def laptop_login(s) -> Raw:
+        r = Raw(s.broker.port)
+        r.send(connect("laptop-q2", "laptop", USERS["laptop"], clean=False, props=connect_props))
+        answer = r.read()
+        assert answer and answer[0] == 0x20 and answer[1][1] == 0, answer
+        return r
+
+    s = start_secured_amqtt(tmp_path, user_files, "--data", str(data))
+    try:
+        d = device_login(s)
+        d.send(subscribe(1, [(SET, 2)], props=props))
+        assert d.read() == (0x90, b"\x00\x01" + (b"\x00" if version == 5 else b"") + b"\x02")
+        laptop = laptop_login(s)
+        laptop.send(publish(SET, b"ON", qos=2, packet_id=9, props=props))
+        assert laptop.read() == (0x50, b"\x00\x09")  # PUBREC: routed and on disk
+        first = d.read()
+        assert first and first[0] & 0xF6 == 0x34  # QoS 2 PUBLISH
+        packet_id = first[1][len(SET) + 2:len(SET) + 4]
+
+        s = restart(s)  # 1: the laptop has its PUBREC, the device its PUBLISH, nobody answered yet
+        laptop, d = laptop_login(s), device_login(s)
+        laptop.send(publish(SET, b"ON", qos=2, packet_id=9, props=props))  # sent again, DUP or not: not routed again
+        assert laptop.read() == (0x50, b"\x00\x09")
+        again = d.read()
+        assert again and again[0] & 0xF6 == 0x34 and again[1][len(SET) + 2:len(SET) + 4] == packet_id  # same id
+        d.send(ack(5, int.from_bytes(packet_id, "big")))  # PUBREC
+        assert d.read() == (0x62, packet_id)  # PUBREL
+
+        s = restart(s)  # 2: the device sent PUBREC and got PUBREL; the laptop still owes its PUBREL
+        laptop, d = laptop_login(s), device_login(s)
+        assert d.read() == (0x62, packet_id)  # only the PUBREL again: the message is not sent a second time
+        d.send(ack(7, int.from_bytes(packet_id, "big")))  # PUBCOMP
+        laptop.send(ack(6, 9))  # PUBREL
+        assert laptop.read() == (0x70, b"\x00\x09")  # PUBCOMP
+
+        s = restart(s)  # 3: everything is done with: nothing is sent again
+        laptop, d = laptop_login(s), device_login(s)
+        d.sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            d.read()
+        s.broker.proc.wait_for_line(r"state restored .* 0 queued message")
     finally:
         s.broker.proc.stop()

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import properties as P
 from broker import wire
 from broker.access import Access
-from broker.core import MAX_INFLIGHT, Core
+from broker.core import MAX_INFLIGHT, Core, Retained
 from broker.filters import RetainedTree, SubscriptionTree, covers, filter_problem, matches
 from broker.login import Admission, Throttle, network_of
 from broker.server import Limits
@@ -47,8 +48,8 @@ def test_malformed_connects_say_why(body, reason):
 
 
 def test_other_protocol_versions_are_told_apart_from_garbage():
-    with pytest.raises(wire.UnsupportedProtocol, match="MQTT 5"):
-        wire.parse_connect(wire.CONNECT, 0, b"\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02id")
+    with pytest.raises(wire.UnsupportedProtocol, match="protocol level 6"):
+        wire.parse_connect(wire.CONNECT, 0, b"\x00\x04MQTT\x06\x02\x00\x3c\x00\x00\x02id")
     with pytest.raises(wire.UnsupportedProtocol, match="MQTT 3.1"):
         wire.parse_connect(wire.CONNECT, 0, b"\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02id")
 
@@ -135,17 +136,18 @@ filter_levels = st.lists(st.sampled_from(["a", "b", "+", "$s"]), min_size=1, max
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(filter_levels, st.booleans(), st.integers(0, 1)), max_size=12), topic_levels)
 def test_subscription_tree_agrees_with_matching_one_by_one(subs, levels):
-    tree, expected = SubscriptionTree(), {}
+    tree, expected = SubscriptionTree(), []
     topic = "/".join(levels)
-    for i, (f_levels, hash_end, qos) in enumerate(subs):
-        topic_filter = "/".join(f_levels + (["#"] if hash_end else []))
-        tree.add(topic_filter, f"c{i}", qos)
-        if matches(topic_filter, topic):
-            expected[f"c{i}"] = qos
-    assert tree.match(topic) == expected
     for i, (f_levels, hash_end, _) in enumerate(subs):
-        tree.remove("/".join(f_levels + (["#"] if hash_end else [])), f"c{i}")
-    assert tree.match(topic) == {} and not tree._root.children and not tree._root.rest
+        topic_filter = "/".join(f_levels + (["#"] if hash_end else []))
+        tree.add(topic_filter, (f"c{i}", topic_filter))
+        if matches(topic_filter, topic):
+            expected.append((f"c{i}", topic_filter))
+    assert sorted(tree.match(topic)) == sorted(expected)
+    for i, (f_levels, hash_end, _) in enumerate(subs):
+        topic_filter = "/".join(f_levels + (["#"] if hash_end else []))
+        tree.remove(topic_filter, (f"c{i}", topic_filter))
+    assert tree.match(topic) == [] and not tree._root.children and not tree._root.rest
 
 
 @settings(max_examples=300, deadline=None)
@@ -179,7 +181,7 @@ class Wire:
     def writable(self) -> bool:
         return not self.full
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: int = wire.SESSION_TAKEN_OVER) -> None:
         self.closed = reason
 
     def publishes(self) -> list[wire.Publish]:
@@ -202,14 +204,14 @@ def test_a_session_that_was_taken_over_can_neither_subscribe_nor_unsubscribe_for
     old, _, _ = login(core, "dev", clean=True)
     new, w, _ = login(core, "dev", clean=True)
     core.subscribe(new, wire.Subscribe(1, (("cmd", 1),)))
-    assert core.subscribe(old, wire.Subscribe(2, (("other", 1),))) == [wire.SUBSCRIBE_FAILURE]
+    assert core.subscribe(old, wire.Subscribe(2, (("other", 1),))) == [(wire.SUBSCRIBE_FAILURE, False)]
     core.unsubscribe(old, wire.Unsubscribe(3, ("cmd",)))
     core.route("cmd", b"still", 1, False)
     core.route("other", b"no one", 1, False)
     assert [p.payload for p in w.publishes()] == [b"still"]
     newest, w, _ = login(core, "dev", clean=True)  # `new` is dropped too: what it had is gone with it
     core.route("cmd", b"gone", 1, False)
-    assert w.publishes() == [] and core.subscribers.match("cmd") == {}
+    assert w.publishes() == [] and core.subscribers.match("cmd") == []
 
 
 def test_a_queue_is_sent_in_order_with_at_most_the_inflight_window():
@@ -220,7 +222,7 @@ def test_a_queue_is_sent_in_order_with_at_most_the_inflight_window():
         core.route("cmd/x", f"{n}".encode(), 1, False)
     got = w.publishes()
     assert [p.payload for p in got] == [f"{n}".encode() for n in range(MAX_INFLIGHT)]
-    core.acked(device, got[0].packet_id or 0)
+    core.acked(device, wire.Ack(wire.PUBACK, got[0].packet_id or 0))
     assert [p.payload for p in w.publishes()][-1] == f"{MAX_INFLIGHT}".encode()
 
 
@@ -238,15 +240,18 @@ def test_offline_persistent_session_keeps_qos1_and_gets_it_again_marked_dup_if_u
     assert [(p.payload, p.dup) for p in w.publishes()] == [(b"queued", True)]
 
 
-def test_takeover_closes_the_old_connection_without_its_will_and_keeps_routing():
+def test_takeover_publishes_the_old_connections_will_once_and_keeps_routing():
+    """The old connection did not DISCONNECT, so its will goes out [MQTT-3.1.2-8], as Mosquitto does."""
     core = Core(Access(None))
     will = wire.Will("status", b"offline", 1, True)
     s1, w1, _ = login(core, "dev", will=will)
     core.subscribe(s1, wire.Subscribe(1, (("cmd", 1),)))
-    s2, w2, present = login(core, "dev", will=will)
+    s1.will = wire.Will("status", b"offline", 1, True)
+    s2, w2, present = login(core, "dev", will=wire.Will("status", b"second", 1, True))
     assert w1.closed and present and s2 is s1
-    core.detach(s1, w1, graceful=False)  # the old connection ends after the takeover: no will, no harm
-    assert core.retained.get("status") is None
+    assert core.retained.get("status") == Retained(b"offline", 1)
+    core.detach(s1, w1, graceful=False)  # the old connection ends after the takeover: no second will, no harm
+    assert core.retained.get("status") == Retained(b"offline", 1)
     core.route("cmd", b"x", 1, False)
     assert [p.payload for p in w2.publishes()] == [b"x"]
 
@@ -262,7 +267,7 @@ def test_clean_session_takeover_and_late_end_of_the_old_connection_leave_routing
     core.route("u", b"new", 0, False)
     assert [p.payload for p in w2.publishes()] == [b"new"]
     core.detach(s2, w2, graceful=True)
-    assert not core.sessions and core.subscribers.match("t") == {}
+    assert not core.sessions and core.subscribers.match("t") == []
 
 
 def test_unclean_end_publishes_the_will_and_a_clean_one_does_not():
@@ -272,7 +277,8 @@ def test_unclean_end_publishes_the_will_and_a_clean_one_does_not():
     for graceful in (True, False):
         s, w, _ = login(core, "dev", will=wire.Will("status", b"offline", 1, True))
         core.detach(s, w, graceful=graceful)
-    assert [p.payload for p in ww.publishes()] == [b"offline"] and core.retained.get("status") == (b"offline", 1)
+    assert [p.payload for p in ww.publishes()] == [b"offline"]
+    assert core.retained.get("status") == Retained(b"offline", 1)
 
 
 def test_queue_limit_drops_and_counts():
@@ -441,6 +447,16 @@ def test_sessions_expire_after_their_client_stayed_away():
     assert core.expire(s.offline_since + 150) == 1 and "dev" not in core.sessions
 
 
+def test_a_session_past_its_expiry_is_not_resumed_even_before_the_periodic_look():
+    core = Core(Access(None), limits=Limits(session_expiry=100))
+    s, w, _ = login(core, "dev")
+    core.subscribe(s, wire.Subscribe(1, (("cmd", 1),)))
+    core.detach(s, w, graceful=True)
+    s.offline_since = time.time() - 150
+    again, _, present = login(core, "dev")
+    assert not present and again is not s and again.subscriptions == {}
+
+
 def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
     core = Core(Access(None))
     s, w, _ = login(core, "dev")
@@ -566,3 +582,37 @@ def test_an_address_whose_login_failed_loses_the_priority_of_its_waiting_checks(
 def test_subscribe_with_packet_id_0_is_malformed():
     with pytest.raises(wire.Malformed, match="packet id 0"):
         wire.parse(wire.SUBSCRIBE, 2, b"\x00\x00\x00\x01a\x01")
+
+
+# -- MQTT 5 codec -------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 15), st.integers(0, 15), st.binary(max_size=60), st.booleans())
+def test_any_bytes_after_connect_decode_or_raise_malformed_with_a_reason_code(kind, flags, body, v5):
+    """Whatever a client sends, the codec answers a packet or Malformed carrying the reason code to send back."""
+    try:
+        wire.parse(kind, flags, body, v5)
+    except wire.Malformed as exc:
+        assert str(exc) and 0x80 <= exc.code <= 0xA2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_any_bytes_in_an_mqtt5_connect_decode_or_raise_malformed(rest):
+    try:
+        wire.parse_connect(wire.CONNECT, 0, b"\x00\x04MQTT\x05\x02\x00\x3c" + rest)
+    except wire.Malformed as exc:
+        assert str(exc)
+
+
+def test_mqtt5_publish_properties_are_forwarded_as_they_came_and_the_rest_read():
+    own = P.encode([(P.USER_PROPERTY, ("k", "v")), (P.CORRELATION_DATA, b"\x00c"), (P.USER_PROPERTY, ("k", "w"))])
+    block = P.encode([(P.MESSAGE_EXPIRY, 30), (P.TOPIC_ALIAS, 2)], own[1:])  # own[0] is its length
+    p = wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + block + b"payload", v5=True)
+    assert p == wire.Publish("t", b"payload", 1, False, False, 7, own[1:], 30, 2)
+    with pytest.raises(wire.Malformed, match="may not carry") as refused:
+        wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + P.encode([(P.SUBSCRIPTION_ID, 3)]), v5=True)
+    assert refused.value.code == wire.PROTOCOL_ERROR  # [MQTT-3.3.4-6]
+    with pytest.raises(wire.Malformed, match="twice"):
+        wire.parse(wire.PUBLISH, 0x02, b"\x00\x01t\x00\x07" + P.encode([(P.CONTENT_TYPE, "a"), (P.CONTENT_TYPE, "b")]),
+                   v5=True)

@@ -18,7 +18,7 @@ from node.link import Session
 from node.mqtt import BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink, parse_brokers
 from node.reconnect import MAX_DELAY, MIN_DELAY, ReconnectPolicy
 from tests.broker_setup import USERS, start_secured_amqtt
-from tests.conftest import DEVICE, NodeRunner, _mosquitto_binary, start_amqtt, start_mosquitto
+from tests.conftest import DEVICE, NodeRunner, _mosquitto_binary, start_mosquitto, start_stock_amqtt
 from tests.helpers import TIMEOUT, Probe
 from tests.tcpproxy import SilentPort
 
@@ -118,9 +118,9 @@ def test_a_port_that_never_answers_is_left_after_the_connect_timeout(broker, nod
 
 
 def test_the_node_moves_from_an_mqtt_5_broker_to_a_3_1_1_one_and_announces_itself_there(tmp_path, topics_file):
-    """Mosquitto first (MQTT 5), the embedded broker second (3.1.1): the version is learnt per address."""
+    """Mosquitto first (MQTT 5), amqtt's own broker second (3.1.1 only): the version is learnt per address."""
     mosquitto = start_mosquitto(tmp_path, _mosquitto_binary())
-    embedded = start_amqtt(tmp_path)
+    embedded = start_stock_amqtt(tmp_path)
     nodes = NodeRunner(mosquitto, tmp_path, topics_file)
     first = Probe(mosquitto)
     second = Probe(embedded)

@@ -51,6 +51,20 @@ def test_broker_restarts_under_a_running_node(embedded, device):
     assert tally.broker_exit.startswith("0 "), tally.broker_exit
 
 
+def test_mqtt5_qos2_publisher_leaving_right_after_its_pubcomps_loses_nothing(embedded, device):
+    no_loss(faults.publisher_leaves_mqtt5_qos2(embedded, device, 50))
+
+
+def test_broker_sigkill_right_after_pubcomps_of_mqtt5_qos2_loses_nothing(embedded, device):
+    no_loss(faults.broker_killed_after_pubacks_mqtt5_qos2(embedded, device, 20))
+
+
+def test_broker_restarts_under_mqtt5_qos2_publishes(embedded, device):
+    tally = faults.broker_restarts_mqtt5_qos2(embedded, device, 30, restarts=3)
+    no_loss(tally)
+    assert tally.broker_exit.startswith("0 "), tally.broker_exit
+
+
 def test_node_killed_with_commands_queued(embedded, device):
     no_loss(faults.node_killed(embedded, device, 20))
 
@@ -77,10 +91,10 @@ def test_idle_sockets_beyond_the_limit_do_not_lock_users_out(embedded, device):
     embedded.broker.proc.wait_for_line(r"closed connection from 127\.0\.0\.1:\d+: no CONNECT within 2 s")
 
 
-def test_malformed_packets_get_the_answer_mqtt_3_1_1_prescribes(embedded):
+def test_malformed_packets_get_the_answer_mqtt_prescribes(embedded):
     assert len(faults.MALFORMED) >= 30
     wrong = faults.misanswered(embedded.port)
-    assert not wrong, f"answered against MQTT 3.1.1 (expected close, or CONNACK with a code): {wrong}"
+    assert not wrong, f"answered against MQTT (expected close, or CONNACK with a code): {wrong}"
     laptop = faults.Client(embedded, "laptop")  # still serving
     laptop.close()
     log = embedded.log()
@@ -98,21 +112,29 @@ def test_subscribe_asking_qos_3_closes_the_connection(embedded):
         assert s.recv(16) == b"", "a SUBSCRIBE asking QoS 3 is malformed: the connection must be closed"
 
 
-def test_mqtt5_client_gets_unsupported_protocol_quietly(embedded):
+def test_mqtt5_enhanced_authentication_is_refused_with_its_reason_code(embedded):
+    """AUTH is not supported: a CONNECT naming an authentication method gets 0x8C, a login without one is served."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
-    codes = []
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=paho.MQTTv5)
-    c.username_pw_set("laptop", USERS["laptop"])
-    c.on_connect = lambda client, u, f, rc, p: codes.append(rc)
-    c.connect("127.0.0.1", embedded.port)
-    deadline = time.monotonic() + TIMEOUT
-    while not codes and time.monotonic() < deadline:
-        c.loop(0.2)
-    faults.close_socket(c)
-    assert codes and codes[0].value == 132, codes  # Unsupported Protocol Version
-    embedded.broker.proc.wait_for_line(r"refused client .*: MQTT 5 is not supported \(MQTT 3\.1\.1 only\)")
+    codes: list = []
+    for method in ("SCRAM-SHA-1", None):
+        codes.clear()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="v5", protocol=paho.MQTTv5)
+        c.username_pw_set("laptop", USERS["laptop"])
+        c.on_connect = lambda client, u, f, rc, p: codes.append(rc)
+        props = Properties(PacketTypes.CONNECT)
+        if method:
+            props.AuthenticationMethod = method
+        c.connect("127.0.0.1", embedded.port, properties=props)
+        deadline = time.monotonic() + TIMEOUT
+        while not codes and time.monotonic() < deadline:
+            c.loop(0.2)
+        faults.close_socket(c)
+        assert codes and codes[0].value == (0x8C if method else 0), codes  # Bad authentication method
+    embedded.broker.proc.wait_for_line(r"refused client .*: enhanced authentication \(SCRAM-SHA-1\) is not supported")
     assert "Traceback" not in embedded.log()
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -74,6 +75,9 @@ def test_the_readmes_try_it_works_as_written_on_any_port(trial, tmp_path):
     watcher.wait_for(f"edison/{DEVICE}/led/effect", "blink")
     watcher.wait_for(f"edison/{DEVICE}/led/effect", "off")
     assert node.output.count("● high  (command try-1)") == 3, node.output  # count 3, blinked once
+    reply = subprocess.run(["sh", "-ec", block(README, "Request and response.")], cwd=ROOT, env=env, check=True,
+                           timeout=TIMEOUT, capture_output=True, text=True)  # MQTT 5 on the embedded broker
+    assert json.loads(reply.stdout)["state"] == "ON", reply.stdout + reply.stderr
 
 
 def test_getting_started_works_as_written_on_any_port(trial, tmp_path):
