@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from node import __version__
 
 if TYPE_CHECKING:
-    from broker.server import Options
+    from broker.models import Options
 
 log = logging.getLogger("edison-broker")
 
@@ -36,7 +36,7 @@ def _count(value: str) -> int:
 
 
 def _listener_args(p: argparse.ArgumentParser) -> None:
-    from broker.server import Limits
+    from broker.models import Limits
 
     p.add_argument("--config", type=Path, help="topics.yaml: devices and `access:` give the access rules")
     p.add_argument("--passwd", type=Path, help="password file made with `edison-broker passwd`")
@@ -50,50 +50,24 @@ def _listener_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web-bind", type=_host_port, help="the control page HOST:PORT, with MQTT over WebSocket at "
                    "/mqtt on the same port; HTTPS and WSS with --tls-cert and --tls-key (see docs/control-page.md)")
     p.add_argument("--data", type=Path, help="directory that keeps retained messages, sessions and queues")
-    d = Limits()
-    p.add_argument("--max-connections", type=_count, default=d.max_connections,
-                   help="logged-in clients; more are refused (default: %(default)s)")
-    p.add_argument("--max-connections-per-user", type=_count, default=d.max_connections_per_user,
-                   help="logged-in clients of one user; more are refused (default: %(default)s)")
-    p.add_argument("--max-pending", type=_count, default=d.max_pending,
-                   help="connections waiting to log in, an eighth of them from one address (default: %(default)s)")
-    p.add_argument("--connect-timeout", type=float, default=d.connect_timeout,
-                   help="seconds a new connection may take to send CONNECT (default: %(default)s)")
-    p.add_argument("--max-message-size", type=_count, default=d.max_message_size,
-                   help="drop larger publishes, bytes (default: %(default)s)")
-    p.add_argument("--max-queued", type=_count, default=d.max_queued,
-                   help="messages kept for one client; newer ones are dropped and logged (default: %(default)s)")
-    p.add_argument("--max-queued-bytes", type=_count, default=d.max_queued_bytes,
-                   help="bytes of messages kept for one client, likewise (default: %(default)s)")
-    p.add_argument("--max-subscriptions", type=_count, default=d.max_subscriptions,
-                   help="topic filters of one client; more are refused (default: %(default)s)")
-    p.add_argument("--max-sessions-per-user", type=_count, default=d.max_sessions_per_user,
-                   help="persistent sessions of one user; more are refused (default: %(default)s)")
-    p.add_argument("--session-expiry", type=float, default=d.session_expiry,
-                   help="seconds a persistent session outlives its client's absence, 0: forever (default: %(default)s)")
-    p.add_argument("--max-retained-bytes", type=_count, default=d.max_retained_bytes,
-                   help="bytes of all retained messages, topics included; beyond, new ones are not retained "
-                   "(default: %(default)s)")
-    p.add_argument("--max-keepalive", type=_count, default=d.max_keepalive,
-                   help="seconds: an MQTT 5 client asking for a longer keep-alive, or none, is given this one "
-                   "(default: %(default)s, no limit)")
+    for flag, name, default, help in Limits.flags():
+        p.add_argument(flag, dest=name, type=_count if isinstance(default, int) else float, default=default,
+                       help=f"{help} (default: %(default)s)")
 
 
 def _options(args: argparse.Namespace, allow_anonymous: bool = False) -> Options:
     from broker import access
-    from broker.server import Limits, Listeners, Options
+    from broker.models import Limits, Listeners, Options
     from node.config import load
     from node.topics import Layout
 
     config = load(args.config) if args.config else None
     rules = access.rules(config) if config else None
-    listeners = Listeners(args.bind, args.tls_bind, args.tls_cert, args.tls_key, args.tls_ca, args.ws_bind,
-                          args.web_bind)
-    limits = Limits(args.max_connections, args.max_connections_per_user, args.max_pending, args.connect_timeout,
-                    args.max_message_size, args.max_queued, args.max_queued_bytes, args.max_subscriptions,
-                    args.max_sessions_per_user, args.session_expiry, args.max_retained_bytes, args.max_keepalive)
-    return Options(listeners, args.passwd, rules, allow_anonymous, args.data, limits,
-                   config.layout if config else Layout())
+    listeners = Listeners(bind=args.bind, tls_bind=args.tls_bind, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          tls_ca=args.tls_ca, ws_bind=args.ws_bind, web_bind=args.web_bind)
+    limits = Limits(**{name: getattr(args, name) for _, name, _, _ in Limits.flags()})
+    return Options(listeners=listeners, passwd=args.passwd, rules=rules, allow_anonymous=allow_anonymous,
+                   data=args.data, limits=limits, layout=config.layout if config else Layout())
 
 
 def _serve(argv: list[str]) -> int:

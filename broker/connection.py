@@ -37,7 +37,7 @@ from broker.core import Core, Session
 from broker.filters import topic_problem
 from broker.login import FORGET_AFTER, STALLED_AFTER, Admission, Passwords, Throttle, network_of
 from broker.logs import Squelch, shown
-from broker.server import Limits
+from broker.models import Limits
 
 log = logging.getLogger("edison-broker")
 T = TypeVar("T")

@@ -44,7 +44,7 @@ from broker import wire
 from broker.access import Access
 from broker.filters import RetainedTree, SubscriptionTree, filter_problem, shared_filter
 from broker.logs import Squelch, shown
-from broker.server import Limits
+from broker.models import Limits
 from broker.store import State, Store, StoredSession, StoredWill
 
 log = logging.getLogger("edison-broker")

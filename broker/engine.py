@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from broker.connection import Closed, Connections
 from broker.logs import Squelch, shown
-from broker.server import WEB_LISTENER
+from broker.models import WEB_LISTENER
 from broker.web import Site
 
 AMQTT_VERSION = "0.12.1"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from broker import passwords
 from broker.access import Rules, mosquitto_acl
-from broker.server import Listeners, Options
+from broker.models import Listeners, Options
 from broker.web import write_page
 
 PAGE_DIR = "page"  # beside the configuration: the control page, Mosquitto's http_dir

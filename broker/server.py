@@ -8,13 +8,10 @@ import ipaddress
 import logging
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from broker import passwords
-from broker.access import Rules
-from node.topics import Layout
+from broker.models import WEB_LISTENER, Listeners, Options
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -23,55 +20,10 @@ log = logging.getLogger("edison-broker")
 
 DATA_FILE = "broker.sqlite3"
 EXPIRY_CHECK = 60.0  # seconds between looks for expired sessions
-WEB_LISTENER = "web"  # the listener that serves the control page beside MQTT over WebSocket
 
 
 class SetupError(Exception):
     """The options cannot make a safe broker; the message says why."""
-
-
-@dataclass(frozen=True)
-class Listeners:
-    bind: str
-    tls_bind: str | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    ws_bind: str | None = None
-    web_bind: str | None = None  # the control page, and MQTT over WebSocket at /mqtt; with TLS if a certificate
-
-    @property
-    def binds(self) -> list[str]:
-        return [b for b in (self.bind, self.tls_bind, self.ws_bind, self.web_bind) if b]
-
-
-@dataclass(frozen=True)
-class Limits:
-    """0 means no limit."""
-
-    max_connections: int = 100  # logged-in clients
-    max_connections_per_user: int = 10
-    max_pending: int = 128  # connections not yet logged in (an eighth of them from one address)
-    connect_timeout: float = 5.0  # seconds from accept to CONNECT
-    max_message_size: int = 65536  # bytes of payload; commands are a few bytes
-    max_queued: int = 10_000  # messages kept for one client
-    max_queued_bytes: int = 16 * 1024 * 1024  # bytes of payload kept for one client
-    max_subscriptions: int = 256  # topic filters of one client
-    max_sessions_per_user: int = 20  # persistent sessions (clean_session=0) of one user
-    session_expiry: float = 7 * 86400.0  # seconds a persistent session outlives its client's absence
-    max_retained_bytes: int = 32 * 1024 * 1024  # bytes of topics, payloads and properties of all retained messages
-    max_keepalive: int = 0  # seconds; an MQTT 5 client asking for more, or for none, is given this (Server Keep Alive)
-
-
-@dataclass(frozen=True)
-class Options:
-    listeners: Listeners
-    passwd: Path | None = None
-    rules: Rules | None = None
-    allow_anonymous: bool = False
-    data: Path | None = None
-    limits: Limits = Limits()
-    layout: Layout = Layout()  # the topic prefixes, which the control page needs
 
 
 def is_loopback(bind: str) -> bool:

@@ -17,7 +17,7 @@ from broker.access import Access
 from broker.core import MAX_INFLIGHT, Core, Retained
 from broker.filters import RetainedTree, SubscriptionTree, covers, filter_problem, matches
 from broker.login import Admission, Throttle, network_of
-from broker.server import Limits
+from broker.models import Limits
 from broker.store import Store
 from tests.helpers import TIMEOUT
 

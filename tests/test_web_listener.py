@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from broker.mosquitto import conf_text
-from broker.server import Listeners, Options
+from broker.models import Listeners, Options
 from broker.web import PAGE_DIR
 from tests.broker_setup import USERS, edison_broker
 from tests.conftest import start_amqtt
