@@ -80,7 +80,7 @@ def serving(kind: str, folder: Path) -> Iterator[tuple[Broker, str]]:
     """The broker and the page's address: the embedded broker's --web-bind, or Mosquitto's exported listener."""
     topics, passwd = add_users(folder)
     port, web = free_port(), free_port()
-    if kind == "amqtt":
+    if kind == "embedded":
         proc = Proc(python_cmd("broker", "--config", str(topics), "--passwd", str(passwd),
                                "--bind", f"127.0.0.1:{port}", "--web-bind", f"127.0.0.1:{web}"), folder / "broker.log")
         proc.wait_for_line(r"listening on", timeout=WAIT)
@@ -102,7 +102,7 @@ def serving(kind: str, folder: Path) -> Iterator[tuple[Broker, str]]:
                 env={"MQTT_USERNAME": DEVICE, "MQTT_PASSWORD": DEVICE_PASSWORD})
     try:
         node.wait_for_line(r"connected to ", timeout=WAIT)
-        yield Broker("amqtt" if kind == "amqtt" else "mosquitto", port, proc), f"http://127.0.0.1:{web}/"
+        yield Broker("embedded" if kind == "embedded" else "mosquitto", port, proc), f"http://127.0.0.1:{web}/"
     finally:
         for p in (node, proc):
             p.signal(signal.SIGTERM)
@@ -140,7 +140,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--broker", choices=("amqtt", "mosquitto"), default="amqtt")
+    p.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
     p.add_argument("--quick", action="store_true", help="smoke run: 5 switches")
     args = p.parse_args(argv)
     n = 5 if args.quick else 100

@@ -12,7 +12,7 @@ embedded broker without one as the baseline of the same run.
 
     python bench/faults.py                  # every broker, the whole matrix (several minutes)
     python bench/faults.py --quick          # smoke run: small counts, three faults
-    python bench/faults.py --broker amqtt   # one broker
+    python bench/faults.py --broker embedded   # one broker
 
 Not a test: the tests assert nothing is lost on the embedded broker; this prints the figures for all.
 """

@@ -53,7 +53,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from broker import wire  # noqa: E402
 from node.reconnect import ReconnectPolicy  # noqa: E402
 from tests.cluster import NatsCluster  # noqa: E402
-from tests.conftest import start_amqtt  # noqa: E402
+from tests.conftest import start_embedded  # noqa: E402
 from tests.helpers import BROKER_KINDS, Proc, bench_brokers, free_port  # noqa: E402
 
 PREFIX = "fleet"
@@ -291,7 +291,7 @@ class Fleet:
 
 
 class Embedded(Fleet):
-    kind = "amqtt"
+    kind = "embedded"
 
     def __init__(self, workdir: Path, devices: int) -> None:
         super().__init__(workdir, devices)
@@ -303,7 +303,7 @@ class Embedded(Fleet):
         # Limits raised as a fleet's owner would: connections for every device, logins pending at once for a
         # storm from one address (an eighth of --max-pending may wait per address), and persistent sessions for
         # every device (without users they all count as one user's, capped at 20 by default).
-        self.broker = start_amqtt(self.workdir, "--allow-anonymous", "--data", str(self.workdir / "amqtt-data"),
+        self.broker = start_embedded(self.workdir, "--allow-anonymous", "--data", str(self.workdir / "embedded-data"),
                                   "--max-connections", str(self.devices + 10),
                                   "--max-pending", str(max(64, 4 * self.devices)),
                                   "--max-sessions-per-user", str(self.devices + 10), port=self.port)
@@ -545,10 +545,10 @@ def table(rows: list[Row]) -> str:
 def ratios(rows: list[Row]) -> str:
     """Each figure against the embedded broker's at the same fleet size (below 1: faster)."""
     keys = ["storm", "fanout p50", "steady p50", "restart storm"]
-    lines = ["| broker | devices | " + " | ".join(f"{k} vs. amqtt" for k in keys) + " |",
+    lines = ["| broker | devices | " + " | ".join(f"{k} vs. embedded" for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for r in rows:
-        base = next((b for b in rows if b.broker == "amqtt" and b.devices == r.devices), None)
+        base = next((b for b in rows if b.broker == "embedded" and b.devices == r.devices), None)
         if base is None or r is base:
             continue
         cells = [f"{r.numbers[k] / base.numbers[k]:.2f}x" if base.numbers.get(k) else "-" for k in keys]
@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 workdir = Path(tmp) / f"{kind}-{count}"
                 workdir.mkdir()
-                fleet: Fleet = (Embedded(workdir, count) if kind == "amqtt" else
+                fleet: Fleet = (Embedded(workdir, count) if kind == "embedded" else
                                 Mosquitto(workdir, count, mosquitto) if kind == "mosquitto" else
                                 Nats(workdir, count))
                 row = Row(kind, count)

@@ -1,7 +1,7 @@
 """Benchmark of the device node against the issue's performance targets.
 
 Starts a broker (Debian's mosquitto with the settings users run it with, or the
-embedded amqtt broker) and the real `edison-node` process with simulated pins,
+embedded broker) and the real `edison-node` process with simulated pins,
 then prints, in one run: the transport floor (an echo through the same broker
 with the node's own MQTT link), the node's `/set` -> `/state` round trip and
 `/set` -> pin-change time, its memory after 1,000 commands, its idle CPU and
@@ -76,7 +76,7 @@ def _mosquitto_binary() -> str:
     found = mosquitto_binary()
     if not found:
         sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); "
-                 "or run with --broker amqtt")
+                 "or run with --broker embedded")
     return found
 
 
@@ -87,9 +87,9 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
     `mosquitto-nodelay` adds `set_tcp_nodelay true`, the setting recommended for brokers one configures.
     """
     port = free_port()
-    if kind == "amqtt":
+    if kind == "embedded":
         proc = Proc(python_cmd("broker", "--allow-anonymous", "--bind", f"127.0.0.1:{port}"),
-                    workdir / f"amqtt-{port}.log")
+                    workdir / f"embedded-{port}.log")
         ready = r"listening on"
     else:
         conf = workdir / f"{kind}-{port}.conf"
@@ -99,9 +99,9 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
         ready = r"mosquitto version \S+ running"
     try:
         proc.wait_for_line(ready, timeout=WAIT)
-        yield Broker("amqtt" if kind == "amqtt" else "mosquitto", port, proc)
+        yield Broker("embedded" if kind == "embedded" else "mosquitto", port, proc)
     finally:
-        proc.signal(signal.SIGINT)  # the only signal amqtt shuts down cleanly on
+        proc.signal(signal.SIGINT)  # SIGINT and SIGTERM both stop it cleanly
         try:
             proc.wait(WAIT)
         finally:
@@ -595,10 +595,11 @@ def where_it_goes(report: Report, runs: int) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few commands, 1 s idle, 2 starts")
-    p.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
+    p.add_argument("--broker", choices=("mosquitto", "embedded"), default="mosquitto",
                    help="the broker for every figure (default: %(default)s)")
     p.add_argument("--compare", action="store_true",
-                   help="also measure round trips through mosquitto with set_tcp_nodelay true and through amqtt")
+                   help="also measure round trips through mosquitto with set_tcp_nodelay true and through the "
+                   "embedded broker")
     args = p.parse_args(argv)
     args.commands, args.total, args.idle, args.starts = (20, 50, 1.0, 2) if args.quick else (500, 1000, 10.0, 5)
     args.import_runs = 1 if args.quick else 3
@@ -612,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     run(args.broker, args, report, full=True)
     backend_rows(args.broker, args, report)
     if args.compare:
-        for kind in ("mosquitto-nodelay", "amqtt"):
+        for kind in ("mosquitto-nodelay", "embedded"):
             if kind != args.broker:
                 run(kind, args, report, full=False)
     where_it_goes(report, args.import_runs)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _mosquitto_binary, start_amqtt
+from tests.conftest import _mosquitto_binary, start_embedded
 from tests.helpers import TIMEOUT, Broker, Probe, Proc, free_port, python_cmd
 
 TOPICS = """\
@@ -76,10 +76,10 @@ def copy_users(user_files: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Pat
     return tmp_path / topics.name, tmp_path / passwd.name
 
 
-def start_secured_amqtt(tmp_path: Path, user_files: tuple[Path, Path], *extra: str,
+def start_secured_embedded(tmp_path: Path, user_files: tuple[Path, Path], *extra: str,
                         port: int | None = None) -> Secured:
     topics, passwd = user_files
-    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), *extra, port=port)
+    broker = start_embedded(tmp_path, "--config", str(topics), "--passwd", str(passwd), *extra, port=port)
     return Secured(broker, topics, passwd)
 
 
@@ -98,7 +98,7 @@ def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], bina
     return Secured(Broker("mosquitto", port, proc), topics, passwd)
 
 
-@pytest.fixture(params=["amqtt", "mosquitto", "nats"])
+@pytest.fixture(params=["embedded", "mosquitto", "nats"])
 def secured(request, tmp_path, user_files) -> Iterator[Secured]:
     """The embedded broker, Mosquitto with the exported configuration, or the exported NATS cluster."""
     if request.param == "nats":
@@ -106,8 +106,8 @@ def secured(request, tmp_path, user_files) -> Iterator[Secured]:
         topics, passwd = user_files
         yield Secured(cluster.broker(1), topics, passwd, members=tuple(cluster.port(n) for n in cluster.numbers))
         return
-    if request.param == "amqtt":
-        s = start_secured_amqtt(tmp_path, user_files)
+    if request.param == "embedded":
+        s = start_secured_embedded(tmp_path, user_files)
     else:  # the export gives each user one connection unless the test needs several (its access rules)
         several = request.node.get_closest_marker("several_connections_per_user") is not None
         s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(),

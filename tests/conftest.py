@@ -54,13 +54,13 @@ def mosquitto_bin() -> str:
     return _mosquitto_binary()
 
 
-def start_amqtt(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
+def start_embedded(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
     """The embedded broker; without `extra` in trial mode (anonymous test probes accepted)."""
     port = port or free_port()
     extra = extra or ("--allow-anonymous",)
     proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}", *extra), tmp_path / f"amqtt-{port}.log")
     proc.wait_for_line(r"listening on")
-    return Broker("amqtt", port, proc)
+    return Broker("embedded", port, proc)
 
 
 def start_stock_amqtt(tmp_path: Path) -> Broker:
@@ -96,11 +96,11 @@ def start_mosquitto(tmp_path: Path, binary: str, extra_conf: str = "", port: int
     return Broker("mosquitto", port, proc)
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
+@pytest.fixture(params=["embedded", "mosquitto"])
 def broker(request, tmp_path) -> Iterator[Broker]:
     """Each behaviour test runs once on the embedded broker and once on mosquitto."""
-    if request.param == "amqtt":
-        b = start_amqtt(tmp_path)
+    if request.param == "embedded":
+        b = start_embedded(tmp_path)
     else:
         b = start_mosquitto(tmp_path, _mosquitto_binary())
     yield b

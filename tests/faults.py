@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.broker_setup import USERS, edison_broker, start_secured_amqtt
+from tests.broker_setup import USERS, edison_broker, start_secured_embedded
 from tests.cluster import NatsCluster
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
@@ -46,7 +46,7 @@ SETTLE = 30.0  # seconds to wait for acknowledged commands to be carried out bef
 class BrokerUnderTest:
     """A broker process that a fault may kill or stop and start again, on the same port and data folder.
 
-    Kinds: "amqtt" (the embedded broker), "mosquitto" (the exported configuration) and "nats" (the exported
+    Kinds: "embedded" (the embedded broker), "mosquitto" (the exported configuration) and "nats" (the exported
     3-member cluster, where the faults strike member 1, which every client but the node uses; the node is
     given every member and fails over).
     """
@@ -86,9 +86,9 @@ class BrokerUnderTest:
             if 1 not in self.cluster.procs:
                 self.cluster.start(1)
             return self.cluster.broker(1)
-        if self.kind == "amqtt":
+        if self.kind == "embedded":
             data = ("--data", str(self.data)) if self.data else ()
-            return start_secured_amqtt(self.workdir, self.user_files, *data, *self.extra, port=self.port).broker
+            return start_secured_embedded(self.workdir, self.user_files, *data, *self.extra, port=self.port).broker
         assert self._conf is not None
         proc = Proc([self._binary, "-c", str(self._conf)], self.workdir / f"mosquitto-{self.starts}.log")
         proc.wait_for_line(r"mosquitto version \S+ running")

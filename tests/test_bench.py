@@ -65,8 +65,8 @@ def test_quick_bridge_bench_prints_every_figure_per_source(mosquitto_bin):
 
 
 def test_quick_bench_runs_on_the_embedded_broker():
-    out = run_bench("--broker", "amqtt")
-    assert "broker: amqtt" in out and "start -> online" in out and "MQTT 5 request/response" in out, out
+    out = run_bench("--broker", "embedded")
+    assert "broker: embedded" in out and "start -> online" in out and "MQTT 5 request/response" in out, out
 
 
 @pytest.mark.mosquitto
@@ -76,7 +76,7 @@ def test_quick_fleet_bench_runs_every_broker_and_misses_nothing(mosquitto_bin):
     assert done.returncode == 0, f"bench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     table = done.stdout.split("## fleet")[1].split("## ratios")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]  # after the header
-    assert [row.split(" | ")[0] for row in rows] == ["| amqtt", "| mosquitto", "| nats"], done.stdout
+    assert [row.split(" | ")[0] for row in rows] == ["| embedded", "| mosquitto", "| nats"], done.stdout
     for row in rows:  # every device kept its session through the restart, and every command was answered
         assert "20/20 sessions kept" in row and "| 20/20 |" in row and "MISSING" not in row, row
     assert "run failed" not in done.stdout and done.stdout.count("| 20 | ") == 3 + 2, done.stdout  # + ratios

@@ -58,7 +58,7 @@ def test_the_nodes_loader_treats_the_bridge_section_as_opaque():
     assert node_config.parse(TOPICS_YAML + BROKEN).devices[DEVICE].outputs["led"].pin == 20
 
 
-@pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_a_broken_bridge_section_stops_the_bridge_but_not_the_node(broker, probe, nodes, tmp_path):
     nodes.config.write_text(TOPICS_YAML + BROKEN)
     nodes.start(wait_online=probe)

@@ -8,7 +8,7 @@ from paho.mqtt.client import topic_matches_sub
 from broker.access import Access, mosquitto_acl, rules
 from node.config import parse
 from broker import mosquitto
-from tests.broker_setup import TOPICS, Secured, login, start_secured_amqtt
+from tests.broker_setup import TOPICS, Secured, login, start_secured_embedded
 from tests.helpers import Probe
 from tests.rawmqtt import Raw
 
@@ -147,7 +147,7 @@ def test_anonymous_and_wrong_password_refused(secured, user, password):
 
 
 def test_refusals_are_logged_without_password(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         with pytest.raises(ConnectionRefusedError):
             Probe(s.broker, client_id="intruder-1", username="laptop", password="hunter2-secret")

@@ -14,7 +14,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from tests.broker_setup import (USERS, Secured, copy_users, edison_broker, login, start_exported_mosquitto,
-                                start_secured_amqtt)
+                                start_secured_embedded)
 from tests.conftest import _mosquitto_binary
 from tests.helpers import TIMEOUT, Broker, Proc, free_port
 
@@ -57,7 +57,7 @@ def test_unsafe_start_is_refused(args, message):
 
 def test_sigterm_and_sigint_exit_cleanly(tmp_path, user_files):
     for signum in (signal.SIGTERM, signal.SIGINT):
-        s = start_secured_amqtt(tmp_path, user_files)
+        s = start_secured_embedded(tmp_path, user_files)
         client = login(s, "laptop")  # a connected client does not hold the shutdown up
         s.broker.proc.signal(signum)
         assert s.broker.proc.wait(TIMEOUT) == 0
@@ -65,10 +65,10 @@ def test_sigterm_and_sigint_exit_cleanly(tmp_path, user_files):
         client.close()
 
 
-@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
 def test_big_publish_is_dropped(kind, tmp_path, user_files):
     extra = ("--max-message-size", "100")
-    s = (start_secured_amqtt(tmp_path, user_files, *extra) if kind == "amqtt"
+    s = (start_secured_embedded(tmp_path, user_files, *extra) if kind == "embedded"
          else start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(), *extra))
     try:
         # MQTT 3.1.1 on both (Mosquitto disconnects an MQTT 5 client that sends too much)
@@ -78,7 +78,7 @@ def test_big_publish_is_dropped(kind, tmp_path, user_files):
         laptop.publish("edison/edison-t/led/set", "y" * 100)
         watcher.wait_for("edison/edison-t/led/set", "y" * 100)
         assert ("edison/edison-t/led/set", "x" * 101) not in [(m.topic, m.text) for m in watcher.seen]
-        if kind == "amqtt":
+        if kind == "embedded":
             s.broker.proc.wait_for_line(r"refused publish: user=laptop client=laptop-1 topic=edison/edison-t/led/set: "
                                         r"101 bytes")
         watcher.close()
@@ -88,7 +88,7 @@ def test_big_publish_is_dropped(kind, tmp_path, user_files):
 
 
 def test_connections_beyond_the_limit_are_refused(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-connections", "1")
+    s = start_secured_embedded(tmp_path, user_files, "--max-connections", "1")
     try:
         first = login(s, "laptop")
         with pytest.raises(ConnectionRefusedError):  # CONNACK 3, server unavailable

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from broker.login import STALLED_AFTER
-from tests.broker_setup import USERS, Secured, edison_broker, login, start_secured_amqtt
+from tests.broker_setup import USERS, Secured, edison_broker, login, start_secured_embedded
 from tests.helpers import TIMEOUT
 from tests.rawmqtt import Raw, publish, subscribe
 
@@ -43,7 +43,7 @@ def hold_places(port: int, sources: list[str]) -> list[Raw]:
 @contextmanager
 def sixteen_login_places(tmp_path, user_files) -> Iterator[tuple[Secured, list[Raw]]]:
     """A broker with 16 login places, 2 per address; the connections a test puts in the list are closed after."""
-    s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
+    s = start_secured_embedded(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "5")
     held: list[Raw] = []
     try:
         yield s, held
@@ -103,7 +103,7 @@ def test_idle_connections_to_the_tls_port_count_like_any_other(tmp_path, user_fi
     tls_port.bind(("127.0.0.1", 0))
     port = tls_port.getsockname()[1]
     tls_port.close()
-    s = start_secured_amqtt(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "2",
+    s = start_secured_embedded(tmp_path, user_files, "--max-pending", "16", "--connect-timeout", "2",
                             "--tls-bind", f"127.0.0.1:{port}", "--tls-cert", str(tmp_path / "cert.pem"),
                             "--tls-key", str(tmp_path / "key.pem"))
     try:
@@ -119,7 +119,7 @@ def test_idle_connections_to_the_tls_port_count_like_any_other(tmp_path, user_fi
 
 
 def test_one_user_cannot_fill_the_broker_and_a_device_gets_in(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-connections-per-user", "3")
+    s = start_secured_embedded(tmp_path, user_files, "--max-connections-per-user", "3")
     held = []
     try:
         for n in range(3):
@@ -137,7 +137,7 @@ def test_one_user_cannot_fill_the_broker_and_a_device_gets_in(tmp_path, user_fil
 
 
 def test_persistent_sessions_per_user_are_capped(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-sessions-per-user", "2")
+    s = start_secured_embedded(tmp_path, user_files, "--max-sessions-per-user", "2")
     try:
         for n in range(2):
             login(s, "laptop", client_id=f"laptop-{n}", mqtt5=False, clean_session=False).close()
@@ -154,7 +154,7 @@ def test_subscriptions_are_capped_and_a_filter_repeated_is_handled_as_one_subscr
                                                                                                   user_files):
     """[MQTT-3.8.4-3]: a SUBSCRIBE naming one filter several times replaces the subscription each time and sends its
     retained messages each time, as that many SUBSCRIBEs in turn would (Mosquitto does the same)."""
-    s = start_secured_amqtt(tmp_path, user_files, "--max-subscriptions", "3")
+    s = start_secured_embedded(tmp_path, user_files, "--max-subscriptions", "3")
     try:
         device = login(s, DEVICE, client_id=DEVICE, mqtt5=False)
         device.publish("edison/edison-t/led/state", "ON", retain=True)
@@ -176,7 +176,7 @@ def test_subscriptions_are_capped_and_a_filter_repeated_is_handled_as_one_subscr
 
 
 def test_deep_topics_are_refused_and_a_deep_retained_message_breaks_no_subscriber(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         deep = "edison/edison-t/" + "/".join(["x"] * 100)
         r = Raw(s.broker.port)
@@ -198,7 +198,7 @@ def test_deep_topics_are_refused_and_a_deep_retained_message_breaks_no_subscribe
 
 
 def test_retained_messages_are_capped_in_bytes(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-retained-bytes", "3000")
+    s = start_secured_embedded(tmp_path, user_files, "--max-retained-bytes", "3000")
     try:
         laptop = login(s, "laptop")
         for n in range(5):  # each costs 1,000 bytes: its 15-byte topic and 985 bytes of payload
@@ -216,7 +216,7 @@ def test_retained_messages_are_capped_in_bytes(tmp_path, user_files):
 
 
 def test_log_lines_cannot_be_forged_by_a_client_id(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         r = Raw(s.broker.port)
         assert r.login("x\n2026-01-01 00:00:00,000 WARNING edison-broker: refused login: user=admin", "nobody",
@@ -228,7 +228,7 @@ def test_log_lines_cannot_be_forged_by_a_client_id(tmp_path, user_files):
 
 
 def test_a_will_on_a_wildcard_topic_closes_the_connection(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         r = Raw(s.broker.port)
         assert r.login(DEVICE, DEVICE, USERS[DEVICE], will=("edison/edison-t/#", b"x", 1, True)) == -1
@@ -260,7 +260,7 @@ def test_an_unusable_data_directory_is_refused_at_start_in_one_line(tmp_path, us
 
 
 def test_a_stopping_broker_under_a_subscribe_flood_exits_within_5_s(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         device = login(s, DEVICE, client_id=DEVICE, mqtt5=False)
         for n in range(50):
@@ -287,7 +287,7 @@ def test_a_user_flooding_packets_without_keepalive_neither_stalls_others_nor_the
     import threading
     import time
 
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     stop = threading.Event()
     flooders: list[Raw] = []
     try:

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from broker import properties as P
-from tests.broker_setup import USERS, login, start_secured_amqtt
+from tests.broker_setup import USERS, login, start_secured_embedded
 from tests.conftest import NodeRunner
 from tests.helpers import TIMEOUT, Probe, read_trace
 from tests.rawmqtt import Raw, ack, connect, publish, subscribe
@@ -37,7 +37,7 @@ def test_command_queued_while_offline_arrives_without_retain(secured):
 
 def test_restart_with_data_keeps_retained_state_and_queued_command(tmp_path, user_files):
     data = tmp_path / "data"
-    s = start_secured_amqtt(tmp_path, user_files, "--data", str(data))
+    s = start_secured_embedded(tmp_path, user_files, "--data", str(data))
     port = s.broker.port
     nodes = NodeRunner(s.broker, tmp_path, s.topics)
     node_env = {"MQTT_PASSWORD": USERS["edison-t"]}
@@ -56,7 +56,7 @@ def test_restart_with_data_keeps_retained_state_and_queued_command(tmp_path, use
 
         s.broker.proc.signal(signal.SIGTERM)
         assert s.broker.proc.wait(TIMEOUT) == 0
-        s = start_secured_amqtt(tmp_path, user_files, "--data", str(data), port=port)
+        s = start_secured_embedded(tmp_path, user_files, "--data", str(data), port=port)
         s.broker.proc.wait_for_line(r"state restored .*1 session\(s\), 1 queued message")
 
         watcher = login(s, "watcher")
@@ -73,7 +73,7 @@ def test_restart_with_data_keeps_retained_state_and_queued_command(tmp_path, use
         # delivered means forgotten: a second restart does not deliver the command again
         s.broker.proc.signal(signal.SIGTERM)
         assert s.broker.proc.wait(TIMEOUT) == 0
-        s = start_secured_amqtt(tmp_path, user_files, "--data", str(data), port=port)
+        s = start_secured_embedded(tmp_path, user_files, "--data", str(data), port=port)
         s.broker.proc.wait_for_line(r"state restored .*1 session\(s\), 0 queued message")
     finally:
         nodes.stop_all()
@@ -85,7 +85,7 @@ def test_restart_with_data_keeps_retained_state_and_queued_command(tmp_path, use
 
 
 def test_without_data_the_log_says_state_is_in_memory(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         s.broker.proc.wait_for_line(r"listening on .*state is in memory")
         s.broker.proc.signal(signal.SIGINT)
@@ -113,7 +113,7 @@ def test_wrong_password_leaves_the_device_session_alone(secured):
 
 
 def test_another_user_cannot_take_a_persistent_session(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         login(s, "laptop", client_id="shared-1", mqtt5=False, clean_session=False).close()
         for clean in (False, True):
@@ -125,7 +125,7 @@ def test_another_user_cannot_take_a_persistent_session(tmp_path, user_files):
 
 
 def test_an_offline_queue_stops_at_its_limit(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files, "--max-queued", "2")
+    s = start_secured_embedded(tmp_path, user_files, "--max-queued", "2")
     try:
         d = device(s)
         d.subscribe("edison/edison-t/+/set")
@@ -155,7 +155,7 @@ def test_a_qos2_exchange_survives_a_sigkill_at_each_step_neither_lost_nor_double
     def restart(s):
         s.broker.proc.signal(signal.SIGKILL)
         s.broker.proc.wait(TIMEOUT)
-        return start_secured_amqtt(tmp_path, user_files, "--data", str(data), port=s.broker.port)
+        return start_secured_embedded(tmp_path, user_files, "--data", str(data), port=s.broker.port)
 
     def device_login(s) -> Raw:
         r = Raw(s.broker.port)
@@ -171,7 +171,7 @@ def test_a_qos2_exchange_survives_a_sigkill_at_each_step_neither_lost_nor_double
         assert answer and answer[0] == 0x20 and answer[1][1] == 0, answer
         return r
 
-    s = start_secured_amqtt(tmp_path, user_files, "--data", str(data))
+    s = start_secured_embedded(tmp_path, user_files, "--data", str(data))
     try:
         d = device_login(s)
         d.send(subscribe(1, [(SET, 2)], props=props))

@@ -11,12 +11,12 @@ import trustme
 
 from node.link import Session
 from node.mqtt import LinkSettings, MqttLink, parse_brokers
-from tests.broker_setup import edison_broker, login, start_exported_mosquitto, start_secured_amqtt
-from tests.conftest import _mosquitto_binary, start_amqtt
+from tests.broker_setup import edison_broker, login, start_exported_mosquitto, start_secured_embedded
+from tests.conftest import _mosquitto_binary, start_embedded
 from tests.helpers import TIMEOUT, Probe, free_port
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
+@pytest.fixture(params=["embedded", "mosquitto"])
 def tls_broker(request, tmp_path, user_files):
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -27,8 +27,8 @@ def tls_broker(request, tmp_path, user_files):
     tls_port, ws_port = free_port(), free_port()
     extra = ("--tls-bind", f"127.0.0.1:{tls_port}", "--tls-cert", str(paths["cert"]), "--tls-key", str(paths["key"]),
              "--ws-bind", f"127.0.0.1:{ws_port}")
-    if request.param == "amqtt":
-        s = start_secured_amqtt(tmp_path, user_files, *extra)
+    if request.param == "embedded":
+        s = start_secured_embedded(tmp_path, user_files, *extra)
     else:
         s = start_exported_mosquitto(tmp_path, user_files, _mosquitto_binary(), *extra)
     yield s, paths["ca"], tls_port, ws_port
@@ -66,7 +66,7 @@ def test_plain_mqtt_or_silence_on_the_websocket_port_is_closed_and_logged_in_one
     from tests.rawmqtt import Raw, connect
 
     ws_port = free_port()
-    s = start_secured_amqtt(tmp_path, user_files, "--ws-bind", f"127.0.0.1:{ws_port}", "--connect-timeout", "1")
+    s = start_secured_embedded(tmp_path, user_files, "--ws-bind", f"127.0.0.1:{ws_port}", "--connect-timeout", "1")
     try:
         mqtt = Raw(ws_port)
         mqtt.send(connect("laptop-1", "laptop", "x"))  # MQTT where an HTTP upgrade belongs: never a whole line
@@ -113,7 +113,7 @@ def test_mqtt_url_aimed_at_the_tls_port_says_to_use_mqtts(tmp_path, logs):
     issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     tls_port = free_port()
-    broker = start_amqtt(tmp_path, "--allow-anonymous", "--tls-bind", f"127.0.0.1:{tls_port}",
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--tls-bind", f"127.0.0.1:{tls_port}",
                          "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
     link = MqttLink(LinkSettings(parse_brokers(f"mqtt://127.0.0.1:{tls_port}")), "edison-t")
     try:

@@ -17,7 +17,7 @@ import trustme
 from playwright import sync_api as playwright_api
 
 from tests.broker_setup import edison_broker
-from tests.conftest import NodeRunner, _mosquitto_binary, required, start_amqtt
+from tests.conftest import NodeRunner, _mosquitto_binary, required, start_embedded
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
 
 
@@ -133,7 +133,7 @@ def embedded(users, tmp_path_factory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("page-embedded")
     topics, passwd = users
     web = free_port()
-    broker = start_amqtt(folder, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{web}")
+    broker = start_embedded(folder, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{web}")
     yield from _with_node(broker, f"http://127.0.0.1:{web}/", folder, topics)
 
 
@@ -246,14 +246,14 @@ def test_a_wrong_password_is_said_in_words(site, page):
     log_in(page, site.url, "laptop", "not-the-password")
     playwright_api.expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
     playwright_api.expect(page.get_by_role("button", name="Log in")).to_be_enabled()  # the person can try again
-    if site.broker.kind == "amqtt":  # the page's login met the same throttle as any other
+    if site.broker.kind == "embedded":  # the page's login met the same throttle as any other
         site.broker.proc.wait_for_line(r"refused login: user=\W?laptop\W? .*next answer in")
 
 
 def test_a_user_sees_only_the_devices_its_rules_cover(site, page, browser):
     log_in(page, site.url, OTHER)  # a device's user may read nothing of the devices, not even its own discovery
     protocol(page)
-    said = {"amqtt": f"The broker lets {OTHER} read no device: its access rules cover none.",  # SUBACK: refused
+    said = {"embedded": f"The broker lets {OTHER} read no device: its access rules cover none.",  # SUBACK: refused
             "mosquitto": "No device has announced itself yet."}  # Mosquitto grants, and then delivers nothing
     playwright_api.expect(page.locator("#no-devices")).to_have_text(said[site.broker.kind])
     # Meanwhile a controller sees the device at once and watches a press: by then the other page has had all
@@ -298,8 +298,8 @@ def test_with_a_certificate_the_page_and_its_mqtt_connection_are_https_and_wss(u
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     web = free_port()
-    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{web}",
-                         "--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    broker = start_embedded(tmp_path, "--config", str(topics), "--passwd", str(passwd),
+                            "--web-bind", f"127.0.0.1:{web}", "--tls-cert", str(cert_file), "--tls-key", str(key_file))
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
     try:
@@ -321,7 +321,7 @@ def test_a_password_refused_on_reconnect_ends_the_session_in_words(users, tmp_pa
     shutil.copy2(passwd, mine)
     port, web = free_port(), free_port()
     args = ("--config", str(topics), "--passwd", str(mine), "--web-bind", f"127.0.0.1:{web}")
-    broker = start_amqtt(tmp_path, *args, port=port)
+    broker = start_embedded(tmp_path, *args, port=port)
     log_in(page, f"http://127.0.0.1:{web}/", "laptop")
     protocol(page)
     broker.proc.signal(signal.SIGTERM)
@@ -330,7 +330,7 @@ def test_a_password_refused_on_reconnect_ends_the_session_in_words(users, tmp_pa
     playwright_api.expect(page.locator("#connection")).to_have_text("Connection lost: reconnecting…")
     done = edison_broker("passwd", "--passwd", str(mine), "add", "laptop", "--stdin", stdin="changed\n")
     assert done.returncode == 0, done.stderr
-    broker = start_amqtt(tmp_path, *args, port=port)
+    broker = start_embedded(tmp_path, *args, port=port)
     try:
         playwright_api.expect(page.get_by_role("alert")).to_have_text(
             "The broker no longer accepts this user and password: log in again.")

@@ -17,7 +17,7 @@ import pytest
 from node.link import Session
 from node.mqtt import BrokerAddress, Credentials, LinkError, LinkSettings, MqttLink, parse_brokers
 from node.reconnect import MAX_DELAY, MIN_DELAY, ReconnectPolicy
-from tests.broker_setup import USERS, start_secured_amqtt
+from tests.broker_setup import USERS, start_secured_embedded
 from tests.conftest import DEVICE, NodeRunner, _mosquitto_binary, start_mosquitto, start_stock_amqtt
 from tests.helpers import TIMEOUT, Probe
 from tests.tcpproxy import SilentPort
@@ -153,7 +153,7 @@ def test_the_node_moves_from_an_mqtt_5_broker_to_a_3_1_1_one_and_announces_itsel
     (Credentials("edison-t", "wrong"), " as user 'edison-t'"),
 ])
 def test_a_refused_login_is_one_line_that_says_it_is_the_login(tmp_path, user_files, logs, credentials, hint):
-    secured = start_secured_amqtt(tmp_path, user_files)
+    secured = start_secured_embedded(tmp_path, user_files)
     link = MqttLink(LinkSettings(parse_brokers(secured.broker.url), credentials), DEVICE)
     try:
         link.start(Session())
@@ -179,7 +179,7 @@ def test_two_nodes_with_one_device_id_are_told_they_take_each_others_session(bro
 def test_a_wrong_password_is_told_also_when_the_broker_holds_back_its_refusals(tmp_path, user_files, logs):
     """The broker answers each failed login later than the last (0.5 s, 1 s, 2 s, ...): past the connect timeout,
     the node waits for the refusal instead of reporting a network fault."""
-    secured = start_secured_amqtt(tmp_path, user_files)
+    secured = start_secured_embedded(tmp_path, user_files)
     settings = LinkSettings(parse_brokers(secured.broker.url), Credentials("edison-t", "wrong"), connect_timeout=0.3)
     link = MqttLink(settings, DEVICE)
     try:
@@ -193,7 +193,7 @@ def test_a_wrong_password_is_told_also_when_the_broker_holds_back_its_refusals(t
     assert all("holding back the refusal of a wrong password" in line for line in held[:1]), held
 
 
-@pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 def test_a_node_stopped_while_waiting_for_an_answer_exits_at_once(nodes):
     silent = SilentPort()
     try:
@@ -207,7 +207,7 @@ def test_a_node_stopped_while_waiting_for_an_answer_exits_at_once(nodes):
 
 def test_a_refused_subscription_is_a_failed_attempt_not_a_deaf_connection(tmp_path, user_files, logs):
     """Connected but refused its commands' subscription, the link leaves and tries again, backing off."""
-    secured = start_secured_amqtt(tmp_path, user_files)
+    secured = start_secured_embedded(tmp_path, user_files)
     link = MqttLink(LinkSettings(parse_brokers(secured.broker.url), Credentials(DEVICE, USERS[DEVICE])), DEVICE)
     try:
         link.start(Session(subscriptions=("edison/edison-u/+/set",)))  # another device's commands

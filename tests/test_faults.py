@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests import faults
-from tests.broker_setup import USERS, login, start_secured_amqtt
+from tests.broker_setup import USERS, login, start_secured_embedded
 from tests.helpers import TIMEOUT, Probe
 
 
 @pytest.fixture
 def embedded(tmp_path, user_files) -> Iterator[faults.BrokerUnderTest]:
-    b = faults.BrokerUnderTest("amqtt", tmp_path, user_files, extra=("--connect-timeout", "2"))
+    b = faults.BrokerUnderTest("embedded", tmp_path, user_files, extra=("--connect-timeout", "2"))
     yield b
     b.close()
 
@@ -145,7 +145,7 @@ def test_squatting_the_device_client_id_is_refused_while_commands_flow(embedded,
 
 
 def test_another_user_cannot_squat_the_device_client_id(tmp_path, user_files):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         with pytest.raises(ConnectionRefusedError):  # before the device ever connected
             login(s, "laptop", client_id="edison-t", mqtt5=False, clean_session=False)

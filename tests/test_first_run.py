@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import IN_CI, start_amqtt
+from tests.conftest import IN_CI, start_embedded
 from tests.helpers import ROOT, TIMEOUT, Broker, Probe, Proc, python_cmd
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -37,7 +37,7 @@ def trial(tmp_path) -> Iterator[tuple[Broker, Proc, Probe]]:
         if IN_CI:
             pytest.fail("mosquitto_pub missing (Debian: mosquitto-clients)")
         pytest.skip("mosquitto_pub missing (Debian: mosquitto-clients)")
-    broker = start_amqtt(tmp_path)
+    broker = start_embedded(tmp_path)
     node = Proc(python_cmd("node", "--config", "topics.yaml", "--device", DEVICE, "--broker", broker.url,
                            "--pins", "sim", "--state", str(tmp_path / "state"),
                            "--sim-inputs", str(tmp_path / "inputs.jsonl")), tmp_path / "node.log",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.conftest import DEVICE, start_amqtt, start_mosquitto
+from tests.conftest import DEVICE, start_embedded, start_mosquitto
 from tests.helpers import Probe, Proc, python_cmd
 
 LIGHT = f"homeassistant/light/{DEVICE}/led/config"
@@ -67,8 +67,8 @@ def test_a_restarted_broker_gets_discovery_and_state_again(broker, probe, nodes,
     assert probe.result(DEVICE, "1")["ok"]
     probe.close()
     broker.proc.stop()  # killed: a crash, or a restart without persistence
-    if broker.kind == "amqtt":
-        again = start_amqtt(tmp_path, port=broker.port)
+    if broker.kind == "embedded":
+        again = start_embedded(tmp_path, port=broker.port)
     else:
         again = start_mosquitto(tmp_path, broker.proc.argv[0], port=broker.port)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEVICE, NodeRunner, start_amqtt, start_mosquitto
+from tests.conftest import DEVICE, NodeRunner, start_embedded, start_mosquitto
 from tests.helpers import TIMEOUT, Probe, Proc, python_cmd, read_trace
 from tests.test_homeassistant_node import retained_configs
 
@@ -132,7 +132,7 @@ def test_input_state_is_retained_announced_back_after_a_broker_restart_and_forgo
     for client in (probe, late):
         client.close()
     broker.proc.stop()  # killed, and back without any retained message
-    again = start_amqtt(tmp_path, port=broker.port) if broker.kind == "amqtt" else \
+    again = start_embedded(tmp_path, port=broker.port) if broker.kind == "embedded" else \
         start_mosquitto(tmp_path, broker.proc.argv[0], port=broker.port)
     try:
         ha = Probe(again)

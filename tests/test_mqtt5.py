@@ -19,13 +19,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker import properties as P
-from tests.broker_setup import USERS, start_secured_amqtt
-from tests.conftest import start_amqtt
+from tests.broker_setup import USERS, start_secured_embedded
+from tests.conftest import start_embedded
 from tests.test_node import cli
 from tests.helpers import TIMEOUT, Broker
 from tests.rawmqtt import Raw, ack, connect, publish, subscribe
 
-embedded_only = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
+embedded_only = pytest.mark.parametrize("broker", ["embedded"], indirect=True)
 
 
 class Client5:
@@ -140,7 +140,7 @@ def test_a_session_expires_after_its_interval_and_not_before(broker):
 
 
 def test_the_brokers_session_expiry_is_the_ceiling_and_the_client_is_told(tmp_path):
-    b = start_amqtt(tmp_path, "--allow-anonymous", "--session-expiry", "60")
+    b = start_embedded(tmp_path, "--allow-anonymous", "--session-expiry", "60")
     try:
         c = Client5(b, "ceiling", clean_start=False, session_expiry=0xFFFFFFFF)
         assert c.props.SessionExpiryInterval == 60
@@ -162,7 +162,7 @@ def test_connack_states_the_brokers_limits(broker):
 
 
 def test_server_keep_alive_replaces_a_longer_or_missing_one_and_is_enforced(tmp_path):
-    b = start_amqtt(tmp_path, "--allow-anonymous", "--max-keepalive", "1")
+    b = start_embedded(tmp_path, "--allow-anonymous", "--max-keepalive", "1")
     try:
         r = Raw(b.port)
         r.send(connect("sleepy", keepalive=0, props=b"\x00"))
@@ -467,7 +467,7 @@ def test_a_takeover_publishes_the_old_connections_will(broker, version):
         new = Client5(broker, "taken")
         assert watcher.next().payload == b"old is gone"
         reason = dropped.get(timeout=TIMEOUT)
-        if version == paho.MQTTv5 and broker.kind == "amqtt":  # Mosquitto 2.0.11 closes without a DISCONNECT
+        if version == paho.MQTTv5 and broker.kind == "embedded":  # Mosquitto 2.0.11 closes without a DISCONNECT
             assert reason.value == 0x8E  # Session taken over
         new.close()
     finally:
@@ -508,7 +508,7 @@ def test_disconnect_with_will_message_sends_the_will(broker):
 
 
 def test_the_broker_says_why_it_ends_a_connection(tmp_path):
-    b = start_amqtt(tmp_path, "--allow-anonymous", "--max-message-size", "100")
+    b = start_embedded(tmp_path, "--allow-anonymous", "--max-message-size", "100")
     try:
         r, _ = _v5_login(b.port, "too-large")
         r.send(publish("t", b"x" * 70_000, props=b"\x00"))
@@ -534,7 +534,7 @@ def test_the_broker_says_why_it_ends_a_connection(tmp_path):
 
 @pytest.mark.parametrize("qos", [1, 2])
 def test_a_refused_publish_and_subscribe_get_0x87_and_the_log_names_the_rule(tmp_path, user_files, qos):
-    s = start_secured_amqtt(tmp_path, user_files)
+    s = start_secured_embedded(tmp_path, user_files)
     try:
         c = Client5(s.broker, "laptop-1", user="laptop", password=USERS["laptop"])
         # paho 2.2 ignores a PUBREC's reason code and sends PUBREL anyway: it learns of the refusal from the PUBCOMP
@@ -585,7 +585,7 @@ def test_mosquitto_rr_gets_its_reply_from_a_responder(broker):
 
 def test_a_session_expiry_counts_toward_the_persistent_sessions_of_a_user(tmp_path, user_files):
     """On MQTT 5 a session outlives its connection by its expiry, not by clean start: the limit counts those."""
-    s = start_secured_amqtt(tmp_path, user_files, "--max-sessions-per-user", "1")
+    s = start_secured_embedded(tmp_path, user_files, "--max-sessions-per-user", "1")
     try:
         Client5(s.broker, "laptop-a", user="laptop", password=USERS["laptop"], session_expiry=60).close()
         refused = Client5(s.broker, "laptop-b", user="laptop", password=USERS["laptop"], session_expiry=60)
@@ -599,7 +599,7 @@ def test_a_session_expiry_counts_toward_the_persistent_sessions_of_a_user(tmp_pa
 
 def test_a_devices_client_id_and_the_message_size_limit_hold_on_mqtt5(tmp_path, user_files):
     """What the broker promised on 3.1.1 holds on MQTT 5, now with the reason said."""
-    s = start_secured_amqtt(tmp_path, user_files, "--max-message-size", "100")
+    s = start_secured_embedded(tmp_path, user_files, "--max-message-size", "100")
     try:
         squatter = Client5(s.broker, "edison-t", user="laptop", password=USERS["laptop"])
         squatter.client.loop_stop()

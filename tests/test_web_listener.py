@@ -17,7 +17,7 @@ from broker.mosquitto import conf_text
 from broker.models import Listeners, Options
 from broker.web import PAGE_DIR
 from tests.broker_setup import USERS, edison_broker
-from tests.conftest import start_amqtt
+from tests.conftest import start_embedded
 from tests.helpers import TIMEOUT, Broker, Probe, free_port
 
 
@@ -25,7 +25,7 @@ from tests.helpers import TIMEOUT, Broker, Probe, free_port
 def web(tmp_path) -> Iterator[tuple[Broker, int]]:
     """A broker in trial mode with the page on its own port; a request must be in within 1 s."""
     port = free_port()
-    broker = start_amqtt(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--connect-timeout", "1")
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--connect-timeout", "1")
     yield broker, port
     broker.proc.signal(signal.SIGTERM)
     try:
@@ -94,7 +94,7 @@ def test_with_tls_a_connection_that_never_starts_its_handshake_is_closed_too(tmp
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     port = free_port()
-    broker = start_amqtt(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--tls-cert",
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--tls-cert",
                          str(cert_file), "--tls-key", str(key_file), "--connect-timeout", "1")
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as silent:
@@ -109,7 +109,8 @@ def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
     config = tmp_path / "topics.yaml"
     config.write_text(topics.read_text().replace("prefix: edison", "prefix: home\ndiscovery_prefix: ha"))
     port = free_port()
-    broker = start_amqtt(tmp_path, "--config", str(config), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{port}")
+    broker = start_embedded(tmp_path, "--config", str(config), "--passwd", str(passwd),
+                            "--web-bind", f"127.0.0.1:{port}")
     try:
         assert get(port, "/layout.json")[2] == b'{"prefix": "home", "discovery_prefix": "ha"}'
     finally:
@@ -120,8 +121,8 @@ def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
 def test_mqtt_at_the_web_port_has_the_same_users_rules_and_limits(tmp_path, user_files):
     topics, passwd = user_files
     port = free_port()
-    broker = start_amqtt(tmp_path, "--config", str(topics), "--passwd", str(passwd), "--web-bind", f"127.0.0.1:{port}",
-                         "--max-connections-per-user", "1")
+    broker = start_embedded(tmp_path, "--config", str(topics), "--passwd", str(passwd),
+                            "--web-bind", f"127.0.0.1:{port}", "--max-connections-per-user", "1")
     probes: list[Probe] = []
 
     def login(user: str, password: str) -> Probe:  # paho's WebSocket path is /mqtt, as the page's
