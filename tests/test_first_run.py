@@ -87,8 +87,8 @@ def test_getting_started_works_as_written_on_any_port(trial, tmp_path):
     commands = block(GUIDE, "In a third, send commands:")
     subprocess.run(["sh", "-ec", commands], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     results = [watcher.wait_for(f"edison/{DEVICE}/result").json() for _ in range(4)]
-    assert [r["ok"] for r in results] == [True] * 4 and results[-1]["id"] == "try-1"
-    node.wait_for_line(r"LED \(pin 20\)  ● high  \(command try-1\)")
+    assert [r["ok"] for r in results] == [True] * 4 and results[-1]["id"] == "guide-1"
+    node.wait_for_line(r"LED \(pin 20\)  ● high  \(command guide-1\)")
     dim = block(GUIDE, "Dim the LED")
     subprocess.run(["sh", "-ec", dim], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     assert [watcher.wait_for(f"edison/{DEVICE}/result").json()["brightness"] for _ in range(2)] == [64, 255]
@@ -98,9 +98,9 @@ def test_getting_started_works_as_written_on_any_port(trial, tmp_path):
     watcher.wait_for(f"edison/{DEVICE}/button/state", "ON")
     assert watcher.wait_for(f"edison/{DEVICE}/button/event").json()["event_type"] == "press"
     node.wait_for_line(r"Button \(pin 36\)  ○ low")  # the terminal shows the button too
-    again = block(GUIDE, "Send the `try-1` command from above again")
+    again = block(GUIDE, "Send the `guide-1` command from above again")
     subprocess.run(["sh", "-ec", again], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
-    assert watcher.wait_for(f"edison/{DEVICE}/result", where=lambda m: m.json().get("repeat")).json()["id"] == "try-1"
+    assert watcher.wait_for(f"edison/{DEVICE}/result", where=lambda m: m.json().get("repeat")).json()["id"] == "guide-1"
     clear = block(GUIDE, "Clear it by publishing an empty retained message")
     subprocess.run(["sh", "-ec", clear], cwd=ROOT, env=env, check=True, timeout=TIMEOUT)
     bridge = block(BRIDGE, "Try triggers without any network")
