@@ -156,10 +156,6 @@ class Settings:
         except (ValueError, KeyError, TypeError) as exc:
             raise CalloutError(f"{member_conf.parent / CALLOUT_FILE}: not as nats-config writes it ({exc})") from None
 
-    def rules(self) -> Rules:
-        """The access rules back from the permissions, for broker.access's client id owners."""
-        return Rules({u: [] for u in self.permissions}, {})
-
 
 class Pace:
     """Logins of one user from one address: LOGIN_BURST at once, then LOGIN_RATE a second (a token bucket).
@@ -193,7 +189,7 @@ class Callout:
         self.settings = settings
         self._key = nkeys.from_seed(settings.issuer_seed.encode("ascii"))
         self._issuer = self._key.public_key.decode("ascii")
-        self._access = Access(settings.rules(), settings.permissions)
+        self._access = Access(Rules({}, {}), settings.permissions)  # rules are the JWT's: only the client id owners
         self._passwords_mtime = -1.0
         self._passwords: Passwords | None = None
         self._throttle = Throttle()

@@ -54,10 +54,11 @@ def edison_broker(*args: str, stdin: str | None = None) -> subprocess.CompletedP
     return subprocess.run(python_cmd("broker", *args), input=stdin, capture_output=True, text=True, timeout=60)
 
 
-def make_users(tmp_path: Path) -> tuple[Path, Path]:
+def make_users(tmp_path: Path, topics_text: str = TOPICS, users: dict[str, str] = USERS) -> tuple[Path, Path]:
+    """topics.yaml and a password file with `users`, made with `edison-broker passwd` as a user would."""
     topics, passwd = tmp_path / "topics.yaml", tmp_path / "passwd"
-    topics.write_text(TOPICS)
-    for name, password in USERS.items():
+    topics.write_text(topics_text)
+    for name, password in users.items():
         done = edison_broker("passwd", "--passwd", str(passwd), "add", name, "--stdin", stdin=password + "\n")
         assert done.returncode == 0, done.stderr
     return topics, passwd

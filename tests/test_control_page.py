@@ -16,7 +16,7 @@ import pytest
 import trustme
 from playwright import sync_api as playwright_api
 
-from tests.broker_setup import edison_broker
+from tests.broker_setup import edison_broker, make_users
 from tests.conftest import NodeRunner, _mosquitto_binary, required, start_embedded
 from tests.helpers import TIMEOUT, Broker, Proc, free_port, read_trace
 
@@ -51,13 +51,7 @@ playwright_api.expect.set_options(timeout=MS)
 
 @pytest.fixture(scope="module")
 def users(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("page-users")
-    topics, passwd = folder / "topics.yaml", folder / "passwd"
-    topics.write_text(TOPICS_YAML)
-    for name, password in USERS.items():
-        done = edison_broker("passwd", "--passwd", str(passwd), "add", name, "--stdin", stdin=password + "\n")
-        assert done.returncode == 0, done.stderr
-    return topics, passwd
+    return make_users(tmp_path_factory.mktemp("page-users"), TOPICS_YAML, USERS)
 
 
 @pytest.fixture(scope="module")
