@@ -43,13 +43,16 @@ from bridge.sources.bluesky import parse_commit  # noqa: E402
 from bridge.sources.mastodon import Event, parse_status, sse_events  # noqa: E402
 from bridge.sources.x import parse_post  # noqa: E402
 from bridge.state import Outbox, Outgoing, SeenPosts  # noqa: E402
-from tests.conftest import TOPICS_YAML, start_mosquitto  # noqa: E402
-from tests.helpers import Probe, Proc, mosquitto_binary, python_cmd  # noqa: E402
-from tests.jetstream import HandleResolver, JetstreamServer, post_event  # noqa: E402
-from tests.mastodon import TOKEN as MASTODON_TOKEN  # noqa: E402
-from tests.mastodon import MastodonServer  # noqa: E402
-from tests.xstream import TOKEN as X_TOKEN  # noqa: E402
-from tests.xstream import XStreamServer, post  # noqa: E402
+from testkit.node import TOPICS_YAML  # noqa: E402
+from testkit.brokers import start_mosquitto  # noqa: E402
+from testkit.mqtt import Probe  # noqa: E402
+from testkit.procs import Proc, python_cmd  # noqa: E402
+from testkit.brokers import mosquitto_binary  # noqa: E402
+from testkit.standins.jetstream import HandleResolver, JetstreamServer, post_event  # noqa: E402
+from testkit.standins.mastodon import TOKEN as MASTODON_TOKEN  # noqa: E402
+from testkit.standins.mastodon import MastodonServer  # noqa: E402
+from testkit.standins.xstream import TOKEN as X_TOKEN  # noqa: E402
+from testkit.standins.xstream import XStreamServer, post  # noqa: E402
 
 SET_TOPIC = "edison/edison-t/led/set"
 DID, HANDLE, X_ID, MASTODON_ID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "kyone.bsky.social", "1001", "201"

@@ -35,7 +35,9 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from tests.helpers import Broker, Probe, Proc, free_port, mosquitto_binary, python_cmd  # noqa: E402
+from testkit.mqtt import Broker, Probe  # noqa: E402
+from testkit.procs import Proc, free_port, python_cmd  # noqa: E402
+from testkit.brokers import mosquitto_binary  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,6 +1,6 @@
 """The fault matrix on every broker, and what durability costs.
 
-For each fault of tests/faults.py, on the embedded broker, on Mosquitto with
+For each fault of testkit/faults.py, on the embedded broker, on Mosquitto with
 the exported configuration (both with a data directory) and on the exported
 3-member NATS cluster (the fault strikes member 1; the node is given every
 member and fails over): commands sent,
@@ -35,9 +35,9 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from tests import faults  # noqa: E402
-from tests.broker_setup import USERS, make_users  # noqa: E402
-from tests.helpers import BROKER_KINDS, bench_brokers  # noqa: E402
+from testkit import faults  # noqa: E402
+from testkit.users import USERS, make_users  # noqa: E402
+from testkit.brokers import BROKER_KINDS, bench_brokers  # noqa: E402
 
 QUICK = [(faults.publisher_leaves, 30), (faults.broker_killed_after_pubacks, 10),
          (faults.broker_killed_after_pubacks_mqtt5_qos2, 10), (faults.malformed_packets, 10)]

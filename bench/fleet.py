@@ -52,9 +52,10 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from broker import wire  # noqa: E402
 from node.reconnect import ReconnectPolicy  # noqa: E402
-from tests.cluster import NatsCluster  # noqa: E402
-from tests.conftest import start_embedded  # noqa: E402
-from tests.helpers import BROKER_KINDS, Proc, bench_brokers, free_port  # noqa: E402
+from testkit.cluster import NatsCluster  # noqa: E402
+from testkit.brokers import start_embedded  # noqa: E402
+from testkit.brokers import BROKER_KINDS, bench_brokers  # noqa: E402
+from testkit.procs import Proc, free_port  # noqa: E402
 
 PREFIX = "fleet"
 KEEPALIVE = 600  # no pings needed within a run

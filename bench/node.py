@@ -42,7 +42,10 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import node.mqtt as node_mqtt  # noqa: E402
 from node.link import Incoming, Message, Session  # noqa: E402
 from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
-from tests.helpers import Broker, Probe, Proc, Received, free_port, mosquitto_binary, python_cmd, read_trace  # noqa: E402
+from testkit.mqtt import Broker, Probe, Received  # noqa: E402
+from testkit.procs import Proc, free_port, python_cmd, read_trace  # noqa: E402
+from testkit.brokers import mosquitto_binary  # noqa: E402
+from testkit.standins import PINLIBS  # noqa: E402
 
 DEVICE = "edison-bench"
 # A dimmable LED and a button: every part of the node is loaded, as on a board that uses them.
@@ -56,7 +59,7 @@ devices:
       button: {{pin: 36, debounce: 0.05}}
 """
 GPIOD_KEYS = {"led: {pin: 20, pwm: true}": "led: {pin: 20, pwm: true, pwm_chip: 0, pwm_channel: 1}"}
-STANDINS = ROOT / "tests" / "standins"
+
 DEBOUNCE = 0.05
 WAIT = 15.0  # seconds to wait for any single event before giving up
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -72,7 +75,7 @@ START_TARGET_MS = 300.0
 
 # -- brokers --------------------------------------------------------------------
 
-def _mosquitto_binary() -> str:
+def need_mosquitto() -> str:
     found = mosquitto_binary()
     if not found:
         sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto); "
@@ -95,7 +98,7 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
         conf = workdir / f"{kind}-{port}.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                         + ("set_tcp_nodelay true\n" if kind == "mosquitto-nodelay" else ""))
-        proc = Proc([_mosquitto_binary(), "-c", str(conf)], workdir / f"{kind}-{port}.log")
+        proc = Proc([need_mosquitto(), "-c", str(conf)], workdir / f"{kind}-{port}.log")
         ready = r"mosquitto version \S+ running"
     try:
         proc.wait_for_line(ready, timeout=WAIT)
@@ -244,8 +247,8 @@ def _until_answered(send: Callable[[], object], wait: Callable[[float], object])
 
 def gpiod_board(workdir: Path) -> list[str]:
     """A stand-in gpiochip0 and a PWM channel laid out as exported, in `workdir`: the node's gpiod arguments."""
-    from tests.standins.gpiod._kernel import make_chip
-    from tests.boards import PI5_LINES
+    from testkit.standins.pinlibs.gpiod._kernel import make_chip
+    from testkit.standins import PI5_LINES
 
     chip = make_chip(workdir / "gpiochip0", "pinctrl-rp1", PI5_LINES)
     channel = workdir / "pwm" / "pwmchip0" / "pwm1"
@@ -277,7 +280,7 @@ class NodeProcess:
             self.config.write_text(text)
             backend = gpiod_board(workdir) if not (workdir / "gpiochip0").exists() else [
                 "--pins", "gpiod", "--gpio-chip", str(workdir / "gpiochip0"), "--pwm-sysfs", str(workdir / "pwm")]
-            env["PYTHONPATH"] = str(STANDINS)
+            env["PYTHONPATH"] = str(PINLIBS)
         argv = python_cmd("node", "--config", str(self.config), "--device", DEVICE, "--broker", broker.url,
                           *backend, "--state", str(workdir / "state"), *extra)
         self.spawned_wall, self.spawned = time.time(), time.perf_counter()

@@ -1,39 +1,23 @@
-"""Fixtures: real brokers on 127.0.0.1 (the embedded amqtt one and Debian's mosquitto), real node processes."""
+"""Fixtures every package's tests share: real brokers on 127.0.0.1 (the embedded one, Debian's Mosquitto, the
+exported NATS cluster), secured ones with the test users, real node processes. What they are made of is in testkit/,
+which the benchmarks use too."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
-import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import (TIMEOUT, Broker, LogLines, Probe, Proc, free_port, mosquitto_binary, python_cmd,
-                           stop_gracefully)
-
-# Fixtures of the secured broker (users, access rules, the Mosquitto export), the bridge's networks, the NATS cluster
-# and the boards (pin backends with their stand-ins).
-pytest_plugins = ["tests.broker_setup", "tests.bridge_setup", "tests.cluster", "tests.boards"]
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def required(found: str | None, reason: str) -> str:
-    """A tool the tests need: `found`, else skip saying why (under CI=true, where every tool is installed: fail)."""
-    if found:
-        return found
-    if IN_CI:
-        pytest.fail(f"{reason}; under CI=true it is required", pytrace=False)
-    pytest.skip(reason)
-
-
-def _mosquitto_binary() -> str:
-    return required(mosquitto_binary(),
-                    "mosquitto is not installed (Debian: apt-get install mosquitto mosquitto-clients)")
+from testkit.brokers import start_embedded, start_mosquitto
+from testkit.cluster import NatsCluster
+from testkit.mqtt import Broker, Probe
+from testkit.node import TOPICS_YAML, NodeRunner
+from testkit.procs import TIMEOUT, LogLines
+from testkit.users import Secured, make_users, start_exported_mosquitto, start_secured_embedded
+from tests.requires import need_mosquitto, need_nats_server
 
 
 @pytest.fixture
@@ -51,49 +35,7 @@ def logs() -> Iterator[LogLines]:
 
 @pytest.fixture
 def mosquitto_bin() -> str:
-    return _mosquitto_binary()
-
-
-def start_embedded(tmp_path: Path, *extra: str, port: int | None = None) -> Broker:
-    """The embedded broker; without `extra` in trial mode (anonymous test probes accepted)."""
-    port = port or free_port()
-    extra = extra or ("--allow-anonymous",)
-    proc = Proc(python_cmd("broker", "--bind", f"127.0.0.1:{port}", *extra), tmp_path / f"amqtt-{port}.log")
-    proc.wait_for_line(r"listening on")
-    return Broker("embedded", port, proc)
-
-
-def start_stock_amqtt(tmp_path: Path) -> Broker:
-    """amqtt's own broker as shipped: an MQTT 3.1.1-only broker (amqtt is installed with the embedded one)."""
-    port = free_port()
-    conf = tmp_path / f"stock-amqtt-{port}.yaml"
-    conf.write_text(textwrap.dedent(f"""\
-        listeners:
-          default: {{type: tcp, bind: "127.0.0.1:{port}"}}
-        plugins:
-          amqtt.plugins.authentication.AnonymousAuthPlugin: {{allow_anonymous: true}}
-        """))
-    proc = Proc([str(Path(sys.executable).parent / "amqtt"), "-c", str(conf)], tmp_path / f"stock-amqtt-{port}.log")
-    proc.wait_for_line(rf"bind to 127\.0\.0\.1:{port}")
-    return Broker("stock-amqtt", port, proc)
-
-
-def start_mosquitto(tmp_path: Path, binary: str, extra_conf: str = "", port: int | None = None) -> Broker:
-    port = port or free_port()
-    conf = tmp_path / f"mosquitto-{port}.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        listener {port} 127.0.0.1
-        allow_anonymous true
-        persistence false
-        log_dest stderr
-        log_type error
-        log_type warning
-        log_type notice
-        log_type information
-        """) + extra_conf)
-    proc = Proc([binary, "-c", str(conf)], tmp_path / f"mosquitto-{port}.log")
-    proc.wait_for_line(r"mosquitto version \S+ running")
-    return Broker("mosquitto", port, proc)
+    return need_mosquitto()
 
 
 @pytest.fixture(params=["embedded", "mosquitto"])
@@ -102,7 +44,7 @@ def broker(request, tmp_path) -> Iterator[Broker]:
     if request.param == "embedded":
         b = start_embedded(tmp_path)
     else:
-        b = start_mosquitto(tmp_path, _mosquitto_binary())
+        b = start_mosquitto(tmp_path, need_mosquitto())
     yield b
     b.proc.signal(signal.SIGINT)
     try:
@@ -133,23 +75,6 @@ def probe(probe_factory) -> Probe:
     return p
 
 
-DEVICE = "edison-t"
-TOPICS_YAML = """\
-prefix: edison
-devices:
-  edison-t:
-    outputs:
-      led:
-        name: LED
-        pin: 20
-        blink: {count: 3, on_time: 0.1, off_time: 0.1}
-      relay:
-        pin: 21
-        active_low: true
-        safe_state: "OFF"
-"""
-
-
 @pytest.fixture
 def topics_file(tmp_path) -> Path:
     path = tmp_path / "topics.yaml"
@@ -157,37 +82,45 @@ def topics_file(tmp_path) -> Path:
     return path
 
 
-class NodeRunner:
-    """Starts the real `edison-node` as a process with simulated pins and a trace file."""
-
-    def __init__(self, broker: Broker, tmp_path: Path, config: Path) -> None:
-        self.broker = broker
-        self.tmp_path = tmp_path
-        self.config = config
-        self.trace = tmp_path / "trace.jsonl"
-        self.procs: list[Proc] = []
-
-    def start(self, *extra: str, env: dict[str, str] | None = None, wait_online: Probe | None = None,
-              device: str = DEVICE, brokers: Sequence[str] = ()) -> Proc:
-        """`brokers`: the node's --broker URLs, in order (default: the runner's broker)."""
-        broker_args = [arg for url in brokers or [self.broker.url] for arg in ("--broker", url)]
-        argv = python_cmd("node", "--config", str(self.config), "--device", device, *broker_args,
-                          "--pins", "sim", "--trace", str(self.trace),
-                          "--state", str(self.tmp_path / f"state-{device}"), "--log-level", "DEBUG", *extra)
-        env = {"MQTT_USERNAME": device, **(env or {})}
-        proc = Proc(argv, self.tmp_path / f"node-{len(self.procs)}.log", env=env)
-        self.procs.append(proc)
-        if wait_online is not None:
-            wait_online.wait_for(f"edison/{device}/status", "online")
-            proc.wait_for_line(r"connected to ")
-        return proc
-
-    def stop_all(self) -> None:
-        stop_gracefully(self.procs)
-
-
 @pytest.fixture
 def nodes(broker, tmp_path, topics_file) -> Iterator[NodeRunner]:
     runner = NodeRunner(broker, tmp_path, topics_file)
     yield runner
     runner.stop_all()
+
+
+@pytest.fixture(scope="session")
+def user_files(tmp_path_factory) -> tuple[Path, Path]:
+    """topics.yaml and a password file made once with `edison-broker passwd` (argon2 is slow on purpose)."""
+    return make_users(tmp_path_factory.mktemp("users"))
+
+
+@pytest.fixture(params=["embedded", "mosquitto", "nats"])
+def secured(request, tmp_path, user_files) -> Iterator[Secured]:
+    """The embedded broker, Mosquitto with the exported configuration, or the exported NATS cluster."""
+    if request.param == "nats":
+        cluster = request.getfixturevalue("nats_cluster")
+        topics, passwd = user_files
+        yield Secured(cluster.broker(1), topics, passwd, members=tuple(cluster.port(n) for n in cluster.numbers))
+        return
+    if request.param == "embedded":
+        s = start_secured_embedded(tmp_path, user_files)
+    else:  # the export gives each user one connection unless the test needs several (its access rules)
+        several = request.node.get_closest_marker("several_connections_per_user") is not None
+        s = start_exported_mosquitto(tmp_path, user_files, need_mosquitto(),
+                                     *(("--several-connections-per-user",) if several else ()))
+    yield s
+    s.broker.proc.signal(signal.SIGTERM)
+    try:
+        assert s.broker.proc.wait(TIMEOUT) == 0
+    finally:
+        s.broker.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory, user_files) -> Iterator[NatsCluster]:
+    """Three members shared by a module's tests that kill none of them (sessions and retained messages carry over)."""
+    need_nats_server()
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), user_files)
+    yield cluster
+    cluster.close()

@@ -1,0 +1,166 @@
+"""The web listener as HTTP: the page's files and nothing else, bounded requests, and the options that set it up.
+What the page does in a browser is in tests/system/test_control_page.py."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from broker.models import Listeners, Options
+from broker.mosquitto import conf_text
+from broker.web import PAGE_DIR
+from testkit.brokers import start_embedded
+from testkit.mqtt import Broker, Probe
+from testkit.procs import TIMEOUT, free_port
+from testkit.users import USERS, edison_broker
+
+
+@pytest.fixture
+def web(tmp_path) -> Iterator[tuple[Broker, int]]:
+    """A broker in trial mode with the page on its own port; a request must be in within 1 s."""
+    port = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--connect-timeout", "1")
+    yield broker, port
+    broker.proc.signal(signal.SIGTERM)
+    try:
+        assert broker.proc.wait(TIMEOUT) == 0
+    finally:
+        broker.proc.stop()
+
+
+def get(port: int, path: str, gzipped: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One GET with the path sent exactly as given (no normalising)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        if gzipped:
+            conn.putheader("Accept-Encoding", "deflate, gzip;q=1.0")
+        conn.endheaders()
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def test_the_page_files_are_served_with_their_types_and_a_policy_that_keeps_other_hosts_out(web):
+    _, port = web
+    status, headers, body = get(port, "/")
+    assert status == 200 and body == (PAGE_DIR / "index.html").read_bytes()
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'self'" in headers["content-security-policy"]
+    for name, kind in (("app.js", "text/javascript"), ("mqtt.min.js", "text/javascript"), ("style.css", "text/css"),
+                       ("mqtt.min.js.LICENSE.md", "text/plain")):
+        status, headers, body = get(port, f"/{name}?v=1")
+        assert (status, headers["content-type"].split(";")[0]) == (200, kind), name
+        assert body == (PAGE_DIR / name).read_bytes()
+    status, headers, body = get(port, "/mqtt.min.js", gzipped=True)
+    assert (status, headers["content-encoding"]) == (200, "gzip") and int(headers["content-length"]) == len(body)
+    assert gzip.decompress(body) == (PAGE_DIR / "mqtt.min.js").read_bytes() and len(body) < 120_000
+    status, _, body = get(port, "/layout.json")  # trial mode: the default prefixes
+    assert (status, body) == (200, b'{"prefix": "edison", "discovery_prefix": "homeassistant"}')
+
+
+@pytest.mark.parametrize("path", ["/../web.py", "/%2e%2e/web.py", "/..%2fweb.py", "//etc/passwd", "/index.html/..",
+                                  "/control_page/index.html", "/./index.html", "/app.js%00.html", "/web.py",
+                                  "/.", "/no-such-file.js", "/etc/passwd"])
+def test_a_path_that_is_not_one_of_the_page_files_is_not_found(web, path):
+    _, port = web
+    status, _, body = get(port, path)
+    assert (status, body) == (404, b"Not found: the control page is at /\n")
+
+
+def test_a_slow_or_oversized_request_is_closed_and_the_page_still_served(web):
+    broker, port = web
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        assert slow.recv(100) == b""  # closed after --connect-timeout, unanswered
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as big:
+        big.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        answer = big.recv(100)
+        assert not answer.startswith(b"HTTP/1.1 200")
+    assert get(port, "/")[0] == 200
+    assert broker.proc.popen.poll() is None
+
+
+def test_with_tls_a_connection_that_never_starts_its_handshake_is_closed_too(tmp_path):
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--tls-cert",
+                         str(cert_file), "--tls-key", str(key_file), "--connect-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as silent:
+            assert silent.recv(100) == b""  # after --connect-timeout (websockets passes it on as the TLS handshake's)
+    finally:
+        broker.proc.signal(signal.SIGTERM)
+        broker.proc.wait(TIMEOUT)
+
+
+def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
+    topics, passwd = user_files
+    config = tmp_path / "topics.yaml"
+    config.write_text(topics.read_text().replace("prefix: edison", "prefix: home\ndiscovery_prefix: ha"))
+    port = free_port()
+    broker = start_embedded(tmp_path, "--config", str(config), "--passwd", str(passwd),
+                            "--web-bind", f"127.0.0.1:{port}")
+    try:
+        assert get(port, "/layout.json")[2] == b'{"prefix": "home", "discovery_prefix": "ha"}'
+    finally:
+        broker.proc.signal(signal.SIGTERM)
+        broker.proc.wait(TIMEOUT)
+
+
+def test_mqtt_at_the_web_port_has_the_same_users_rules_and_limits(tmp_path, user_files):
+    topics, passwd = user_files
+    port = free_port()
+    broker = start_embedded(tmp_path, "--config", str(topics), "--passwd", str(passwd),
+                            "--web-bind", f"127.0.0.1:{port}", "--max-connections-per-user", "1")
+    probes: list[Probe] = []
+
+    def login(user: str, password: str) -> Probe:  # paho's WebSocket path is /mqtt, as the page's
+        probes.append(Probe(broker, username=user, password=password, port=port, transport="websockets"))
+        return probes[-1]
+
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            login("laptop", "wrong")
+        broker.proc.wait_for_line(r"refused login: user=laptop .*next answer in")  # the throttle counted it
+        laptop = login("laptop", USERS["laptop"])
+        with pytest.raises(ConnectionRefusedError):
+            login("laptop", USERS["laptop"])  # one connection per user here
+        assert [c.is_failure for c in laptop.subscribe("edison/#", "secret/#", check=False)] == [False, True]
+    finally:
+        for p in probes:
+            p.close()
+        broker.proc.signal(signal.SIGTERM)
+        broker.proc.wait(TIMEOUT)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--web-bind", "0.0.0.0:8080"], "--allow-anonymous is for local trials: refusing to listen on 0.0.0.0:8080"),
+    (["--web-bind", "127.0.0.1:8080", "--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem"], "--tls-cert is for --tls-bind or --web-bind"),
+    (["--web-bind", "8080"], "argument --web-bind: expected HOST:PORT, got '8080'"),
+])
+def test_web_options_that_cannot_work_are_refused_at_start(args, expected):
+    done = edison_broker("--allow-anonymous", "--bind", f"127.0.0.1:{free_port()}", *args)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+
+
+def test_the_mosquitto_export_serves_the_page_on_its_websocket_listeners(tmp_path):
+    out = Path("/srv/edison")
+    listeners = Listeners("127.0.0.1:1883", ws_bind="127.0.0.1:9001", web_bind="0.0.0.0:443",
+                          tls_cert=Path("/etc/c.pem"), tls_key=Path("/etc/k.pem"))
+    text = conf_text(Options(listeners), out, (2, 0, 11))
+    ws, web = text.split("listener 9001 127.0.0.1\n")[1].split("listener 443 0.0.0.0\n")
+    assert "protocol websockets\nhttp_dir /srv/edison/page\n" in ws and "certfile" not in ws
+    assert "protocol websockets\nhttp_dir /srv/edison/page\ncertfile /etc/c.pem\nkeyfile /etc/k.pem\n" in web
