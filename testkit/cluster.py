@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-from testkit.users import USERS, edison_broker
-from testkit.procs import TIMEOUT, Proc, free_ports, python_cmd
-from testkit.mqtt import Broker, Probe
 from testkit.brokers import nats_server_binary_or_none
+from testkit.mqtt import Broker, Probe
+from testkit.procs import TIMEOUT, Proc, free_ports, python_cmd
+from testkit.users import USERS, edison_broker
+
 
 class NatsCluster:
     """Members numbered from 1, as in the exported nats-N.conf files, each with its auth callout beside it.

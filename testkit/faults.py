@@ -31,12 +31,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from testkit.users import USERS, edison_broker, start_secured_embedded
 from testkit.cluster import NatsCluster
+from testkit.mqtt import Broker
 from testkit.node import NodeRunner
 from testkit.procs import TIMEOUT, Proc, free_port, read_trace
-from testkit.mqtt import Broker
 from testkit.rawmqtt import Raw
+from testkit.users import USERS, edison_broker, start_secured_embedded
 
 DEVICE = "edison-t"
 SET = f"edison/{DEVICE}/led/set"

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 15.0  # generous: the suite must pass on a busy 2-core machine
 

@@ -9,10 +9,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from testkit.brokers import start_embedded
-from testkit.procs import TIMEOUT, Proc, free_port, python_cmd
 from testkit.mqtt import Broker, Probe
+from testkit.procs import TIMEOUT, Proc, free_port, python_cmd
 
 TOPICS = """\
 prefix: edison

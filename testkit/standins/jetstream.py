@@ -19,12 +19,14 @@ import queue
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import Server, ServerConnection, serve
+from websockets.sync.server import Server, ServerConnection
+from websockets.sync.server import serve as serve_websocket
+
+from testkit.standins.service import Handler, StandIn, base_url, serve, stop
 
 POST = "app.bsky.feed.post"
 CLOSE, DROP = "close", "drop"  # a clean close frame; a TCP close without one
@@ -83,8 +85,11 @@ class _Subscriber:
         return any(collection == c or c.endswith(".*") and collection.startswith(c[:-1]) for c in self.collections)
 
 
-class JetstreamServer:
+class JetstreamServer(StandIn):
+    name = "Jetstream stand-in"
+
     def __init__(self, ping_interval: float = 0.5) -> None:
+        super().__init__()
         self.events: list[dict[str, Any]] = []  # what the service keeps, in time_us order
         self.queries: list[dict[str, list[str]]] = []  # query of every accepted subscription
         self.attempts: list[tuple[float, str]] = []  # (monotonic time, outcome) of every handshake
@@ -92,9 +97,7 @@ class JetstreamServer:
         self.refusing: int | None = None  # every handshake gets this HTTP status while set
         self._subscribers: list[_Subscriber] = []
         self._drop: set[int] = set()  # connections to close as soon as they are accepted
-        self._changed = threading.Condition()
-        self._closing = threading.Event()
-        self._server: Server = serve(self._handler, "127.0.0.1", 0, process_request=self._process_request,
+        self._server: Server = serve_websocket(self._handler, "127.0.0.1", 0, process_request=self._process_request,
                                      ping_interval=ping_interval, ping_timeout=None, compression=None,
                                      max_size=None)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -154,10 +157,8 @@ class JetstreamServer:
             for sub in self._subscribers:
                 sub.frames.put(how)
 
-    def wait(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-        with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise AssertionError(f"Jetstream stand-in: no {what} within {timeout} s; attempts {self.attempts}")
+    def describe(self) -> str:
+        return f"attempts {self.attempts}"
 
     def wait_subscribed(self, count: int = 1, timeout: float = 15.0) -> None:
         """Until `count` subscriptions have been accepted in all, and one is live."""
@@ -233,38 +234,24 @@ class HandleResolver:
         self.requests: list[str] = []
         resolver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True  # headers and body leave at once, as from a real server
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class ResolverHandler(Handler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 handle = parse_qs(parts.query).get("handle", [""])[0]
                 resolver.requests.append(handle)
                 did = resolver.handles.get(handle.lower())
                 if parts.path != "/xrpc/com.atproto.identity.resolveHandle":
-                    status, body = 404, {"error": "MethodNotImplemented", "message": "Method Not Implemented"}
+                    self.send_json(404, {"error": "MethodNotImplemented", "message": "Method Not Implemented"})
                 elif did:
-                    status, body = 200, {"did": did}
+                    self.send_json(200, {"did": did})
                 else:
-                    status, body = 400, {"error": "InvalidRequest", "message": "Unable to resolve handle"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    self.send_json(400, {"error": "InvalidRequest", "message": "Unable to resolve handle"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = serve(ResolverHandler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return base_url(self.httpd)
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop(self.httpd)

@@ -19,18 +19,18 @@ from __future__ import annotations
 import html
 import json
 import queue
-import select
-import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from testkit.standins.service import Handler, StandIn, base_url, serve, stop
+
 TOKEN = "test-mastodon-token"
 BOT_ID = "100"
-CLOSE, STALL = "close", "stall"
+
 
 
 def iso(t: float | None = None) -> str:
@@ -38,10 +38,13 @@ def iso(t: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-class MastodonServer:
+class MastodonServer(StandIn):
+    name = "Mastodon stand-in"
+
     def __init__(self, accounts: dict[str, str], locked: tuple[str, ...] = (), heartbeat: float = 0.3,
                  scopes: tuple[str, ...] = ("read", "write:follows")) -> None:
         """accounts: acct -> account id, besides the bot (`bot`, id BOT_ID)."""
+        super().__init__()
         self.accounts = {"bot": BOT_ID, **accounts}
         self.locked = set(locked)
         self.heartbeat = heartbeat
@@ -54,15 +57,13 @@ class MastodonServer:
         self._plan: dict[str, deque[int]] = {}
         self.refusing: int | None = None  # every stream request gets this HTTP status while set
         self._current: list[queue.Queue[Any]] = []
-        self._changed = threading.Condition()
-        self._closing = threading.Event()
         self._last_id = int(time.time() * 1000) << 16
         self.api = self._server(streaming=False)
         self.streaming = self._server(streaming=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api.server_address[1]}"
+        return base_url(self.api)
 
     @property
     def host(self) -> str:
@@ -71,8 +72,10 @@ class MastodonServer:
     def stop(self) -> None:
         self._closing.set()
         for httpd in (self.api, self.streaming):
-            httpd.shutdown()
-            httpd.server_close()
+            stop(httpd)
+
+    def describe(self) -> str:
+        return f"streams {self.streams}"
 
     # -- test controls ---------------------------------------------------------
 
@@ -139,11 +142,6 @@ class MastodonServer:
                 for q in self._current:
                     q.put(item)
 
-    def wait(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-        with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise AssertionError(f"Mastodon stand-in: no {what} within {timeout} s; streams {self.streams}")
-
     def wait_streaming(self, count: int = 1, timeout: float = 15.0) -> None:
         """Until `count` streams have been opened in all, and one is open."""
         self.wait(lambda: sum(1 for _, o in self.streams if o == "200") >= count and bool(self._current), timeout,
@@ -178,27 +176,13 @@ class MastodonServer:
     def _server(self, streaming: bool) -> ThreadingHTTPServer:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body leave at once, as from a real server
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class MastodonHandler(Handler):
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                reset = iso(time.time() + 0.5)
-                for name, value in {"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "299",
-                                    "X-RateLimit-Reset": reset, **(headers or {})}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(status, body, {"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "299",
+                                              "X-RateLimit-Reset": iso(time.time() + 0.5), **(headers or {})})
 
             def _authorised(self, scope: str = "read") -> bool:
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                if not self.bearer(TOKEN):
                     self._send(401, {"error": "The access token is invalid"})
                     return False
                 if scope not in server.scopes:
@@ -289,7 +273,7 @@ class MastodonServer:
                 with server._changed:
                     planned = server._plan.get(path)
                     status = planned.popleft() if planned else server.refusing
-                    if status is None and self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    if status is None and not self.bearer(TOKEN):
                         status = 401
                     if status is None and path != "/api/v1/streaming/user":
                         status = 404
@@ -310,50 +294,13 @@ class MastodonServer:
                         server._changed.notify_all()
 
             def _serve(self, events: queue.Queue[Any]) -> None:
-                self.close_connection = True
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "private, no-store")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")  # as a server that closes after the stream must say
-                self.end_headers()
-                self._chunk(b":)\n")
-                stalled = False
-                try:
-                    while not server._closing.is_set():
-                        try:
-                            item = events.get(timeout=server.heartbeat)
-                        except queue.Empty:
-                            if not stalled:
-                                self._chunk(b":thump\n")
-                            elif select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1):
-                                return  # the client gave up on the silent stream
-                            continue
-                        if item == CLOSE:
-                            self.wfile.write(b"0\r\n\r\n")
-                            self.wfile.flush()
-                            return
-                        if item == STALL:
-                            stalled = True
-                        elif isinstance(item, bytes):
-                            self._chunk(item)
-                        else:
-                            event, data = item
-                            self._chunk(f"event: {event}\ndata: {data}\n\n".encode())
-                except OSError:
-                    return
+                self.start_stream("text/event-stream", {"Cache-Control": "private, no-store"})
+                self.chunk(b":)\n")
+                self.pump(events, server.heartbeat, b":thump\n", self._event, lambda: not server._closing.is_set())
 
-            def _chunk(self, data: bytes) -> None:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
+            def _event(self, item: tuple[str, str]) -> bool:
+                event, data = item
+                self.chunk(f"event: {event}\ndata: {data}\n\n".encode())
+                return True
 
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                except OSError:
-                    pass
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        return httpd
+        return serve(MastodonHandler)

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import queue
-import select
 import socket
 import struct
-import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from testkit.standins.service import Handler, StandIn, base_url, serve, stop
 
 TOKEN = "test-bearer-token"
 PROBLEMS = "https://api.twitter.com/2/problems"
@@ -44,8 +44,8 @@ OPERATIONAL_DISCONNECT = {"errors": [{
     "detail": "This stream has been disconnected for operational reasons.",
     "type": f"{PROBLEMS}/operational-disconnect"}]}
 
-# Actions pushed into an open stream besides posts (dicts) and raw bytes.
-CLOSE, RESET, STALL = "close", "reset", "stall"
+# Pushed into an open stream besides posts (dicts), raw bytes, CLOSE and STALL: a TCP reset.
+RESET = "reset"
 
 
 def now_iso() -> str:
@@ -68,8 +68,11 @@ def post(post_id: str, text: str, author_id: str, username: str, kind: str | Non
     return {"data": data, "includes": {"users": users}, "matching_rules": [{"id": "1500000000000000001"}]}
 
 
-class XStreamServer:
+class XStreamServer(StandIn):
+    name = "X stand-in"
+
     def __init__(self, users: dict[str, str], keepalive: float = 0.5, rule_limit: int = 512) -> None:
+        super().__init__()
         self.users = {name.lower(): (uid, name) for name, uid in users.items()}  # username -> id
         self.keepalive = keepalive
         self.rule_limit = rule_limit
@@ -80,24 +83,24 @@ class XStreamServer:
         self._plan: deque[tuple[int, dict] | None] = deque()  # None: close the socket without an answer
         self._current: queue.Queue | None = None
         self._next_rule = 1600000000000000000
-        self._changed = threading.Condition()
-        self._closing = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        assert self.httpd is not None, "not started"
+        return base_url(self.httpd)
 
     def start(self) -> XStreamServer:
-        self._thread.start()
+        self.httpd = serve(self._handler_class())
         return self
 
     def stop(self) -> None:
         self._closing.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self.httpd is not None:
+            stop(self.httpd)
+
+    def describe(self) -> str:
+        return f"attempts {self.attempts}"
 
     # -- test controls ---------------------------------------------------
 
@@ -117,11 +120,6 @@ class XStreamServer:
         with self._changed:
             return self._add_rule_locked(value, tag)
 
-    def wait(self, predicate, timeout: float = 15.0, what: str = "condition") -> None:
-        with self._changed:
-            if not self._changed.wait_for(predicate, timeout):
-                raise AssertionError(f"X stand-in: no {what} within {timeout} s; attempts {self.attempts}")
-
     def wait_streaming(self, count: int = 1, timeout: float = 15.0) -> None:
         """Until `count` stream connections have been answered with 200."""
         self.wait(lambda: sum(1 for _, o in self.attempts if o == "200") >= count, timeout, f"{count} stream(s)")
@@ -137,28 +135,16 @@ class XStreamServer:
         self.rules[rule_id] = {"id": rule_id, "value": value, **({"tag": tag} if tag else {})}
         return rule_id
 
-    def _handler_class(self):
+    def _handler_class(self) -> type[Handler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class XHandler(Handler):
             def _send_json(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("x-rate-limit-limit", "50")
-                self.send_header("x-rate-limit-remaining", "49")
-                self.send_header("x-rate-limit-reset", str(int(time.time()) + 900))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(status, body, {"x-rate-limit-limit": "50", "x-rate-limit-remaining": "49",
+                                              "x-rate-limit-reset": str(int(time.time()) + 900)})
 
             def _authorised(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+                if self.bearer(TOKEN):
                     return True
                 self._send_json(401, BODY_401)
                 return False
@@ -223,7 +209,7 @@ class XStreamServer:
                         outcome = "reset"
                     elif planned:
                         outcome = str(planned[0])
-                    elif self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    elif not self.bearer(TOKEN):
                         outcome, planned = "401", (401, BODY_401)
                     elif not server.rules:
                         outcome, planned = "409", (409, BODY_409)
@@ -239,68 +225,29 @@ class XStreamServer:
                 elif planned:
                     self._send_json(*planned)
                 else:
-                    self._serve_stream(actions)
+                    self.start_stream("application/json; charset=utf-8")
+                    self.pump(actions, server.keepalive, b"\r\n", self._write,
+                              lambda: not server._closing.is_set() and server._current is actions)
+
+            def _write(self, action: dict | str) -> bool:
+                if action == RESET:
+                    self._reset()
+                    return False
+                assert isinstance(action, dict), action
+                # Chunk boundaries are not line boundaries: half a line, the rest with \r, then \n.
+                data = json.dumps(action, ensure_ascii=False, separators=(",", ":")).encode()
+                middle = len(data) // 2
+                for piece in (data[:middle], data[middle:] + b"\r", b"\n"):
+                    if piece:
+                        self.chunk(piece)
+                return True
 
             def _reset(self) -> None:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.connection.close()
                 self.close_connection = True
 
-            def _chunk(self, data: bytes) -> None:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-
-            def _line(self, data: bytes) -> None:
-                # Chunk boundaries are not line boundaries: half a line, the rest with \r, then \n.
-                middle = len(data) // 2
-                for piece in (data[:middle], data[middle:] + b"\r", b"\n"):
-                    if piece:
-                        self._chunk(piece)
-
-            def _serve_stream(self, actions: queue.Queue) -> None:
-                self.close_connection = True
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.send_header("Connection", "close")  # as a server that closes after the stream must say
-                self.end_headers()
-                self.wfile.flush()
-                stalled = False
-                try:
-                    while not server._closing.is_set() and server._current is actions:
-                        try:
-                            action = actions.get(timeout=0.05 if stalled else server.keepalive)
-                        except queue.Empty:
-                            if stalled:
-                                if select.select([self.connection], [], [], 0)[0] and not self.connection.recv(1):
-                                    return  # the client gave up on the silent stream
-                            else:
-                                self._chunk(b"\r\n")
-                            continue
-                        if isinstance(action, dict):
-                            self._line(json.dumps(action, ensure_ascii=False, separators=(",", ":")).encode())
-                        elif isinstance(action, bytes):
-                            for i in range(0, len(action), 65536):
-                                self._chunk(action[i:i + 65536])
-                        elif action == STALL:
-                            stalled = True
-                        elif action == RESET:
-                            self._reset()
-                            return
-                        elif action == CLOSE:
-                            self.wfile.write(b"0\r\n\r\n")
-                            self.wfile.flush()
-                            return
-                except OSError:
-                    return  # the client went away
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                except OSError:
-                    pass
-
-        return Handler
+        return XHandler
 
     def _add(self, rules: list[dict[str, str]]) -> dict[str, Any]:
         created: list[dict[str, Any]] = []

@@ -19,16 +19,15 @@ from testkit.brokers import start_mosquitto
 from testkit.mqtt import Probe
 from testkit.node import DEVICE, TOPICS_YAML, NodeRunner
 from testkit.procs import TIMEOUT, Proc, free_port, python_cmd, read_trace
+from testkit.standins.service import CLOSE, STALL
 from testkit.standins.xstream import (
     BODY_401,
     BODY_429,
     BODY_429_CAP,
     BODY_429_CONNECTIONS,
     BODY_503,
-    CLOSE,
     OPERATIONAL_DISCONNECT,
     RESET,
-    STALL,
     TOKEN,
     post,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from paho.mqtt.client import topic_matches_sub as topic_matches
 
@@ -10,7 +9,6 @@ from node import config
 from node.config import BlinkPattern, ConfigError
 from node.topics import DeviceTopics, Layout
 from testkit.procs import ROOT
-
 
 
 def test_shipped_topics_yaml_describes_the_reference_device():

@@ -11,7 +11,6 @@ from node.pins.backends import make_factory
 from testkit.procs import ROOT
 
 
-
 def test_mraa_backend_drives_gpio(standin_mraa):
     factory = make_factory("mraa")
     pin = factory.pin(20)
