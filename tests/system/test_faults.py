@@ -38,30 +38,24 @@ def no_loss(tally: faults.Tally) -> None:
     assert (tally.lost, tally.doubled) == (0, 0), str(tally)
 
 
-def test_publisher_leaving_right_after_its_pubacks_loses_nothing(embedded, device):
-    no_loss(faults.publisher_leaves(embedded, device, 100))
+# The same faults with a 3.1.1 publisher at QoS 1 (the exchange ends with PUBACK) and an MQTT 5 one at QoS 2
+# (it ends with PUBCOMP, and the broker keeps the exchange's state in between).
+PUBLISHERS = [pytest.param({}, id="qos1"), pytest.param({"mqtt5": True, "qos": 2}, id="mqtt5-qos2")]
 
 
-def test_broker_sigkill_right_after_pubacks_loses_nothing(embedded, device):
-    no_loss(faults.broker_killed_after_pubacks(embedded, device, 20))
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+def test_publisher_leaving_right_after_its_acknowledgements_loses_nothing(embedded, device, publisher):
+    no_loss(faults.publisher_leaves(embedded, device, 100 if not publisher else 50, **publisher))
 
 
-def test_broker_restarts_under_a_running_node(embedded, device):
-    tally = faults.broker_restarts(embedded, device, 30, restarts=3)
-    no_loss(tally)
-    assert tally.broker_exit.startswith("0 "), tally.broker_exit
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+def test_broker_sigkill_right_after_the_acknowledgements_loses_nothing(embedded, device, publisher):
+    no_loss(faults.broker_killed_after_pubacks(embedded, device, 20, **publisher))
 
 
-def test_mqtt5_qos2_publisher_leaving_right_after_its_pubcomps_loses_nothing(embedded, device):
-    no_loss(faults.publisher_leaves_mqtt5_qos2(embedded, device, 50))
-
-
-def test_broker_sigkill_right_after_pubcomps_of_mqtt5_qos2_loses_nothing(embedded, device):
-    no_loss(faults.broker_killed_after_pubacks_mqtt5_qos2(embedded, device, 20))
-
-
-def test_broker_restarts_under_mqtt5_qos2_publishes(embedded, device):
-    tally = faults.broker_restarts_mqtt5_qos2(embedded, device, 30, restarts=3)
+@pytest.mark.parametrize("publisher", PUBLISHERS)
+def test_broker_restarts_under_a_running_node(embedded, device, publisher):
+    tally = faults.broker_restarts(embedded, device, 30, restarts=3, **publisher)
     no_loss(tally)
     assert tally.broker_exit.startswith("0 "), tally.broker_exit
 
