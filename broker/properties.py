@@ -106,7 +106,7 @@ def encode(pairs: list[tuple[int, int | str | bytes | tuple[str, str]]], raw: by
 
 def decode(data: bytes, pos: int, allowed: frozenset[int], what: str) -> tuple[Props, int]:
     """The property block at `pos` of `data` and the position after it; PropertyError for what is not allowed."""
-    length, pos = _varint(data, pos, what)
+    length, pos = read_varint(data, pos, f"{what} properties")
     end = pos + length
     if end > len(data):
         raise PropertyError(f"{what} properties run past the end of the packet")
@@ -114,7 +114,7 @@ def decode(data: bytes, pos: int, allowed: frozenset[int], what: str) -> tuple[P
     forwarded = bytearray()
     while pos < end:
         start = pos
-        pid, pos = _varint(data, pos, what)
+        pid, pos = read_varint(data, pos, f"{what} properties")
         if pid not in allowed:
             raise PropertyError(f"{what} may not carry property {pid:#04x} [MQTT-2.2.2-2]")
         if pid in props.values and pid not in REPEATABLE:
@@ -148,11 +148,13 @@ def _check(props: Props, what: str) -> None:
         raise PropertyError(f"{what}: response topic {topic[:80]!r} is not a topic name [MQTT-3.3.2-14]")
 
 
-def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """The variable byte integer at `pos` and the position after it (a packet's remaining length, a property's
+    length or identifier)."""
     value, shift = 0, 0
     for _ in range(4):
         if pos >= len(data):
-            raise PropertyError(f"{what} properties run past the end of the packet")
+            raise PropertyError(f"{what}: cut short by the end of the packet")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -188,7 +190,7 @@ def _value(data: bytes, pos: int, end: int, kind: int, what: str) -> tuple[int |
     if kind == U32:
         return struct.unpack("!I", take(4))[0], pos
     if kind == VARINT:
-        value, pos = _varint(data[:end], pos, what)
+        value, pos = read_varint(data[:end], pos, f"{what} properties")
         return value, pos
     if kind == TEXT:
         return text(), pos

@@ -147,15 +147,13 @@ class TooLarge(Malformed):
 async def read_packet(read_exactly: Read, max_size: int) -> tuple[int, int, bytes]:
     """(type, flags, body) of the next packet; TooLarge before reading a body over `max_size` bytes."""
     first = (await read_exactly(1))[0]
-    size, shift = 0, 0
-    for _ in range(4):
-        byte = (await read_exactly(1))[0]
-        size |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
-        raise Malformed("remaining length longer than 4 bytes")
+    length = await read_exactly(1)
+    while length[-1] & 0x80 and len(length) < 4:
+        length += await read_exactly(1)
+    try:
+        size, _ = P.read_varint(length, 0, "remaining length")
+    except P.PropertyError as exc:
+        raise Malformed(str(exc)) from None
     if size > max_size:
         raise TooLarge(size, max_size)
     body = await read_exactly(size) if size else b""
