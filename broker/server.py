@@ -120,7 +120,7 @@ async def serve(o: Options, store: Store | None, grace: float = 2.0) -> None:
         log.info("state restored from %s: %d retained message(s), %d session(s), %d queued message(s)", store.path,
                  len(state.retained), len(state.sessions), sum(len(s.queued) for s in state.sessions))
         store.start(loop)
-    site = Site(o.layout) if o.listeners.web_bind else None
+    site = Site(o.layout, o.allow_anonymous) if o.listeners.web_bind else None
     broker = EdisonBroker(listener_config(o.listeners), Connections(core, access, users, o.limits), site)
     try:
         await broker.start()

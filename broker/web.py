@@ -42,12 +42,13 @@ SECURITY_HEADERS = {
 }
 
 
-def layout_json(layout: Layout) -> bytes:
-    """What the page must know of topics.yaml: the prefixes (devices it learns from the broker, as its user)."""
-    return json.dumps({"prefix": layout.prefix, "discovery_prefix": layout.discovery_prefix}).encode()
+def layout_json(layout: Layout, trial: bool = False) -> bytes:
+    """What the page must know: the prefixes of topics.yaml (devices it learns from the broker, as its user), and
+    whether the broker is in trial mode (its login form then says that any user name will do)."""
+    return json.dumps({"prefix": layout.prefix, "discovery_prefix": layout.discovery_prefix, "trial": trial}).encode()
 
 
-def page_files(layout: Layout) -> dict[str, bytes]:
+def page_files(layout: Layout, trial: bool = False) -> dict[str, bytes]:
     """The page's files by name, with the layout; ValueError if the installed page is damaged."""
     files = {p.name: p.read_bytes() for p in sorted(PAGE_DIR.iterdir()) if p.is_file() and p.suffix in TYPES}
     if "index.html" not in files:
@@ -55,7 +56,7 @@ def page_files(layout: Layout) -> dict[str, bytes]:
     too_big = [name for name, data in files.items() if len(data) > MAX_FILE]
     if too_big:
         raise ValueError(f"{PAGE_DIR}: {', '.join(too_big)} over {MAX_FILE} bytes")
-    files[LAYOUT_FILE] = layout_json(layout)
+    files[LAYOUT_FILE] = layout_json(layout, trial)
     return files
 
 
@@ -74,8 +75,8 @@ class Site:
     (mqtt.js is most of it).
     """
 
-    def __init__(self, layout: Layout) -> None:
-        self._files = page_files(layout)
+    def __init__(self, layout: Layout, trial: bool = False) -> None:
+        self._files = page_files(layout, trial)
         self._gzipped = {name: gzip.compress(data, mtime=0) for name, data in self._files.items()}
 
     def answer(self, connection: ServerConnection, request: Request) -> Response | None:

@@ -425,6 +425,10 @@ async function start() {
     say("login-error", `The page could not load layout.json (${err.message}): reload it.`);
     return;
   }
+  if (layout.trial) {
+    $("login-hint").textContent = "Trial mode (a broker without users, on this computer only): any user name, " +
+      "no password.";
+  }
   $("login").querySelector("button").disabled = false; // disabled in the HTML until the page can log in
 }
 

@@ -4,6 +4,7 @@ What the page does in a browser is in tests/system/test_control_page.py."""
 from __future__ import annotations
 
 import gzip
+import json
 import http.client
 import signal
 import socket
@@ -63,8 +64,8 @@ def test_the_page_files_are_served_with_their_types_and_a_policy_that_keeps_othe
     status, headers, body = get(port, "/mqtt.min.js", gzipped=True)
     assert (status, headers["content-encoding"]) == (200, "gzip") and int(headers["content-length"]) == len(body)
     assert gzip.decompress(body) == (PAGE_DIR / "mqtt.min.js").read_bytes() and len(body) < 120_000
-    status, _, body = get(port, "/layout.json")  # trial mode: the default prefixes
-    assert (status, body) == (200, b'{"prefix": "edison", "discovery_prefix": "homeassistant"}')
+    status, _, body = get(port, "/layout.json")  # trial mode, with the default prefixes
+    assert (status, json.loads(body)) == (200, {"prefix": "edison", "discovery_prefix": "homeassistant", "trial": True})
 
 
 @pytest.mark.parametrize("path", ["/../web.py", "/%2e%2e/web.py", "/..%2fweb.py", "//etc/passwd", "/index.html/..",

@@ -180,6 +180,7 @@ def command_id(page, text: str) -> str:
 def switch_dim_and_watch_the_button(page, site: Site) -> None:
     expect = playwright_api.expect
     log_in(page, site.url, "laptop")
+    expect(page.locator("#login-hint")).to_have_text(re.compile(r"^with your broker user"))  # not trial mode
     card = device_card(page)
     expect(card.get_by_text("online", exact=True)).to_be_visible()
     led = card.get_by_role("switch", name="LED")
@@ -231,6 +232,20 @@ def test_a_phone_logs_in_switches_and_dims_the_led_and_sees_the_button(embedded,
 
 def test_the_exported_mosquitto_serves_the_same_page(exported, page):
     switch_dim_and_watch_the_button(page, exported)
+
+
+def test_in_trial_mode_the_login_form_says_that_any_user_name_will_do(tmp_path, page):
+    """What `make run` starts: no users, so the form says so, and a name without a password logs in."""
+    web = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{web}")
+    try:
+        page.goto(f"http://127.0.0.1:{web}/")
+        playwright_api.expect(page.locator("#login-hint")).to_contain_text("any user name, no password")
+        page.get_by_label("User").fill("kitchen-phone")
+        page.get_by_role("button", name="Log in").click()
+        playwright_api.expect(page.locator("#connection")).to_contain_text("Connected as kitchen-phone")
+    finally:
+        broker.proc.stop()
 
 
 @pytest.fixture(params=["embedded", "exported"])
