@@ -142,7 +142,7 @@ class Output:
         try:
             pattern(cancel, *args)
             if not cancel.is_set():
-                log.debug("%s: %s of command %s ended", self.name, "blink" if self.blinking else "transition", cause)
+                log.info("%s: %s of command %s ended", self.name, "blink" if self.blinking else "transition", cause)
             self._end_pattern(cancel, cause)  # type: ignore[arg-type]
         except Exception:
             log.exception("%s of %s (command %s) stopped by an error; restoring %s", self._effect, self.name, cause,

@@ -255,12 +255,14 @@ class Node:
 
     def _log_done(self, message: Incoming, command: Command, result: dict[str, Any]) -> None:
         source = f" (from {json.dumps(command.source)})" if command.source else ""
+        # A blink or a fade is answered as it starts (its end is logged when it comes): say so.
+        verb = "started" if command.blink or command.transition else "done"
         if message.dup and command.id is None:
-            log.warning("%s: command %s done: %s%s; it came again (DUP) without an id, so it may have been carried "
-                        "out before: give commands an id to make resending safe", message.topic, result["id"],
+            log.warning("%s: command %s %s: %s%s; it came again (DUP) without an id, so it may have been carried "
+                        "out before: give commands an id to make resending safe", message.topic, result["id"], verb,
                         _describe(command, result), source)
         else:
-            log.info("%s: command %s done: %s%s", message.topic, result["id"], _describe(command, result), source)
+            log.info("%s: command %s %s: %s%s", message.topic, result["id"], verb, _describe(command, result), source)
 
     # -- Home Assistant -----------------------------------------------------
 

@@ -69,7 +69,10 @@ def test_blink_runs_the_default_pattern_and_restores_the_state(rig, logs):
     assert result == {"id": "b1", "output": "led", "ok": True, "state": "OFF", "effect": "blink"}
     assert wait_levels(rig, 4) == [1, 0, 1, 0]  # count 2
     assert {c.id for c in rig.changes()} == {"b1"}  # every change of the blink carries its command's id
-    logs.wait_for(r"command b1 done: blink 2 x \(0.02 s on, 0.02 s off\), then OFF")
+    logs.wait_for(r"command b1 started: blink 2 x \(0.02 s on, 0.02 s off\), then OFF")  # answered as it starts
+    logs.wait_for(r"led: blink of command b1 ended")
+    rig.send('{"state": "ON", "id": "on1"}')
+    logs.wait_for(r"command on1 done: ON")
 
 
 def test_state_and_blink_together_blink_then_stay_on(rig):
