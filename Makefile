@@ -10,11 +10,18 @@ SIM_INPUTS ?= /tmp/edison-inputs.jsonl
 
 .PHONY: run test docs bench clean mqttjs
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# Two stamps: `make run` needs only the programs; the tests, the site and the benchmarks need everything.
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,nats,test,docs]'
+
+$(BIN)/.installed-run: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[broker,bridge]'
 	touch $@
+
+$(BIN)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[broker,bridge,nats,test,docs]'
+	touch $@ $(BIN)/.installed-run
 
 # The embedded broker (trial mode: no users, loopback only) on 127.0.0.1:$(PORT) with the control page on
 # 127.0.0.1:$(WEB_PORT), and the node with simulated pins, printing the LED and the button as they change; lines
@@ -22,7 +29,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 # run's own (removed at the end), so runs never share the ids of commands carried out. Ctrl-C stops both, the node
 # first (its `offline` reaches the broker); either of them ending (a port already taken, say) stops the other. The
 # broker has its own session, so Ctrl-C reaches it last.
-run: $(BIN)/.installed
+run: $(BIN)/.installed-run
 	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(PORT)))' 2>/dev/null || \
 		{ echo "make run: port $(PORT) is taken (another MQTT broker?): try make run PORT=1884" >&2; exit 1; }
 	@$(BIN)/python -c 'import socket; socket.create_server(("127.0.0.1", $(WEB_PORT)))' 2>/dev/null || \
