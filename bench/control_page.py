@@ -37,7 +37,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from testkit.mqtt import Broker, Probe  # noqa: E402
 from testkit.procs import Proc, free_port, python_cmd  # noqa: E402
-from testkit.brokers import mosquitto_binary  # noqa: E402
+from testkit.brokers import export_for, mosquitto_binary  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -92,7 +92,8 @@ def serving(kind: str, folder: Path) -> Iterator[tuple[Broker, str]]:
             sys.exit("bench: mosquitto is not installed (Debian: apt-get install mosquitto)")
         out = folder / "mosquitto"
         subprocess.run(python_cmd("broker", "mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                                  "--bind", f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{web}", "--out", str(out)),
+                                  "--bind", f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{web}", "--out", str(out),
+                                  *export_for(binary)),
                        check=True, capture_output=True, cwd=ROOT)
         conf = out / "mosquitto.conf"
         if os.geteuid() == 0:

@@ -37,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from testkit import faults  # noqa: E402
 from testkit.users import USERS, make_users  # noqa: E402
-from testkit.brokers import BROKER_KINDS, bench_brokers  # noqa: E402
+from testkit.brokers import BROKER_KINDS, bench_brokers, mosquitto_version  # noqa: E402
 
 QUICK = [(faults.publisher_leaves, 30), (faults.broker_killed_after_pubacks, 10),
          (faults.broker_killed_after_pubacks_mqtt5_qos2, 10), (faults.malformed_packets, 10)]
@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         (workdir / "users").mkdir()
         users = make_users(workdir / "users")
-        print(f"# fault matrix: {len(matrix)} faults on {', '.join(kinds)}, each broker with a data directory\n")
+        named = [f"mosquitto {'.'.join(map(str, mosquitto_version(mosquitto_bin)))} ({mosquitto_bin})"
+                 if kind == "mosquitto" else kind for kind in kinds]
+        print(f"# fault matrix: {len(matrix)} faults on {', '.join(named)}, each broker with a data directory\n")
         rows = []
         for fault, count in matrix:
             for kind in kinds:

@@ -37,7 +37,7 @@ from broker.core import Core, Session
 from broker.filters import topic_problem
 from broker.login import FORGET_AFTER, STALLED_AFTER, Admission, Passwords, Throttle, network_of
 from broker.logs import Squelch, shown
-from broker.models import Limits
+from broker.models import MAX_UNACKNOWLEDGED, Limits
 
 log = logging.getLogger("edison-broker")
 T = TypeVar("T")
@@ -45,7 +45,6 @@ T = TypeVar("T")
 MAX_WRITE_BUFFER = 4 * 1024 * 1024  # bytes a client may leave unread before it is dropped as not reading
 CLOSE_WAIT = 2.0  # seconds a stopping broker waits for its aborted connections to wind up
 HIGH_WATER = 256 * 1024  # bytes waiting for the network above which a client's queue is not sent from
-MAX_UNACKNOWLEDGED = 256  # publishes read from one client whose acknowledgement still waits for the disk
 # Logins wait for the disk only past twice the backlog that holds publishers back: a publish flood on a slow disk
 # must not delay a device's login, while logins repeated with large wills cannot grow the backlog without bound.
 LOGIN_BACKLOG = 2

@@ -15,6 +15,9 @@ from broker.access import Rules
 from node.topics import Layout
 
 WEB_LISTENER = "web"  # the listener that serves the control page beside MQTT over WebSocket
+# QoS 1 and 2 publishes one client may have unacknowledged (its MQTT 5 receive maximum); the Mosquitto export
+# gives its clients the same window.
+MAX_UNACKNOWLEDGED = 256
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,30 @@ import sys
 import textwrap
 from pathlib import Path
 
+from broker.mosquitto import installed_version
 from testkit.mqtt import Broker
 from testkit.procs import Proc, free_port, python_cmd
 
 
 def mosquitto_binary() -> str | None:
-    """Debian's mosquitto, also where it lives when sbin is not on PATH; None when it is not installed."""
+    """The Mosquitto to run: $MOSQUITTO if set (a build of another release, to run the tests and benchmarks against
+    it), else Debian's, also where it lives when sbin is not on PATH; None when there is none."""
+    if os.environ.get("MOSQUITTO"):
+        return os.environ["MOSQUITTO"]
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
     )
+
+
+def mosquitto_version(binary: str) -> tuple[int, ...]:
+    version = installed_version(binary)
+    assert version is not None, f"{binary} -h names no version"
+    return version
+
+
+def export_for(binary: str) -> tuple[str, ...]:
+    """What `edison-broker mosquitto-config` is told of the Mosquitto that will run its config (not the one on PATH)."""
+    return ("--mosquitto-version", ".".join(map(str, mosquitto_version(binary))))
 
 
 def nats_server_binary_or_none() -> str | None:

@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from testkit.brokers import export_for
 from testkit.cluster import NatsCluster
 from testkit.mqtt import Broker
 from testkit.node import NodeRunner
@@ -74,7 +75,8 @@ class BrokerUnderTest:
         out = self.workdir / "mosquitto"
         data = ("--data", str(self.data)) if self.data else ()
         done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                             "--bind", f"127.0.0.1:{self.port}", *data, "--out", str(out), *self.extra)
+                             "--bind", f"127.0.0.1:{self.port}", *data, "--out", str(out), *export_for(self._binary),
+                             *self.extra)
         assert done.returncode == 0, done.stderr
         conf = out / "mosquitto.conf"
         if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files

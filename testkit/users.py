@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit.brokers import start_embedded
+from testkit.brokers import export_for, start_embedded
 from testkit.mqtt import Broker, Probe
 from testkit.procs import TIMEOUT, Proc, free_port, python_cmd
 
@@ -80,7 +80,7 @@ def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], bina
     port = free_port()
     out = tmp_path / "mosquitto"
     done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                         "--bind", f"127.0.0.1:{port}", "--out", str(out), *extra)
+                         "--bind", f"127.0.0.1:{port}", "--out", str(out), *export_for(binary), *extra)
     assert done.returncode == 0, done.stderr
     conf = out / "mosquitto.conf"
     if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files

@@ -8,9 +8,11 @@ from paho.mqtt.client import topic_matches_sub
 from broker import mosquitto
 from broker.access import Access, mosquitto_acl, rules
 from node.config import parse
+from testkit.brokers import mosquitto_version
 from testkit.mqtt import Probe
 from testkit.rawmqtt import Raw
 from testkit.users import TOPICS, Secured, login, start_secured_embedded
+from tests.requires import need_mosquitto
 
 # (publisher, topic, delivered to a controller?)
 PUBLISHES = [
@@ -166,7 +168,7 @@ def test_refusals_are_logged_without_password(tmp_path, user_files):
 def test_another_user_with_the_device_client_id_cannot_end_its_session_or_its_queue(secured, squatter):
     """On every broker the project runs or exports to: refused (embedded, NATS through its callout), or given a
     client id of its own user (Mosquitto: use_username_as_clientid), never the device's session."""
-    if secured.broker.kind == "mosquitto" and (mosquitto.installed_version() or (0,)) < mosquitto.SAFE_REWRITE_FROM:
+    if secured.broker.kind == "mosquitto" and mosquitto_version(need_mosquitto()) < mosquitto.SAFE_REWRITE_FROM:
         pytest.skip("Mosquitto before 2.0.13: the export leaves the squat open, and says so (test_cli.py)")
     queue_a_command(secured, f"ON squat-{squatter}")
     try:

@@ -16,7 +16,7 @@ import pytest
 import trustme
 from playwright import sync_api as playwright_api
 
-from testkit.brokers import start_embedded
+from testkit.brokers import export_for, start_embedded
 from testkit.mqtt import Broker
 from testkit.node import NodeRunner
 from testkit.procs import TIMEOUT, Proc, free_port, read_trace
@@ -142,7 +142,8 @@ def exported(users, tmp_path_factory) -> Iterator[Site]:
     port, ws = free_port(), free_port()
     out = folder / "mosquitto"
     done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                         "--bind", f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{ws}", "--out", str(out))
+                         "--bind", f"127.0.0.1:{port}", "--ws-bind", f"127.0.0.1:{ws}", "--out", str(out),
+                         *export_for(binary))
     assert done.returncode == 0, done.stderr
     conf = out / "mosquitto.conf"
     assert f"http_dir {out.resolve() / 'page'}" in conf.read_text()
