@@ -281,7 +281,9 @@ class Connection:
             if hub.passwords is not None and user is None and connect.password is None:
                 # Nothing to guess, nothing to check: refused at once, and not counted against the address (a client
                 # asking which MQTT version the broker speaks, as the node does, sends no credentials).
-                log.info("refused login from %s: no user name (client %s)", self.peer, shown(connect.client_id))
+                log.info("refused a login without user name or password from %s (client %s): edison-node sends one "
+                         "at its start to learn which MQTT version the broker speaks", self.peer,
+                         shown(connect.client_id))
                 await self._answer(wire.NOT_AUTHORIZED)
                 return None
             if hub.passwords is not None:

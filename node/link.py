@@ -1,7 +1,7 @@
 """What the node (and the bridge) need of an MQTT connection, without naming an MQTT library.
 
 `Link` is the interface; node.mqtt implements it with paho-mqtt for real
-brokers, node.fakelink in memory for tests. Messages are this module's own
+brokers, testkit.fakelink in memory for tests. Messages are this module's own
 type both ways, so only node.mqtt imports paho.
 """
 

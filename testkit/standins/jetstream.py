@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection
 from websockets.sync.server import serve as serve_websocket
 
-from testkit.standins.service import Handler, StandIn, base_url, serve, stop
+from testkit.standins.base import Handler, StandIn, base_url, serve, stop
 
 POST = "app.bsky.feed.post"
 CLOSE, DROP = "close", "drop"  # a clean close frame; a TCP close without one

@@ -26,7 +26,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from testkit.standins.service import Handler, StandIn, base_url, serve, stop
+from testkit.standins.base import Handler, StandIn, base_url, serve, stop
 
 TOKEN = "test-mastodon-token"
 BOT_ID = "100"

@@ -23,7 +23,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from testkit.standins.service import Handler, StandIn, base_url, serve, stop
+from testkit.standins.base import Handler, StandIn, base_url, serve, stop
 
 TOKEN = "test-bearer-token"
 PROBLEMS = "https://api.twitter.com/2/problems"

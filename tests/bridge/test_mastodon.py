@@ -10,8 +10,8 @@ from bridge.sources import Skipped
 from bridge.sources.mastodon import Event, html_to_text, sse_events
 from testkit.node import DEVICE
 from testkit.procs import TIMEOUT, read_trace
+from testkit.standins.base import CLOSE, STALL
 from testkit.standins.mastodon import TOKEN
-from testkit.standins.service import CLOSE, STALL
 from tests.bridge.rig import NETWORKS_YAML, SCALE, SET_TOPIC, STALL_TIMEOUT, delays, set_ids
 
 KYONE, FRIEND, STRANGER = "201", "202", "203"

@@ -10,9 +10,9 @@ import pytest
 
 from bridge.sources import Skipped, split_lines
 from testkit.mqtt import Probe
+from testkit.standins.base import CLOSE
 from testkit.standins.jetstream import post_event
 from testkit.standins.mastodon import TOKEN as MASTODON_TOKEN
-from testkit.standins.service import CLOSE
 from testkit.standins.xstream import TOKEN as X_TOKEN
 from testkit.standins.xstream import post
 from testkit.tcpproxy import TcpProxy

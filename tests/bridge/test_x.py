@@ -19,7 +19,7 @@ from testkit.brokers import start_mosquitto
 from testkit.mqtt import Probe
 from testkit.node import DEVICE, TOPICS_YAML, NodeRunner
 from testkit.procs import TIMEOUT, Proc, free_port, python_cmd, read_trace
-from testkit.standins.service import CLOSE, STALL
+from testkit.standins.base import CLOSE, STALL
 from testkit.standins.xstream import (
     BODY_401,
     BODY_429,

@@ -4,8 +4,8 @@ What the page does in a browser is in tests/system/test_control_page.py."""
 from __future__ import annotations
 
 import gzip
-import json
 import http.client
+import json
 import signal
 import socket
 from collections.abc import Iterator

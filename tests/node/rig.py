@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from node.config import parse
-from node.fakelink import FakeLink
 from node.journal import Journal
 from node.pins import PinFactory
 from node.pins.sim import Change, SimFactory
 from node.service import Node
+from testkit.fakelink import FakeLink
 
 DEVICE = "edison-t"
 TOPICS_YAML = f"""\

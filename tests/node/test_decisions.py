@@ -1,7 +1,7 @@
 """What the node decides, in memory: refuse, apply, reply, answer a repeat, expire, announce (no broker, no process).
 
 The real-broker tests in test_process.py check the contract between processes;
-these check every decision of the Node through its MQTT link (node.fakelink)
+these check every decision of the Node through its MQTT link (testkit.fakelink)
 and its pins (simulated), fast enough to cover each case.
 """
 
