@@ -37,7 +37,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from testkit.mqtt import Broker, Probe  # noqa: E402
 from testkit.procs import Proc, free_port, python_cmd  # noqa: E402
-from testkit.brokers import export_for, mosquitto_binary  # noqa: E402
+from testkit.brokers import export_for, mosquitto_binary, run_mosquitto  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -98,8 +98,7 @@ def serving(kind: str, folder: Path) -> Iterator[tuple[Broker, str]]:
         conf = out / "mosquitto.conf"
         if os.geteuid() == 0:
             conf.write_text(conf.read_text() + "user root\n")
-        proc = Proc([binary, "-c", str(conf)], folder / "mosquitto.log")
-        proc.wait_for_line(r"mosquitto version \S+ running", timeout=WAIT)
+        proc = run_mosquitto(binary, conf, folder / "mosquitto.log", port)
     node = Proc(python_cmd("node", "--config", str(topics), "--device", DEVICE, "--broker", f"mqtt://127.0.0.1:{port}",
                            "--pins", "sim", "--state", str(folder / "state")), folder / "node.log",
                 env={"MQTT_USERNAME": DEVICE, "MQTT_PASSWORD": DEVICE_PASSWORD})

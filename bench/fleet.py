@@ -54,8 +54,8 @@ from broker import wire  # noqa: E402
 from node.reconnect import ReconnectPolicy  # noqa: E402
 from testkit.cluster import NatsCluster  # noqa: E402
 from testkit.brokers import start_embedded  # noqa: E402
-from testkit.brokers import BROKER_KINDS, bench_brokers  # noqa: E402
-from testkit.procs import Proc, free_port  # noqa: E402
+from testkit.brokers import BROKER_KINDS, bench_brokers, run_mosquitto  # noqa: E402
+from testkit.procs import free_port  # noqa: E402
 
 PREFIX = "fleet"
 KEEPALIVE = 600  # no pings needed within a run
@@ -354,8 +354,7 @@ class Mosquitto(Fleet):
         self._start()
 
     def _start(self) -> None:
-        self.proc = Proc([self.binary, "-c", str(self.conf)], self.workdir / "mosquitto.log")
-        self.proc.wait_for_line(r"mosquitto version \S+ running")
+        self.proc = run_mosquitto(self.binary, self.conf, self.workdir / "mosquitto.log", self.port)
 
     def pids(self) -> list[int]:
         return [self.proc.popen.pid]

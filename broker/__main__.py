@@ -184,11 +184,6 @@ def _mosquitto_config(argv: list[str]) -> int:
                   "when each client id is forced to its user's name (fixed in 2.0.13), so the config does not force "
                   "it: any logged-in user may take a device's session. Use Mosquitto 2.0.13 or newer to close it",
                   file=sys.stderr)
-        if version < mosquitto.WIDE_WINDOW_FROM:
-            print(f"warning: Mosquitto {'.'.join(map(str, version))} keeps its window of 20 unfinished QoS 2 "
-                  "publishes per client (a wider one makes it hang on SIGTERM; fixed in 2.0.13): past it a publish is "
-                  "refused (MQTT 5) or dropped while answered as accepted (3.1.1). Use Mosquitto 2.0.13 or newer",
-                  file=sys.stderr)
         readable = [*written[1:], *([args.data] if args.data else [])]
         owner = mosquitto.hand_over(readable)
         for name in mosquitto.unknown_users(options.rules, passwords.names(args.passwd)):

@@ -56,17 +56,10 @@ UNSAFE_REWRITE = """\
 # checks in_by_id); before it, use_username_as_clientid opens the door to anyone who reaches the port.
 SAFE_REWRITE_FROM = (2, 0, 13)
 
-WIDE_WINDOW = """\
+WINDOW = """\
 # max_inflight_messages: Mosquitto's window (20 by default) also counts a client's unfinished incoming QoS 2
 # exchanges; past it a publish is refused with PUBREC 0x97 on MQTT 5 (paho-mqtt ignores that code) and dropped on
 # 3.1.1 while answered as accepted. The embedded broker's receive maximum: the same window on both."""
-NARROW_WINDOW = """\
-# max_inflight_messages left at 20: a client with more than 20 QoS 2 publishes unfinished has the rest refused
-# (PUBREC 0x97 on MQTT 5, which paho-mqtt ignores) or dropped while answered as accepted (3.1.1). A wider window
-# makes Mosquitto before 2.0.13 hang on SIGTERM (its inflight accounting was fixed in 2.0.13): keep QoS 2 senders
-# at 20 in flight (paho's default), or use Mosquitto 2.0.13 or newer."""
-# The first release whose inflight accounting holds with a window wider than 20 (issue #2306).
-WIDE_WINDOW_FROM = (2, 0, 13)
 
 
 def installed_version(binary: str = "mosquitto") -> tuple[int, ...] | None:
@@ -107,10 +100,7 @@ def conf_text(o: Options, out: Path, version: tuple[int, ...], several_per_user:
         f"max_queued_messages {o.limits.max_queued}",
         "set_tcp_nodelay true",
     ]
-    if version >= WIDE_WINDOW_FROM:
-        lines += [WIDE_WINDOW, f"max_inflight_messages {MAX_UNACKNOWLEDGED}"]
-    else:
-        lines += [NARROW_WINDOW]
+    lines += [WINDOW, f"max_inflight_messages {MAX_UNACKNOWLEDGED}"]
     if o.limits.max_keepalive:
         lines.append(f"max_keepalive {o.limits.max_keepalive}")
     if o.data:

@@ -11,6 +11,7 @@ from pathlib import Path
 from broker.mosquitto import installed_version
 from testkit.mqtt import Broker
 from testkit.procs import Proc, free_port, python_cmd
+from testkit.rawmqtt import Raw
 
 
 def mosquitto_binary() -> str | None:
@@ -91,6 +92,18 @@ def start_mosquitto(tmp_path: Path, binary: str, extra_conf: str = "", port: int
         log_type notice
         log_type information
         """) + extra_conf)
-    proc = Proc([binary, "-c", str(conf)], tmp_path / f"mosquitto-{port}.log")
+    return Broker("mosquitto", port, run_mosquitto(binary, conf, tmp_path / f"mosquitto-{port}.log", port))
+
+
+def run_mosquitto(binary: str, conf: Path, log: Path, port: int) -> Proc:
+    """Mosquitto on `conf`, once it minds SIGTERM. It logs "running" just before it sets the flag its SIGTERM
+    handler clears (mosquitto.c: `run = 1` after that line, in every 2.0 release), so a SIGTERM right after the
+    line is lost and it runs on. A CONNECT it answers shows its loop runs, and the flag is set."""
+    proc = Proc([binary, "-c", str(conf)], log)
     proc.wait_for_line(r"mosquitto version \S+ running")
-    return Broker("mosquitto", port, proc)
+    ready = Raw(port)
+    try:
+        assert ready.login("testkit-ready-check", None, None) >= 0, f"Mosquitto on {port} did not answer a CONNECT"
+    finally:
+        ready.close()
+    return proc

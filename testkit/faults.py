@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from testkit.brokers import export_for
+from testkit.brokers import export_for, run_mosquitto
 from testkit.cluster import NatsCluster
 from testkit.mqtt import Broker
 from testkit.node import NodeRunner
@@ -93,9 +93,8 @@ class BrokerUnderTest:
             data = ("--data", str(self.data)) if self.data else ()
             return start_secured_embedded(self.workdir, self.user_files, *data, *self.extra, port=self.port).broker
         assert self._conf is not None
-        proc = Proc([self._binary, "-c", str(self._conf)], self.workdir / f"mosquitto-{self.starts}.log")
-        proc.wait_for_line(r"mosquitto version \S+ running")
-        return Broker("mosquitto", self.port, proc)
+        log = self.workdir / f"mosquitto-{self.starts}.log"
+        return Broker("mosquitto", self.port, run_mosquitto(self._binary, self._conf, log, self.port))
 
     @property
     def url(self) -> str:

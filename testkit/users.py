@@ -9,9 +9,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit.brokers import export_for, start_embedded
+from testkit.brokers import export_for, run_mosquitto, start_embedded
 from testkit.mqtt import Broker, Probe
-from testkit.procs import TIMEOUT, Proc, free_port, python_cmd
+from testkit.procs import free_port, python_cmd
 
 TOPICS = """\
 prefix: edison
@@ -85,9 +85,8 @@ def start_exported_mosquitto(tmp_path: Path, user_files: tuple[Path, Path], bina
     conf = out / "mosquitto.conf"
     if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files
         conf.write_text(conf.read_text() + "user root\n")
-    proc = Proc([binary, "-c", str(conf)], tmp_path / "mosquitto.log")
-    proc.wait_for_line(r"mosquitto version \S+ running", timeout=TIMEOUT)
-    return Secured(Broker("mosquitto", port, proc), topics, passwd)
+    return Secured(Broker("mosquitto", port, run_mosquitto(binary, conf, tmp_path / "mosquitto.log", port)), topics,
+                   passwd)
 
 
 def login(s: Secured, user: str, **kwargs) -> Probe:

@@ -165,15 +165,3 @@ def test_mosquitto_client_ids_are_forced_to_user_names_only_where_mosquitto_does
     assert "\nuse_username_as_clientid false\n" in (tmp_path / "shared" / "mosquitto.conf").read_text()
     assert "removes the session" not in shared.stderr
 
-
-@pytest.mark.parametrize("version,wide", [("2.0.11", False), ("2.0.13", True), ("2.1.0", True)])
-def test_mosquittos_window_is_the_embedded_brokers_where_mosquitto_holds_it(tmp_path, user_files, version, wide):
-    """Past Mosquitto's window (20) a QoS 2 publish is refused or, on 3.1.1, dropped while answered as accepted; a
-    wider window hangs Mosquitto before 2.0.13 on SIGTERM. The export widens it where it can and says so where not."""
-    topics, passwd = copy_users(user_files, tmp_path)
-    done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd), "--bind",
-                         "127.0.0.1:1883", "--out", str(tmp_path / "out"), "--mosquitto-version", version)
-    assert done.returncode == 0, done.stderr
-    conf = (tmp_path / "out" / "mosquitto.conf").read_text()
-    assert re.findall(r"^max_inflight_messages (\d+)$", conf, re.MULTILINE) == (["256"] if wide else [])
-    assert (f"Mosquitto {version} keeps its window of 20 unfinished QoS 2" in done.stderr) is not wide

@@ -16,10 +16,10 @@ import pytest
 import trustme
 from playwright import sync_api as playwright_api
 
-from testkit.brokers import export_for, start_embedded
+from testkit.brokers import export_for, run_mosquitto, start_embedded
 from testkit.mqtt import Broker
 from testkit.node import NodeRunner
-from testkit.procs import TIMEOUT, Proc, free_port, read_trace
+from testkit.procs import TIMEOUT, free_port, read_trace
 from testkit.users import edison_broker, make_users
 from tests.requires import need_mosquitto, required
 
@@ -149,8 +149,7 @@ def exported(users, tmp_path_factory) -> Iterator[Site]:
     assert f"http_dir {out.resolve() / 'page'}" in conf.read_text()
     if os.geteuid() == 0:  # as root Mosquitto would switch to its own user, which cannot read the test's files
         conf.write_text(conf.read_text() + "user root\n")
-    proc = Proc([binary, "-c", str(conf)], folder / "mosquitto.log")
-    proc.wait_for_line(r"mosquitto version \S+ running")
+    proc = run_mosquitto(binary, conf, folder / "mosquitto.log", port)
     yield from _with_node(Broker("mosquitto", port, proc), f"http://127.0.0.1:{ws}/", folder, topics)
 
 

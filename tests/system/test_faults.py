@@ -13,9 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker import mosquitto
 from testkit import faults
-from testkit.brokers import mosquitto_version
 from testkit.mqtt import Probe
 from testkit.procs import TIMEOUT
 from testkit.users import USERS, login, start_secured_embedded
@@ -68,10 +66,7 @@ def test_the_exported_mosquitto_carries_out_a_burst_of_qos2_commands_in_full(tmp
                                                                              mqtt5):
     """100 QoS 2 exchanges in flight from one paho publisher: Mosquitto's default window of 20 refused the rest
     (PUBREC 0x97, which paho ignores) or dropped them while answering as if accepted (3.1.1): 40 to 80 of 100.
-    The export opens the embedded broker's window of 256 from Mosquitto 2.0.13 on."""
-    if mosquitto_version(mosquitto_bin) < mosquitto.WIDE_WINDOW_FROM:
-        pytest.skip("Mosquitto before 2.0.13 keeps its window of 20 (a wider one hangs it on SIGTERM), and the export "
-                    "says so (test_cli.py); MOSQUITTO=/path/to/a/newer/mosquitto runs this test")
+    The export opens the embedded broker's window of 256."""
     b = faults.BrokerUnderTest("mosquitto", tmp_path, user_files, mosquitto_bin)
     d = faults.Device(b, tmp_path, user_files[0])
     try:
