@@ -44,10 +44,9 @@ from bridge.sources.mastodon import Event, parse_status, sse_events  # noqa: E40
 from bridge.sources.x import parse_post  # noqa: E402
 from bridge.state import Outbox, Outgoing, SeenPosts  # noqa: E402
 from testkit.node import TOPICS_YAML  # noqa: E402
-from testkit.brokers import start_mosquitto  # noqa: E402
 from testkit.mqtt import Probe  # noqa: E402
 from testkit.procs import Proc, python_cmd  # noqa: E402
-from testkit.brokers import mosquitto_binary  # noqa: E402
+from testkit.brokers import mosquitto_binary, start_mosquitto  # noqa: E402
 from testkit.standins.jetstream import HandleResolver, JetstreamServer, post_event  # noqa: E402
 from testkit.standins.mastodon import TOKEN as MASTODON_TOKEN  # noqa: E402
 from testkit.standins.mastodon import MastodonServer  # noqa: E402

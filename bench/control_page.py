@@ -38,10 +38,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from testkit.mqtt import Broker, Probe  # noqa: E402
 from testkit.procs import Proc, free_port, python_cmd  # noqa: E402
 from testkit.brokers import export_for, mosquitto_binary, run_mosquitto  # noqa: E402
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, PHONE  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DEVICE, USER, PASSWORD, DEVICE_PASSWORD = "edison-bench", "phone", "pw-phone", "pw-device"
 TOPICS_YAML = f"""\
 prefix: edison
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, serving(args.broker, Path(tmp)) as (broker, url), \
             sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page = browser.new_page(viewport=PHONE)
         page.set_default_timeout(WAIT * 1000)
         start = time.perf_counter()
         page.goto(url)

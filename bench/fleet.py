@@ -338,6 +338,7 @@ class Mosquitto(Fleet):
             per_listener_settings false
             allow_anonymous true
             max_queued_messages 10000
+            max_inflight_messages 256
             set_tcp_nodelay true
             persistence true
             persistence_location {data}/

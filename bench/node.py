@@ -44,7 +44,7 @@ from node.link import Incoming, Message, Session  # noqa: E402
 from node.mqtt import BrokerAddress, LinkSettings, MqttLink  # noqa: E402
 from testkit.mqtt import Broker, Probe, Received  # noqa: E402
 from testkit.procs import Proc, free_port, python_cmd, read_trace  # noqa: E402
-from testkit.brokers import mosquitto_binary  # noqa: E402
+from testkit.brokers import mosquitto_binary, run_mosquitto  # noqa: E402
 from testkit.standins import PINLIBS  # noqa: E402
 
 DEVICE = "edison-bench"
@@ -93,15 +93,13 @@ def running_broker(kind: str, workdir: Path) -> Iterator[Broker]:
     if kind == "embedded":
         proc = Proc(python_cmd("broker", "--allow-anonymous", "--bind", f"127.0.0.1:{port}"),
                     workdir / f"embedded-{port}.log")
-        ready = r"listening on"
+        proc.wait_for_line(r"listening on", timeout=WAIT)
     else:
         conf = workdir / f"{kind}-{port}.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                         + ("set_tcp_nodelay true\n" if kind == "mosquitto-nodelay" else ""))
-        proc = Proc([need_mosquitto(), "-c", str(conf)], workdir / f"{kind}-{port}.log")
-        ready = r"mosquitto version \S+ running"
+        proc = run_mosquitto(need_mosquitto(), conf, workdir / f"{kind}-{port}.log", port)
     try:
-        proc.wait_for_line(ready, timeout=WAIT)
         yield Broker("embedded" if kind == "embedded" else "mosquitto", port, proc)
     finally:
         proc.signal(signal.SIGINT)  # SIGINT and SIGTERM both stop it cleanly

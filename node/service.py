@@ -193,7 +193,7 @@ class Node:
                 self.journal.start(command.id)  # on disk before the effect: never carried out twice
                 started = command.id
             result = {**head, **self._apply(command, output, head["id"])}
-            self._log_done(message, command, result)
+            self._log_done(message, command, result, output.changing)
         except (CommandError, Refused) as exc:
             if isinstance(exc, CommandError) and exc.command_id:
                 head["id"] = exc.command_id
@@ -253,10 +253,9 @@ class Node:
             result["effect"] = "blink"
         return result
 
-    def _log_done(self, message: Incoming, command: Command, result: dict[str, Any]) -> None:
+    def _log_done(self, message: Incoming, command: Command, result: dict[str, Any], changing: bool) -> None:
         source = f" (from {json.dumps(command.source)})" if command.source else ""
-        # A blink or a fade is answered as it starts (its end is logged when it comes): say so.
-        verb = "started" if command.blink or command.transition else "done"
+        verb = "started" if changing else "done"  # a blink or a fade is answered as it starts; its end is logged
         if message.dup and command.id is None:
             log.warning("%s: command %s %s: %s%s; it came again (DUP) without an id, so it may have been carried "
                         "out before: give commands an id to make resending safe", message.topic, result["id"], verb,

@@ -32,7 +32,6 @@ TOKEN = "test-mastodon-token"
 BOT_ID = "100"
 
 
-
 def iso(t: float | None = None) -> str:
     moment = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

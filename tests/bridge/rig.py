@@ -17,6 +17,9 @@ STALL_TIMEOUT = 2.0
 KYONE_DID, STRANGER_DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz", "did:plc:z72i7hdynmk6r22z27h6tvur"
 KYONE_HANDLE = "kyone.bsky.social"
 X_ALLOWED, X_STRANGER = "1001", "666"
+# A Mastodon status that mentions the bot first, as its HTML comes from the API.
+MASTODON_MENTION = ('<p><span class="h-card" translate="no"><a href="https://mastodon.social/@bot" '
+                    'class="u-url mention">@<span>bot</span></a></span> L Chika</p>')
 MASTODON_ACCOUNTS = {"kyone": "201", "friend@other.example": "202", "stranger": "203"}
 NETWORKS_YAML = TOPICS_YAML + f"""\
 bridge:

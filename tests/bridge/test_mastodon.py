@@ -12,7 +12,7 @@ from testkit.node import DEVICE
 from testkit.procs import TIMEOUT, read_trace
 from testkit.standins.base import CLOSE, STALL
 from testkit.standins.mastodon import TOKEN
-from tests.bridge.rig import NETWORKS_YAML, SCALE, SET_TOPIC, STALL_TIMEOUT, delays, set_ids
+from tests.bridge.rig import MASTODON_MENTION, NETWORKS_YAML, SCALE, SET_TOPIC, STALL_TIMEOUT, delays, set_ids
 
 KYONE, FRIEND, STRANGER = "201", "202", "203"
 
@@ -192,13 +192,11 @@ def test_without_the_follow_scope_the_bridge_says_whom_to_follow_and_goes_on(mos
 
 # -- Mastodon's HTML and server-sent events, without a process -------------------------------------------------------
 
-MENTION = ('<p><span class="h-card" translate="no"><a href="https://mastodon.social/@bot" class="u-url mention">'
-           '@<span>bot</span></a></span> L Chika</p>')
 
 
 def test_mastodon_html_becomes_text():
     assert html_to_text("<p>Fish &amp; Chips &lt;3</p><p>line<br>break</p>") == "Fish & Chips <3\n\nline\nbreak"
-    assert html_to_text(MENTION) == "@bot L Chika"
+    assert html_to_text(MASTODON_MENTION) == "@bot L Chika"
     link = ('<p><a href="https://example.com/x"><span class="invisible">https://</span>'
             '<span class="ellipsis">example.com/</span><span class="invisible">x</span></a></p>')
     assert html_to_text(link) == "https://example.com/x"

@@ -11,6 +11,7 @@ from bridge.config import BridgeConfig
 from bridge.sources.mastodon import parse_status
 from bridge.sources.x import NotAPost, parse_post
 from testkit.standins.xstream import post
+from tests.bridge.rig import MASTODON_MENTION
 
 CONFIG = BridgeConfig.of(dict(allow=["k_yone"], triggers=[
     {"phrase": "L Chika", "device": "edison-1", "output": "led", "command": "BLINK"},
@@ -84,13 +85,11 @@ def test_a_replys_leading_mentions_of_every_network_are_removed(text):
     assert matching.normalise("@k_yone, L Chika", reply=True) == "@k_yone, l chika"
 
 
-MENTION = ('<p><span class="h-card" translate="no"><a href="https://mastodon.social/@bot" class="u-url mention">'
-           '@<span>bot</span></a></span> L Chika</p>')
 
 
 def test_a_mastodon_reply_matches_once_its_mentions_are_gone_when_replies_are_included():
-    status = {"id": "11", "account": {"id": "201", "acct": "kyone"}, "content": MENTION, "in_reply_to_id": "10",
-              "created_at": "2024-01-01T00:00:00.000Z", "reblog": None}
+    status = {"id": "11", "account": {"id": "201", "acct": "kyone"}, "content": MASTODON_MENTION,
+              "in_reply_to_id": "10", "created_at": "2024-01-01T00:00:00.000Z", "reblog": None}
     reply = parse_status(status, "mastodon.social")
     assert reply.reply and reply.time == 1704067200.0 and reply.command_id == "mastodon:mastodon.social/11"
     allowed = matching.Allowed({"201"})
@@ -98,3 +97,13 @@ def test_a_mastodon_reply_matches_once_its_mentions_are_gone_when_replies_are_in
     assert matching.judge(reply, replace(CONFIG, include_replies=True), allowed).trigger is not None
     reblog = parse_status({**status, "in_reply_to_id": None, "reblog": {"id": "9"}}, "mastodon.social")
     assert matching.judge(reblog, CONFIG, allowed).reason == "reblog"
+
+
+def test_odd_shapes_do_not_break_parsing():
+    message = post("11", "L Chika", "1001", "k_yone")
+    message["data"]["referenced_tweets"] = 5
+    message["includes"] = {"users": "nobody"}
+    message["unknown_key"] = {"x": 1}
+    parsed = parse_post(message)
+    assert parsed.author is None and parsed.kind == "post"
+    assert matching.judge(parsed, CONFIG, ALLOWED).trigger is not None

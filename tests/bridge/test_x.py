@@ -10,8 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge import matching
-from bridge.config import BridgeConfig
 from bridge.sources.x import XError, build_rules, parse_post
 from bridge.state import Outbox
 from node import __version__
@@ -294,29 +292,10 @@ def test_the_bridge_moves_to_the_next_broker_when_the_first_is_down(mosquitto, l
 
 # -- posts, rules and errors as X sends them, without a process ------------------------------------------------------
 
-CONFIG = BridgeConfig.of(dict(allow=["k_yone"], triggers=[
-    {"phrase": "L Chika", "device": "edison-1", "output": "led", "command": "BLINK"},
-    {"phrase": "Fish & Chips <3", "device": "edison-1", "output": "led", "command": "ON"},
-]))
-
-
-ALLOWED_IDS = matching.Allowed({"1001"})
-
-
 def test_long_post_uses_note_tweet_text_and_username_comes_from_the_author_not_the_first_user():
     message = post("9", "L Chi…", "1001", "k_yone", kind="quoted", note="L Chika")
     parsed = parse_post(message)
     assert parsed.text == "L Chika" and parsed.author == "k_yone" and parsed.quote
-
-
-def test_odd_shapes_do_not_break_parsing():
-    message = post("11", "L Chika", "1001", "k_yone")
-    message["data"]["referenced_tweets"] = 5
-    message["includes"] = {"users": "nobody"}
-    message["unknown_key"] = {"x": 1}
-    parsed = parse_post(message)
-    assert parsed.author is None and parsed.kind == "post"
-    assert matching.judge(parsed, CONFIG, ALLOWED_IDS).trigger is not None
 
 
 def test_rules_use_ids_and_split_to_fit_the_length_limit():

@@ -13,6 +13,7 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
+from testkit.brokers import export_for
 from testkit.mqtt import Broker
 from testkit.procs import TIMEOUT, Proc, free_port
 from testkit.users import (
@@ -116,7 +117,8 @@ def test_exported_mosquitto_started_by_root_runs_as_written(tmp_path, user_files
         topics, passwd = copy_users(user_files, base)
         port = free_port()
         done = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd),
-                             "--bind", f"127.0.0.1:{port}", "--data", str(base / "data"), "--out", str(base / "out"))
+                             "--bind", f"127.0.0.1:{port}", "--data", str(base / "data"), "--out", str(base / "out"),
+                             *export_for(mosquitto_bin))
         assert done.returncode == 0 and "to user mosquitto" in done.stderr, done.stderr
         conf = (base / "out" / "mosquitto.conf").read_text()
         assert "set_tcp_nodelay true" in conf and "autosave_on_changes true" in conf
@@ -159,6 +161,7 @@ def test_mosquitto_client_ids_are_forced_to_user_names_only_where_mosquitto_does
     assert settings == ["true" if forced else "false"] * 2  # on every listener
     assert (f"Mosquitto {version} removes the session a refused CONNECT named" in done.stderr) is not forced
     assert f"certfile {Path.cwd() / 'c.pem'}" in conf  # absolute: Mosquitto may start from anywhere
+    assert "\nmax_inflight_messages 256\n" in conf  # the embedded broker's window (test_faults.py: why)
     shared = edison_broker("mosquitto-config", "--config", str(topics), "--passwd", str(passwd), "--bind",
                            "127.0.0.1:1883", "--out", str(tmp_path / "shared"), "--mosquitto-version", version,
                            "--several-connections-per-user")

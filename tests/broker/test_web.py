@@ -114,7 +114,7 @@ def test_the_page_says_the_topic_prefixes_of_topics_yaml(tmp_path, user_files):
     broker = start_embedded(tmp_path, "--config", str(config), "--passwd", str(passwd),
                             "--web-bind", f"127.0.0.1:{port}")
     try:
-        assert get(port, "/layout.json")[2] == b'{"prefix": "home", "discovery_prefix": "ha"}'
+        assert json.loads(get(port, "/layout.json")[2]) == {"prefix": "home", "discovery_prefix": "ha", "trial": False}
     finally:
         broker.proc.signal(signal.SIGTERM)
         broker.proc.wait(TIMEOUT)

@@ -17,17 +17,13 @@ import trustme
 from playwright import sync_api as playwright_api
 
 from testkit.brokers import export_for, run_mosquitto, start_embedded
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, PHONE
 from testkit.mqtt import Broker
 from testkit.node import NodeRunner
 from testkit.procs import TIMEOUT, free_port, read_trace
 from testkit.users import edison_broker, make_users
 from tests.requires import need_mosquitto, required
 
-CHROMIUM = "/usr/bin/chromium"
-# Debian's Chromium as root, with nothing that reaches out (updates, sync, field trials) or needs a GPU.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PHONE = {"width": 390, "height": 844}
 DEVICE, OTHER = "edison-t", "edison-u"
 TOPICS_YAML = f"""\
 prefix: edison
