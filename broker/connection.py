@@ -81,6 +81,10 @@ class Transport(Protocol):
         """Send what is buffered, then close; bounded by the caller."""
 
 
+class Held(Exception):
+    """A login not checked: its user's logins from its address failed lately, and the delay is not over."""
+
+
 class Connections:
     """What all connections share: the core, the logins, the limits and the counts they keep."""
 
@@ -287,12 +291,19 @@ class Connection:
                 await self._answer(wire.NOT_AUTHORIZED)
                 return None
             if hub.passwords is not None:
-                urgent = hub.admission.trusted(self.address)
-                if user is None or not await self._unless_ended(
-                        hub.passwords.check(user, connect.password, network_of(self.address), urgent)):
-                    hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
-                    await self._refuse_login(connect)
+                try:
+                    delays = await self._unless_ended(self._check(connect))
+                except Held:
+                    hub.squelch.warning(f"held {self.address} {user}", "refused login: user=%s client=%s from %s "
+                                        "unchecked: a login as that user from there failed lately and its delay is "
+                                        "not over", shown(user), shown(connect.client_id), self.peer)
+                    await self._answer(wire.NOT_AUTHORIZED)
                     return None
+                if delays is not None:
+                    hub.admission.release(self.address, self)  # a refusal waits out its delay outside the admission
+                    await self._refuse_login(connect, delays)
+                    return None
+                assert user is not None  # a login without a user name is refused
                 hub.throttle.succeeded(self.address, user)
             store = hub.core.store
             if store is not None and store.crowded(LOGIN_BACKLOG):  # each login writes its session (and will)
@@ -346,12 +357,27 @@ class Connection:
             self.assigned = True
         return connect
 
-    async def _refuse_login(self, connect: wire.Connect) -> None:
+    async def _check(self, connect: wire.Connect) -> tuple[float, float] | None:
+        """None if the password is right, else the delays (address, user) its refusal waits; Held if the user's
+        logins from this address failed lately and the next may not be checked yet (Throttle.held)."""
+        hub, user = self.hub, connect.username
+        assert hub.passwords is not None
+        if user is None:
+            return hub.throttle.failed(self.address, user)
+        if hub.throttle.held(self.address, user):
+            raise Held
+        with hub.throttle.checking(self.address, user):
+            if await hub.passwords.check(user, connect.password, network_of(self.address),
+                                         hub.admission.trusted(self.address)):
+                return None
+            return hub.throttle.failed(self.address, user)
+
+    async def _refuse_login(self, connect: wire.Connect, delays: tuple[float, float]) -> None:
         """Answer a failed login after its delay; an address already waiting out many refusals gets none."""
         hub, user = self.hub, connect.username
         assert hub.passwords is not None
         why = "no user name" if user is None else "wrong password" if hub.passwords.known(user) else "unknown user"
-        by_address, by_user = hub.throttle.failed(self.address, user)
+        by_address, by_user = delays
         key = network_of(self.address)
         hub.admission.failed(self.address)  # not trusted for a while, and its other checks lose their priority
         hub.passwords.failed(key)

@@ -32,6 +32,7 @@ user name (0.5 s up to 30 s, forgotten after 10 quiet minutes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -39,8 +40,8 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -323,19 +324,48 @@ class Throttle:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._seen: OrderedDict[str, _Failures] = OrderedDict()
+        self._checking: Counter[str] = Counter()  # address and user of the checks running
 
     def failed(self, address: str, user: str | None) -> tuple[float, float]:
         """Count a failure; the delays (address, user) before answering it."""
+        if user:
+            self._count(f"pair {address} {user}")
         return self._count(f"address {address}"), self._count(f"user {user}") if user else 0.0
 
     def succeeded(self, address: str, user: str) -> None:
-        self._seen.pop(f"address {address}", None)
-        self._seen.pop(f"user {user}", None)
+        for key in (f"address {address}", f"user {user}", f"pair {address} {user}"):
+            self._seen.pop(key, None)
 
     def failing(self, user: str) -> bool:
         """Whether a login as `user` (whether it exists or not) failed in the last FORGET_AFTER seconds."""
         record = self._seen.get(f"user {user}")
         return record is not None and self._clock() - record.last <= FORGET_AFTER
+
+    def held(self, address: str, user: str) -> bool:
+        """Whether a login as `user` from `address` is refused unchecked: one from there as that user failed lately,
+        and its delay is not over or another is being checked. The delay holds back the next guess, not only the
+        answer: answers alone held nothing, as a guesser on parallel connections took "no answer within a second"
+        for a wrong guess, at the hashing's speed. Other users from there, and that user from elsewhere, go on."""
+        record = self._fresh(f"pair {address} {user}")
+        if record is None:
+            return False
+        return f"{address} {user}" in self._checking or self._clock() < record.last + _delay(record.count)
+
+    @contextlib.contextmanager
+    def checking(self, address: str, user: str) -> Iterator[None]:
+        """A password check of `user` from `address` runs; count its failure before it ends."""
+        key = f"{address} {user}"
+        self._checking[key] += 1
+        try:
+            yield
+        finally:
+            self._checking[key] -= 1
+            if not self._checking[key]:
+                del self._checking[key]
+
+    def _fresh(self, key: str) -> _Failures | None:
+        record = self._seen.get(key)
+        return record if record is not None and self._clock() - record.last <= FORGET_AFTER else None
 
     def _count(self, key: str) -> float:
         now = self._clock()
@@ -347,4 +377,9 @@ class Throttle:
         self._seen[key] = record
         while len(self._seen) > MAX_TRACKED:
             self._seen.popitem(last=False)
-        return min(FIRST_DELAY * 2 ** (record.count - 1), MAX_DELAY)
+        return _delay(record.count)
+
+
+def _delay(failures: int) -> float:
+    """How long the answer to the `failures`th failure in a row, and the next check, wait."""
+    return min(FIRST_DELAY * 2 ** (failures - 1), MAX_DELAY)

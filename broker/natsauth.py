@@ -226,9 +226,18 @@ class Callout:
         self._check_server(login)
         source = network_of(login.host)  # an IPv6 /64 is one address, as on the embedded broker
         passwords = self.passwords()
-        password_ok = bool(login.user) and await passwords.check(
-            login.user, login.password.encode("utf-8", "surrogatepass"), source)
-        why = refusal(login, password_ok, self._access)
+        if login.user and self._throttle.held(source, login.user):
+            # The member waits seconds, not a guesser's queue: refused unchecked until the delay is over.
+            self._squelch.warning(f"held {source} {shown(login.user)}", "refused %s unchecked: a login as that user "
+                                  "from there failed lately and its delay is not over", login)
+            return self._response(login, error=f"logins as {login.user} from {login.host} failed lately: try later")
+        with self._throttle.checking(source, login.user or ""):
+            password_ok = bool(login.user) and await passwords.check(
+                login.user, login.password.encode("utf-8", "surrogatepass"), source)
+            why = refusal(login, password_ok, self._access)
+            if why is not None:
+                passwords.failed(source)
+                delays = self._throttle.failed(source, login.user or None)
         if why is None:
             # Paced only once the password is known good: a stranger sending the device's user name with wrong
             # passwords from the device's address must not use up the device's turns.
@@ -239,9 +248,8 @@ class Callout:
                 log.info("admitted %s", login)
                 return self._response(login, jwt=self._user_jwt(login))
             why = f"more than {LOGIN_RATE:g} logins a second from {login.host}"
-        else:
-            passwords.failed(source)
-        by_address, by_user = self._throttle.failed(source, login.user or None)
+            delays = self._throttle.failed(source, login.user or None)
+        by_address, by_user = delays
         self._squelch.warning(f"refused {source} {shown(login.user)} {why.split(':')[0]}", "refused %s: %s",
                               login, why)
         # Held back like the embedded broker's refusals, within the member's wait for this answer.

@@ -13,7 +13,7 @@ import pytest
 
 from broker.login import STALLED_AFTER
 from testkit.procs import TIMEOUT
-from testkit.rawmqtt import Raw, publish, subscribe
+from testkit.rawmqtt import Raw, connect, publish, subscribe
 from testkit.users import USERS, Secured, edison_broker, login, start_secured_embedded
 
 DEVICE = "edison-t"
@@ -51,6 +51,29 @@ def sixteen_login_places(tmp_path, user_files) -> Iterator[tuple[Secured, list[R
         for r in held:
             r.close()
         s.broker.proc.stop()
+
+
+def test_a_guess_in_parallel_with_a_failed_one_is_refused_unchecked_until_the_delay_is_over(tmp_path, user_files):
+    """A guesser on parallel connections gains nothing: while a failed login's delay runs, the next login as that
+    user from that address is refused without a check, even with the right password; afterwards it is checked."""
+    s = start_secured_embedded(tmp_path, user_files)
+    proc, port = s.broker.proc, s.broker.port
+    try:
+        first = Raw(port, source="127.0.0.9")
+        first.send(connect("guess-1", "laptop", "wrong"))  # answered only after its delay
+        proc.wait_for_line(r"refused login: user=laptop client=guess-1 .*wrong password")
+        right = Raw(port, source="127.0.0.9")
+        assert right.login("laptop-2", "laptop", USERS["laptop"]) == 5  # not authorized, and not checked:
+        proc.wait_for_line(r"refused login: user=laptop client=laptop-2 from 127\.0\.0\.9:\d+ unchecked")
+        elsewhere = Raw(port, source="127.0.0.10")
+        assert elsewhere.login("laptop-3", "laptop", USERS["laptop"]) == 0  # that user from elsewhere: checked
+        assert first.read() is not None  # the refusal, once its delay is over
+        again = Raw(port, source="127.0.0.9")
+        assert again.login("laptop-4", "laptop", USERS["laptop"]) == 0
+        for r in (first, right, elsewhere, again):
+            r.close()
+    finally:
+        proc.stop()
 
 
 def test_strangers_filling_the_logins_from_many_addresses_do_not_lock_out_a_known_address(tmp_path, user_files):

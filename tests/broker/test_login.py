@@ -22,6 +22,32 @@ def test_throttle_doubles_per_address_and_user_and_forgets():
     assert t.failed("1.2.3.4", "dev") == (0.5, 0.5)
 
 
+def test_a_user_whose_logins_from_an_address_failed_is_checked_from_there_once_per_delay():
+    """The delay holds back the next guess, not only the answer: a guesser on parallel connections is refused
+    unchecked until it is over, and one check runs at a time. That user from elsewhere, and other users from there,
+    are checked as usual."""
+    now = [0.0]
+    t = Throttle(clock=lambda: now[0])
+    here, laptop = "192.0.2.1", "laptop"
+    with t.checking(here, laptop):
+        assert not t.held(here, laptop)  # first tries run in parallel
+        t.failed(here, laptop)
+    assert t.held(here, laptop)
+    assert not t.held(here, "phone") and not t.held("198.51.100.7", laptop)
+    now[0] = 0.5  # the first failure's delay is over: the next guess is checked
+    assert not t.held(here, laptop)
+    with t.checking(here, laptop):
+        assert t.held(here, laptop)  # one at a time
+        t.failed(here, laptop)
+    now[0] = 1.49
+    assert t.held(here, laptop)
+    now[0] = 1.5
+    assert not t.held(here, laptop)
+    t.failed(here, laptop)
+    t.succeeded(here, laptop)
+    assert not t.held(here, laptop)
+
+
 class _Pending:
     def __init__(self, stalled: bool = False) -> None:
         self.ended: str | None = None

@@ -17,6 +17,7 @@ import nkeys
 import pytest
 
 from broker import natsauth
+from broker.login import FIRST_DELAY
 from testkit.users import USERS, copy_users, edison_broker
 
 SERVER_ID = "NSERVERIDNOTCHECKEDHERE"
@@ -148,10 +149,16 @@ def test_one_user_from_one_address_is_paced_and_nobody_else_waits_for_it():
     assert [pace.wait("churner", "192.0.2.7") for _ in range(natsauth.LOGIN_BURST)] == [0.0] * natsauth.LOGIN_BURST
 
 
-def test_wrong_passwords_with_the_device_name_do_not_use_up_the_device_turns(callout, monkeypatch):
-    """A stranger behind the device's own address, sending its user name with wrong passwords, is refused each time
-    and the device still logs in: only logins whose password is good are paced."""
+def test_wrong_passwords_with_the_device_name_are_checked_once_per_delay_and_use_up_no_turns(callout, monkeypatch):
+    """A stranger behind the device's own address, sending its user name with wrong passwords as fast as it can: one
+    guess per delay is checked, the others are refused unchecked; once the delay is over the device logs in, its
+    turns untouched (only logins whose password is good are paced)."""
     monkeypatch.setattr(natsauth, "REFUSAL_HOLD", 0.0)  # refusals are held back: not what this test is about
-    for n in range(natsauth.LOGIN_BURST + 5):
-        assert "error" in answer(callout, request("edison-t", f"guess-{n}", "edison-t"))["nats"]
+    now = [1000.0]
+    monkeypatch.setattr(callout._throttle, "_clock", lambda: now[0])
+    errors = [answer(callout, request("edison-t", f"guess-{n}", "edison-t"))["nats"]["error"]
+              for n in range(natsauth.LOGIN_BURST + 5)]
+    assert "failed lately" not in errors[0] and all("failed lately" in e for e in errors[1:]), errors[:3]
+    assert "error" in answer(callout, request("edison-t", USERS["edison-t"], "edison-t"))["nats"]  # still held
+    now[0] += FIRST_DELAY  # the one checked guess's delay
     assert "jwt" in answer(callout, request("edison-t", USERS["edison-t"], "edison-t"))["nats"]
