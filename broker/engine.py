@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from broker.connection import Closed, Connections
 from broker.logs import Squelch, shown
 from broker.models import WEB_LISTENER
-from broker.web import Site
+from broker.web import OriginGuard, Site
 
 AMQTT_VERSION = "0.12.1"
 
@@ -197,10 +197,12 @@ class EdisonBroker(Broker):
         if listener_type == ListenerType.WS:
             # a frame may carry one whole packet, and only WS_QUEUE frames wait unread: websockets' defaults (1 MiB,
             # 16 frames) let a stranger waiting for its password check hold 17 MiB
-            site = self.site if listener_name == WEB_LISTENER else None
+            # the page's listener answers HTTP and lets only its own pages in; without users, so does the other
+            guard = self.site if listener_name == WEB_LISTENER else (
+                OriginGuard() if self.connections.passwords is None else None)
             return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
-                                          process_request=site.answer if site else None,
+                                          process_request=guard.answer if guard else None,
                                           open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG,
                                           max_size=self.connections.max_packet, max_queue=WS_QUEUE)
         if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):

@@ -14,11 +14,13 @@ import gzip
 import http
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from broker.logs import Squelch
 from node.topics import Layout
 
 PAGE_DIR = Path(__file__).with_name("control_page")
@@ -68,6 +70,40 @@ def write_page(layout: Layout, out: Path) -> Path:
     return out
 
 
+DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def foreign_origin(request: Request) -> str | None:
+    """The Origin of a page from another site asking for MQTT here; None for this site's own page and for clients
+    that are not browsers (they send none, or their own address as paho does). A browser lets any page open a
+    WebSocket anywhere, so without this check any site a person visits could use their broker from their browser:
+    in trial mode with no password at all, and elsewhere to guess passwords."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    default = DEFAULT_PORTS.get(parts.scheme)
+    host = request.headers.get("Host", "").lower()
+    own = {host, host.removesuffix(f":{default}"), f"{host}:{default}"} if default else {host}
+    return None if parts.netloc.lower() in own else origin
+
+
+class OriginGuard:
+    """process_request for a WebSocket listener without the page (--ws-bind) in trial mode: its own site only."""
+
+    def __init__(self) -> None:
+        self.squelch = Squelch()
+
+    def answer(self, connection: ServerConnection, request: Request) -> Response | None:
+        origin = foreign_origin(request)
+        if origin is None:
+            return None
+        self.squelch.warning(f"origin {origin[:100]}", "refused a WebSocket from %s for a page of %r: MQTT over "
+                             "WebSocket here is for pages of this address", connection.remote_address[0], origin[:100])
+        return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden: pages of other sites may not use this "
+                                                            "broker\n")
+
+
 class Site:
     """Answers the HTTP requests of the web listener; an upgrade on /mqtt goes on to MQTT.
 
@@ -78,12 +114,13 @@ class Site:
     def __init__(self, layout: Layout, trial: bool = False) -> None:
         self._files = page_files(layout, trial)
         self._gzipped = {name: gzip.compress(data, mtime=0) for name, data in self._files.items()}
+        self._guard = OriginGuard()
 
     def answer(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' process_request: None lets the WebSocket handshake go on, anything else is the answer."""
         path = request.path.partition("?")[0]
-        if path == MQTT_PATH:
-            return None  # websockets itself answers a plain GET here with 426 Upgrade Required
+        if path == MQTT_PATH:  # the page's own MQTT: from a page of this address only
+            return self._guard.answer(connection, request)  # None: websockets goes on (426 to a plain GET)
         name = "index.html" if path == "/" else path[1:]
         body = self._files.get(name)
         if body is None:  # only the page's own names are keys: no path leads anywhere else

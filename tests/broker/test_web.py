@@ -77,6 +77,32 @@ def test_a_path_that_is_not_one_of_the_page_files_is_not_found(web, path):
     assert (status, body) == (404, b"Not found: the control page is at /\n")
 
 
+def upgrade(port: int, headers: dict[str, str]) -> int:
+    """The status of a WebSocket upgrade to /mqtt with `headers` (a browser sends its page's Origin)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        lines = ["GET /mqtt HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Protocol: mqtt", *(f"{k}: {v}" for k, v in headers.items())]
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return int(s.recv(1024).split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("listener", ["--web-bind", "--ws-bind"])
+def test_a_page_of_another_site_cannot_use_the_broker_from_a_visitors_browser(tmp_path, listener):
+    """Any page may open a WebSocket anywhere: in trial mode one from another site would drive the LED of whoever
+    runs `make run` with no password. Only this address's own pages, and clients that are not browsers, get in."""
+    port = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", listener, f"127.0.0.1:{port}")
+    try:
+        for origin in ["http://evil.example", "null", f"http://127.0.0.1:{port}.evil.example", "http://127.0.0.1"]:
+            assert upgrade(port, {"Origin": origin}) == 403, origin
+        broker.proc.wait_for_line(r"refused a WebSocket from 127\.0\.0\.1 for a page of 'http://evil.example'")
+        assert upgrade(port, {"Origin": f"http://127.0.0.1:{port}"}) == 101  # its own page (and paho)
+        assert upgrade(port, {}) == 101  # not a browser
+    finally:
+        broker.proc.stop()
+
+
 def test_a_slow_or_oversized_request_is_closed_and_the_page_still_served(web):
     broker, port = web
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as slow:
