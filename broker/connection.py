@@ -285,9 +285,9 @@ class Connection:
             if hub.passwords is not None and user is None and connect.password is None:
                 # Nothing to guess, nothing to check: refused at once, and not counted against the address (a client
                 # asking which MQTT version the broker speaks, as the node does, sends no credentials).
-                log.info("refused a login without user name or password from %s (client %s): edison-node sends one "
-                         "at its start to learn which MQTT version the broker speaks", self.peer,
-                         shown(connect.client_id))
+                hub.squelch.info(f"no credentials {network_of(self.address)}", "refused a login without user name or "
+                                 "password from %s (client %s): edison-node sends one at its start to learn which "
+                                 "MQTT version the broker speaks", self.peer, shown(connect.client_id))
                 await self._answer(wire.NOT_AUTHORIZED)
                 return None
             if hub.passwords is not None:

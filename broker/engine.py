@@ -150,8 +150,10 @@ class WebSocketTransport:
 
 
 class _HandshakeFailures(logging.Filter):
-    """websockets logs every failed opening handshake (a port scan, plain MQTT sent to the WebSocket port) as an
-    ERROR with a traceback; here it is one line, and a flood of them one line every 10 s. An answer of the control page
+    """websockets logs every failed opening handshake (a port scan, plain MQTT sent to the WebSocket port) and every
+    error inside one (two requests in one write trip an assertion in websockets 15) as an ERROR with a traceback, and
+    every refusal (426 to a plain GET of /mqtt, 403 to a page of another site) as a line: all of it is a stranger's to
+    cause at will. Here each kind is one line, and a flood of it one line every 10 s. An answer of the control page
     is, to websockets, a rejected handshake too: that is not logged."""
 
     def __init__(self) -> None:
@@ -160,19 +162,21 @@ class _HandshakeFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         status = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        if record.msg == "connection rejected (%d %s)" and status in PAGE_ANSWERS:
+        if record.msg == "connection rejected (%d %s)":
+            if status not in PAGE_ANSWERS:
+                self._squelch.warning(f"websocket {status}", "a WebSocket request refused: %s", record.getMessage())
             return False
-        if record.getMessage() != "opening handshake failed" or not record.exc_info:
+        if record.getMessage() not in ("opening handshake failed", "unexpected internal error") or not record.exc_info:
             return True
         exc = record.exc_info[1]
         cause = (exc.__cause__ if exc is not None else None) or exc
-        self._squelch.warning("websocket handshake", "a WebSocket opening handshake failed: %s",
+        self._squelch.warning(f"websocket {record.getMessage()}", "a WebSocket opening handshake failed: %s",
                               shown(str(cause) or type(cause).__name__))
         return False
 
 
 WS_LOG = logging.getLogger("edison-broker.websocket")
-PAGE_ANSWERS = (200, 404)  # a file of the control page served, or no such file (a scanner's guesses): not logged
+PAGE_ANSWERS = (200, 403, 404)  # a page file, a page of another site (OriginGuard logs it), no such file: not logged
 WS_QUEUE = 2  # frames received and not yet read, per WebSocket connection
 WS_LOG.addFilter(_HandshakeFailures())
 

@@ -30,6 +30,12 @@ class Squelch:
         self._seen: dict[str, tuple[float, int]] = {}
 
     def warning(self, key: str, message: str, *args: object) -> None:
+        self._log(logging.WARNING, key, message, *args)
+
+    def info(self, key: str, message: str, *args: object) -> None:
+        self._log(logging.INFO, key, message, *args)
+
+    def _log(self, level: int, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         if len(self._seen) > 10_000:  # keys can be chosen by clients (addresses, users): keep the recent ones
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every}
@@ -38,4 +44,4 @@ class Squelch:
             self._seen[key] = (last, hidden + 1)
             return
         self._seen[key] = (now, 0)
-        log.warning(message + (f" (and {hidden} more in the last {self.every:g} s)" if hidden else ""), *args)
+        log.log(level, message + (f" (and {hidden} more in the last {self.every:g} s)" if hidden else ""), *args)
