@@ -24,8 +24,9 @@ import importlib.metadata
 import logging
 import socket
 import ssl
+from collections import Counter
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import websockets
 from amqtt.broker import Broker
@@ -34,6 +35,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from broker.connection import Closed, Connections
+from broker.login import network_of
 from broker.logs import Squelch, shown
 from broker.models import WEB_LISTENER
 from broker.web import OriginGuard, Site
@@ -175,6 +177,42 @@ class _HandshakeFailures(logging.Filter):
         return False
 
 
+def upgrade_cap(per_address: int) -> type[ServerConnection]:
+    """WebSocket connections that may wait for their upgrade from one address, as many as may wait for a login from
+    there (an eighth of --max-pending): before the upgrade a connection is HTTP, outside the login places, and an
+    attack round held thousands open (the broker's open files) and fed each 1 MB of headers."""
+    upgrading: Counter[str] = Counter()
+
+    class Capped(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            self._address = network_of(str(peer[0])) if peer else ""
+            upgrading[self._address] += 1
+            self._upgrading = True
+            if upgrading[self._address] > per_address:
+                cast(asyncio.Transport, transport).abort()  # its handshake fails at once, logged once per 10 s
+
+        async def handshake(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                await super().handshake(*args, **kwargs)
+            finally:
+                self._done_upgrading()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._done_upgrading()
+            super().connection_lost(exc)
+
+        def _done_upgrading(self) -> None:
+            if getattr(self, "_upgrading", False):
+                self._upgrading = False
+                upgrading[self._address] -= 1
+                if upgrading[self._address] <= 0:
+                    del upgrading[self._address]
+
+    return Capped
+
+
 WS_LOG = logging.getLogger("edison-broker.websocket")
 PAGE_ANSWERS = (200, 403, 404)  # a page file, a page of another site (OriginGuard logs it), no such file: not logged
 WS_QUEUE = 2  # frames received and not yet read, per WebSocket connection
@@ -206,7 +244,8 @@ class EdisonBroker(Broker):
                 OriginGuard() if self.connections.passwords is None else None)
             return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
-                                          process_request=guard.answer if guard else None,
+                                          process_request=guard.answer if guard else None, server_header=None,
+                                          create_connection=upgrade_cap(self.connections.admission.per_address),
                                           open_timeout=self.connections.limits.connect_timeout or None, logger=WS_LOG,
                                           max_size=self.connections.max_packet, max_queue=WS_QUEUE)
         if listener_type == ListenerType.TCP and ssl_context is not None and hasattr(asyncio.StreamWriter, "start_tls"):

@@ -116,6 +116,24 @@ def test_a_slow_or_oversized_request_is_closed_and_the_page_still_served(web):
     assert broker.proc.popen.poll() is None
 
 
+def test_one_address_cannot_hold_more_connections_waiting_for_their_upgrade_than_it_may_logins(tmp_path):
+    """Before its upgrade a connection is HTTP, outside the login places: idle ones from one address are capped like
+    its waiting logins (16), so nobody runs the broker out of open files; other addresses are served meanwhile."""
+    port = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"127.0.0.1:{port}", "--connect-timeout", "60")
+    held = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.21", 0))
+            for _ in range(16)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.21", 0))
+        assert extra.recv(1) == b""  # closed at once, not after --connect-timeout (60 s, past this socket's timeout)
+        extra.close()
+        assert get(port, "/")[0] == 200  # from 127.0.0.1
+    finally:
+        for s in held:
+            s.close()
+        broker.proc.stop()
+
+
 def test_with_tls_a_connection_that_never_starts_its_handshake_is_closed_too(tmp_path):
     cert = trustme.CA().issue_cert("127.0.0.1")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
