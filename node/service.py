@@ -170,7 +170,10 @@ class Node:
         """The one way from a `/set` message to its result: `_answer` never raises, so there is always one."""
         payload = json.dumps(self._answer(message, name), separators=(",", ":")).encode()
         self.link.publish(Message(self.topics.result, payload))
-        if message.response_topic:
+        if message.response_topic and self.topics.own(message.response_topic):
+            log.warning("%s: response topic %r is one of the device's own topics: the result went to %s only",
+                        message.topic, message.response_topic[:200], self.topics.result)
+        elif message.response_topic:
             self.link.publish(Message(message.response_topic, payload, correlation_data=message.correlation_data))
 
     def _answer(self, message: Incoming, name: str) -> dict[str, Any]:

@@ -106,6 +106,16 @@ class DeviceTopics:
         output, sep, tail = rest.partition("/")
         return output if sep and tail == "set" and output else None
 
+    def own(self, topic: str) -> bool:
+        """Whether `topic` is one the device's own messages use (status, results, state, events, commands, discovery):
+        an MQTT 5 reply must not go there, or whoever may command the device could make it say it is offline or that
+        a button was pressed."""
+        if topic in (self.status, self.result) or topic.startswith(f"{self.discovery_prefix}/"):
+            return True
+        head, sep, rest = topic.partition(self.base + "/")
+        name, sep2, kind = rest.partition("/")
+        return not head and bool(sep and sep2) and kind in ("state", "brightness", "effect", "event", "set")
+
     def discovery(self, component: str, object_id: str) -> str:
         """A Home Assistant discovery config topic of this device."""
         return f"{self.discovery_prefix}/{component}/{self.device}/{object_id}/config"

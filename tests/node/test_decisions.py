@@ -156,6 +156,19 @@ def test_mqtt5_response_topic_gets_the_result_with_the_correlation_data(rig):
     assert rig.link.on(TOPICS.result)[-1].payload == reply[0].payload
 
 
+@pytest.mark.parametrize("topic", ["edison/edison-t/status", "edison/edison-t/result", "edison/edison-t/led/state",
+                                   "edison/edison-t/button/event", "homeassistant/switch/edison-t/ghost/config"])
+def test_a_reply_never_goes_to_one_of_the_devices_own_topics(rig, logs, topic):
+    """Whoever may command the device could otherwise make it say it is offline, that a button was pressed, or
+    announce an output it does not have: the result goes to the result topic only, and the log says why."""
+    before = len(rig.link.on(topic))
+    rig.link.deliver(TOPICS.set("led"), '{"state": "ON", "id": "spoof-1"}', response_topic=topic)
+    logs.wait_for(r"response topic .* is one of the device's own topics")
+    assert json.loads(rig.link.on(TOPICS.result)[-1].payload)["id"] == "spoof-1"
+    sent = [m for m in rig.link.on(topic)[before:] if b"spoof-1" in m.payload]
+    assert len(sent) == (1 if topic == TOPICS.result else 0)  # the result itself, once
+
+
 def test_on_mqtt_3_1_1_there_is_no_response_topic(tmp_path):
     rig = Rig(tmp_path / "state", mqtt5=False)
     try:
