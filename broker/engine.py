@@ -242,7 +242,8 @@ class EdisonBroker(Broker):
             # the page's listener answers HTTP and lets only its own pages in; without users, so does the other
             guard = self.site if listener_name == WEB_LISTENER else (
                 OriginGuard() if self.connections.passwords is None else None)
-            return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), address, port,
+            host = address.strip("[]") if address else address  # an IPv6 address as --web-bind [::1]:8080 gives it
+            return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), host, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],
                                           process_request=guard.answer if guard else None, server_header=None,
                                           create_connection=upgrade_cap(self.connections.admission.per_address),

@@ -134,6 +134,22 @@ def test_one_address_cannot_hold_more_connections_waiting_for_their_upgrade_than
         broker.proc.stop()
 
 
+def test_the_page_listens_on_an_ipv6_address_given_in_brackets(tmp_path):
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port()
+    broker = start_embedded(tmp_path, "--allow-anonymous", "--web-bind", f"[::1]:{port}")
+    try:
+        conn = http.client.HTTPConnection("::1", port, timeout=TIMEOUT)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        broker.proc.stop()
+
+
 def test_with_tls_a_connection_that_never_starts_its_handshake_is_closed_too(tmp_path):
     cert = trustme.CA().issue_cert("127.0.0.1")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
