@@ -214,6 +214,8 @@ class Connection:
         if not task.done():
             task.cancel()
         if self._ended is not None:  # even when both finished: what follows must not act for a session taken over
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: asyncio would log it as never retrieved
             raise Closed
         return task.result()
 
@@ -285,7 +287,7 @@ class Connection:
             if hub.passwords is not None and user is None and connect.password is None:
                 # Nothing to guess, nothing to check: refused at once, and not counted against the address (a client
                 # asking which MQTT version the broker speaks, as the node does, sends no credentials).
-                hub.squelch.info(f"no credentials {network_of(self.address)}", "refused a login without user name or "
+                hub.squelch.info("no credentials", "refused a login without user name or "
                                  "password from %s (client %s): edison-node sends one at its start to learn which "
                                  "MQTT version the broker speaks", self.peer, shown(connect.client_id))
                 await self._answer(wire.NOT_AUTHORIZED)
@@ -294,7 +296,7 @@ class Connection:
                 try:
                     delays = await self._unless_ended(self._check(connect))
                 except Held:
-                    hub.squelch.warning(f"held {self.address} {user}", "refused login: user=%s client=%s from %s "
+                    hub.squelch.warning("held", "refused login: user=%s client=%s from %s "
                                         "unchecked: a login as that user from there failed lately and its delay is "
                                         "not over", shown(user), shown(connect.client_id), self.peer)
                     await self._answer(wire.NOT_AUTHORIZED)
@@ -304,7 +306,7 @@ class Connection:
                     await self._refuse_login(connect, delays)
                     return None
                 assert user is not None  # a login without a user name is refused
-                hub.throttle.succeeded(self.address, user)
+                hub.throttle.succeeded(network_of(self.address), user)
             store = hub.core.store
             if store is not None and store.crowded(LOGIN_BACKLOG):  # each login writes its session (and will)
                 await self._unless_ended(store.room())
@@ -321,14 +323,15 @@ class Connection:
             self._connect_read = True
             connect = wire.parse_connect(*packet)
         except asyncio.TimeoutError:
-            log.info("closed connection from %s: no CONNECT within %g s", self.peer, hub.limits.connect_timeout)
+            hub.squelch.info("no connect", "closed connection from %s: no CONNECT within %g s", self.peer,
+                             hub.limits.connect_timeout)
             return None
         except wire.UnsupportedProtocol as exc:
-            log.info("refused client %s: %s", self.peer, exc)
+            hub.squelch.info("protocol", "refused client %s: %s", self.peer, exc)
             await self._answer(wire.UNACCEPTABLE_PROTOCOL)
             return None
         except wire.Malformed as exc:
-            log.warning("closed connection from %s: %s", self.peer, exc)
+            hub.squelch.warning("malformed connect", "closed connection from %s: %s", self.peer, exc)
             if packet is not None and packet[0] == wire.CONNECT and packet[2][2:7] == b"MQTT\x05":
                 self.v5 = True  # an MQTT 5 client is told why
                 await self._answer(exc.code)
@@ -339,18 +342,20 @@ class Connection:
         self.v5 = connect.version == wire.MQTT5
         problem = topic_problem(connect.will.topic) if connect.will else None
         if connect.will and problem:
-            log.warning("closed connection from %s: will topic %s: %s", self.peer, shown(connect.will.topic), problem)
+            hub.squelch.warning("will topic", "closed connection from %s: will topic %s: %s", self.peer,
+                                shown(connect.will.topic), problem)
             if self.v5:
                 await self._answer(wire.TOPIC_NAME_INVALID)
             return None
         if connect.props.text(P.AUTH_METHOD) is not None:
-            log.info("refused client %s: enhanced authentication (%s) is not supported", self.peer,
-                     shown(connect.props.text(P.AUTH_METHOD)))
+            hub.squelch.info("auth method", "refused client %s: enhanced authentication (%s) is not supported",
+                             self.peer, shown(connect.props.text(P.AUTH_METHOD)))
             await self._answer(wire.BAD_AUTH_METHOD)
             return None
         if not connect.client_id:
             if not connect.clean_session and not self.v5:
-                log.warning("refused client %s: empty client id needs clean session [MQTT-3.1.3-8]", self.peer)
+                hub.squelch.warning("empty client id", "refused client %s: empty client id needs clean session "
+                                    "[MQTT-3.1.3-8]", self.peer)
                 await self._answer(wire.IDENTIFIER_REJECTED)
                 return None
             connect = dataclasses.replace(connect, client_id=f"auto-{uuid.uuid4().hex[:16]}")
@@ -362,15 +367,15 @@ class Connection:
         logins from this address failed lately and the next may not be checked yet (Throttle.held)."""
         hub, user = self.hub, connect.username
         assert hub.passwords is not None
+        source = network_of(self.address)  # an IPv6 /64 is one address: its other addresses are its own to pick
         if user is None:
-            return hub.throttle.failed(self.address, user)
-        if hub.throttle.held(self.address, user):
+            return hub.throttle.failed(source, user)
+        if hub.throttle.held(source, user):
             raise Held
-        with hub.throttle.checking(self.address, user):
-            if await hub.passwords.check(user, connect.password, network_of(self.address),
-                                         hub.admission.trusted(self.address)):
+        with hub.throttle.checking(source, user):
+            if await hub.passwords.check(user, connect.password, source, hub.admission.trusted(self.address)):
                 return None
-            return hub.throttle.failed(self.address, user)
+            return hub.throttle.failed(source, user)
 
     async def _refuse_login(self, connect: wire.Connect, delays: tuple[float, float]) -> None:
         """Answer a failed login after its delay; an address already waiting out many refusals gets none."""

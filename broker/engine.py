@@ -164,6 +164,8 @@ class _HandshakeFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         status = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.msg == "connection open":
+            return False  # every upgrade: the login that follows is what the broker logs
         if record.msg == "connection rejected (%d %s)":
             if status not in PAGE_ANSWERS:
                 self._squelch.warning(f"websocket {status}", "a WebSocket request refused: %s", record.getMessage())
@@ -241,7 +243,7 @@ class EdisonBroker(Broker):
             # 16 frames) let a stranger waiting for its password check hold 17 MiB
             # the page's listener answers HTTP and lets only its own pages in; without users, so does the other
             guard = self.site if listener_name == WEB_LISTENER else (
-                OriginGuard() if self.connections.passwords is None else None)
+                OriginGuard(trial=True) if self.connections.passwords is None else None)
             host = address.strip("[]") if address else address  # an IPv6 address as --web-bind [::1]:8080 gives it
             return await websockets.serve(partial(self.ws_connected, listener_name=listener_name), host, port,
                                           ssl=ssl_context, subprotocols=[websockets.Subprotocol("mqtt")],

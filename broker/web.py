@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import http
+import ipaddress
 import json
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,17 +89,37 @@ def foreign_origin(request: Request) -> str | None:
     return None if parts.netloc.lower() in own else origin
 
 
-class OriginGuard:
-    """process_request for a WebSocket listener without the page (--ws-bind) in trial mode: its own site only."""
+def loopback_host(request: Request) -> bool:
+    """Whether the request names this host as a loopback address or `localhost` (its Host header)."""
+    host = request.headers.get("Host", "").lower()
+    name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self) -> None:
+
+class OriginGuard:
+    """process_request for MQTT over WebSocket: pages of this address only; in trial mode, this host by a loopback
+    name only (a page of another site whose name it made resolve to 127.0.0.1, DNS rebinding, sends its own name
+    as Host and Origin alike)."""
+
+    def __init__(self, trial: bool = False) -> None:
+        self.trial = trial
         self.squelch = Squelch()
 
     def answer(self, connection: ServerConnection, request: Request) -> Response | None:
+        if self.trial and not loopback_host(request):
+            self.squelch.warning("host", "refused a request from %s for host %r: a broker in trial mode answers to "
+                                 "localhost only", connection.remote_address[0], request.headers.get("Host", "")[:100])
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden: a broker in trial mode answers to "
+                                                                "localhost and 127.0.0.1 only\n")
         origin = foreign_origin(request)
         if origin is None:
             return None
-        self.squelch.warning(f"origin {origin[:100]}", "refused a WebSocket from %s for a page of %r: MQTT over "
+        self.squelch.warning("origin", "refused a WebSocket from %s for a page of %r: MQTT over "
                              "WebSocket here is for pages of this address", connection.remote_address[0], origin[:100])
         return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden: pages of other sites may not use this "
                                                             "broker\n")
@@ -114,13 +135,14 @@ class Site:
     def __init__(self, layout: Layout, trial: bool = False) -> None:
         self._files = page_files(layout, trial)
         self._gzipped = {name: gzip.compress(data, mtime=0) for name, data in self._files.items()}
-        self._guard = OriginGuard()
+        self._guard = OriginGuard(trial)
 
     def answer(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' process_request: None lets the WebSocket handshake go on, anything else is the answer."""
         path = request.path.partition("?")[0]
-        if path == MQTT_PATH:  # the page's own MQTT: from a page of this address only
-            return self._guard.answer(connection, request)  # None: websockets goes on (426 to a plain GET)
+        refused = self._guard.answer(connection, request)
+        if path == MQTT_PATH or refused is not None:  # the page's own MQTT: from a page of this address only
+            return refused  # None: websockets goes on (426 to a plain GET)
         name = "index.html" if path == "/" else path[1:]
         body = self._files.get(name)
         if body is None:  # only the page's own names are keys: no path leads anywhere else

@@ -77,10 +77,10 @@ def test_a_path_that_is_not_one_of_the_page_files_is_not_found(web, path):
     assert (status, body) == (404, b"Not found: the control page is at /\n")
 
 
-def upgrade(port: int, headers: dict[str, str]) -> int:
+def upgrade(port: int, headers: dict[str, str], host: str = "127.0.0.1") -> int:
     """The status of a WebSocket upgrade to /mqtt with `headers` (a browser sends its page's Origin)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        lines = ["GET /mqtt HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        lines = ["GET /mqtt HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13",
                  "Sec-WebSocket-Protocol: mqtt", *(f"{k}: {v}" for k, v in headers.items())]
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -98,7 +98,11 @@ def test_a_page_of_another_site_cannot_use_the_broker_from_a_visitors_browser(tm
             assert upgrade(port, {"Origin": origin}) == 403, origin
         broker.proc.wait_for_line(r"refused a WebSocket from 127\.0\.0\.1 for a page of 'http://evil.example'")
         assert upgrade(port, {"Origin": f"http://127.0.0.1:{port}"}) == 101  # its own page (and paho)
+        assert upgrade(port, {"Origin": f"http://localhost:{port}"}, host="localhost") == 101
         assert upgrade(port, {}) == 101  # not a browser
+        # DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 is its own origin by name
+        rebound = f"http://rebind.evil.example:{port}"
+        assert upgrade(port, {"Origin": rebound}, host="rebind.evil.example") == 403
     finally:
         broker.proc.stop()
 
