@@ -164,10 +164,15 @@ class Session:
 
 
 class Core:
-    def __init__(self, access: Access, store: Store | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, access: Access, store: Store | None = None, limits: Limits | None = None,
+                 statuses: dict[str, str] | None = None) -> None:
+        """`statuses`: each device's status topic -> the device, whose own `online` and `offline` there are retained
+        past --max-retained-bytes: one short message per device, and nobody who fills the retained store may make a
+        stopped device read as online."""
         self.access = access
         self.store = store
         self.limits = limits or Limits()
+        self.statuses = statuses or {}
         self.sessions: dict[str, Session] = {}
         self.subscribers = SubscriptionTree()
         self.retained: RetainedTree[Retained] = RetainedTree()
@@ -181,7 +186,7 @@ class Core:
     def restore(self, state: State, loop: asyncio.AbstractEventLoop) -> None:
         """Take over what the data directory kept; clients that were connected get their will if they stay away."""
         for m in state.retained:
-            self._retain(m.topic, Retained(m.data, m.qos, m.props, m.expires))
+            self._retain(m.topic, Retained(m.data, m.qos, m.props, m.expires), own=m.topic in self.statuses)
         for st in state.sessions:
             s = Session(st.client_id, st.username or None, persistent=True)
             s.on_disk = True
@@ -359,7 +364,8 @@ class Core:
         refusal = self.access.publish_refusal(s.username, will.topic)
         if refusal is None:
             expires = time.time() + will.expiry if will.expiry is not None else None
-            self.route(will.topic, will.payload, will.qos, will.retain, props=will.props, expires=expires)
+            self.route(will.topic, will.payload, will.qos, will.retain, props=will.props, expires=expires,
+                       owner=s.username)
         else:
             log.warning("refused will: %s topic=%s: %s", s.who(), shown(will.topic), refusal)
 
@@ -414,7 +420,8 @@ class Core:
         if p.qos == 2 and s.persistent and self.store:
             self.store.awaiting_release(s.client_id, p.packet_id or 0)  # with the routing: never routed twice
         expires = time.time() + p.expiry if p.expiry is not None else None
-        routed = self.route(p.topic, p.payload, p.qos, p.retain, props=p.props, expires=expires, sender=s.client_id)
+        routed = self.route(p.topic, p.payload, p.qos, p.retain, props=p.props, expires=expires, sender=s.client_id,
+                            owner=s.username)
         return wire.SUCCESS if routed else wire.NO_MATCHING_SUBSCRIBERS
 
     def released(self, s: Session, packet_id: int) -> bool:
@@ -427,14 +434,15 @@ class Core:
         return True
 
     def route(self, topic: str, payload: bytes, qos: int, retain: bool, props: bytes = b"",
-              expires: float | None = None, sender: str | None = None) -> int:
+              expires: float | None = None, sender: str | None = None, owner: str | None = None) -> int:
         """Hand a message to every matching session (queue, and disk for persistent ones), at once; to how many.
 
         A client subscribed by several filters gets one copy, at the highest QoS they grant, with all their
         identifiers; a shared subscription's group gets one copy, for the next member in turn.
         """
         if retain:
-            self._retain(topic, Retained(payload, qos, props, expires), stored=True)
+            own = owner is not None and self.statuses.get(topic) == owner
+            self._retain(topic, Retained(payload, qos, props, expires), stored=True, own=own)
         chosen: dict[str, list[Subscription]] = defaultdict(list)
         groups: dict[str, list[tuple[str, Subscription]]] = defaultdict(list)
         for client_id, topic_filter in self.subscribers.match(topic):
@@ -472,7 +480,7 @@ class Core:
         self._turns[group] = turn + 1
         return online[turn % len(online)]
 
-    def _retain(self, topic: str, message: Retained, stored: bool = False) -> None:
+    def _retain(self, topic: str, message: Retained, stored: bool = False, own: bool = False) -> None:
         """Keep (or, with an empty payload, forget) the retained message of a topic, within --max-retained-bytes.
 
         A message costs its topic, payload and properties: a retained message with a long topic and no payload
@@ -481,7 +489,7 @@ class Core:
         old = self.retained.get(topic)
         growth = (message.cost(topic) if message.payload else 0) - (old.cost(topic) if old else 0)
         limit = self.limits.max_retained_bytes
-        if message.payload and growth > 0 and limit and self.retained_bytes + growth > limit:
+        if message.payload and growth > 0 and limit and not own and self.retained_bytes + growth > limit:
             self.squelch.warning("retained", "not retained: %s (%d bytes with its topic): the retained messages "
                                  "already hold %d bytes (--max-retained-bytes); delivered to current subscribers only",
                                  shown(topic), message.cost(topic), self.retained_bytes)

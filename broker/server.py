@@ -113,7 +113,9 @@ async def serve(o: Options, store: Store | None, grace: float = 2.0) -> None:
         loop.add_signal_handler(signum, stop.set)
     users = None if o.allow_anonymous else Passwords(o.passwd)  # type: ignore[arg-type]
     access = Access(None if o.allow_anonymous else o.rules, users.users if users else ())
-    core = Core(access, store, o.limits)
+    devices = [u for u, allowed in (o.rules.publish if o.rules else {}).items()
+               if o.layout.device(u).everything in allowed]
+    core = Core(access, store, o.limits, {o.layout.device(d).status: d for d in devices})
     if store:
         state = store.load()
         core.restore(state, loop)

@@ -190,3 +190,20 @@ def test_a_connection_that_takes_no_more_stops_the_queue_until_it_does():
     w.full = False
     core.pump(s)
     assert [p.payload for p in w.publishes()] == [b"0", b"1", b"2"]
+
+
+def test_a_full_retained_store_still_keeps_a_devices_own_status():
+    """Whoever fills --max-retained-bytes must not leave a stopped device reading as online: its own `offline`,
+    one byte longer than `online`, is retained anyway; the same topic from another user is held to the cap."""
+    status = "edison/dev/status"
+    limit = Retained(b"online", 1).cost(status) + Retained(b"x" * 60, 1).cost("edison/junk/x/set")
+    core = Core(Access(None), limits=Limits(max_retained_bytes=limit), statuses={status: "dev"})
+    core.route(status, b"online", 1, True, owner="dev")
+    core.route("edison/junk/x/set", b"x" * 60, 1, True, owner="laptop")  # now exactly full
+    core.route("edison/junk/y/set", b"y" * 60, 1, True, owner="laptop")
+    assert core.retained.get("edison/junk/y/set") is None
+    core.route(status, b"offline", 1, True, owner="dev")
+    kept = core.retained.get(status)
+    assert kept is not None and kept.payload == b"offline"
+    core.route(status, b"online, says laptop", 1, True, owner="laptop")
+    assert core.retained.get(status) == kept
