@@ -57,6 +57,16 @@ TRUSTED_FOR = 86400.0  # seconds an address that logged in is let in past the to
 STALLED_AFTER = 1.0  # seconds without a CONNECT after which a newer connection from its address may take its place
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (no port, no brackets) is this machine by loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def network_of(address: str) -> str:
     """What counts as one address: an IPv4 address, or the /64 of an IPv6 one (one subscriber's share)."""
     try:
@@ -338,8 +348,7 @@ class Throttle:
 
     def failing(self, user: str) -> bool:
         """Whether a login as `user` (whether it exists or not) failed in the last FORGET_AFTER seconds."""
-        record = self._seen.get(f"user {user}")
-        return record is not None and self._clock() - record.last <= FORGET_AFTER
+        return self._fresh(f"user {user}") is not None
 
     def held(self, address: str, user: str) -> bool:
         """Whether a login as `user` from `address` is refused unchecked: one from there as that user failed lately,

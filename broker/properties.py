@@ -148,6 +148,17 @@ def _check(props: Props, what: str) -> None:
         raise PropertyError(f"{what}: response topic {topic[:80]!r} is not a topic name [MQTT-3.3.2-14]")
 
 
+def utf8(raw: bytes) -> str:
+    """An MQTT string [MQTT-1.5.4]: UTF-8 without U+0000; ValueError saying what it is not."""
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8") from None
+    if "\x00" in value:
+        raise ValueError("contains U+0000")
+    return value
+
+
 def read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
     """The variable byte integer at `pos` and the position after it (a packet's remaining length, a property's
     length or identifier)."""
@@ -174,14 +185,11 @@ def _value(data: bytes, pos: int, end: int, kind: int, what: str) -> tuple[int |
         return chunk
 
     def text() -> str:
-        raw = take(struct.unpack("!H", take(2))[0])
+        raw = take(struct.unpack("!H", take(2))[0])  # a PropertyError of its own when cut short
         try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PropertyError(f"{what}: a property string is not UTF-8") from None
-        if "\x00" in value:
-            raise PropertyError(f"{what}: a property string contains U+0000")
-        return value
+            return utf8(raw)
+        except ValueError as exc:
+            raise PropertyError(f"{what}: a property string {exc}") from None
 
     if kind == BYTE:
         return take(1)[0], pos

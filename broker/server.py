@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import time
 from typing import TYPE_CHECKING
 
 from broker import passwords
+from broker.login import is_loopback
 from broker.models import WEB_LISTENER, Listeners, Options
 
 if TYPE_CHECKING:
@@ -26,19 +26,13 @@ class SetupError(Exception):
     """The options cannot make a safe broker; the message says why."""
 
 
-def is_loopback(bind: str) -> bool:
-    host = bind.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def loopback_bind(bind: str) -> bool:
+    return is_loopback(bind.rpartition(":")[0].strip("[]"))
 
 
 def check(o: Options) -> None:
     if o.allow_anonymous:
-        exposed = [b for b in o.listeners.binds if not is_loopback(b)]
+        exposed = [b for b in o.listeners.binds if not loopback_bind(b)]
         if exposed:
             raise SetupError(f"--allow-anonymous is for local trials: refusing to listen on {', '.join(exposed)}; "
                              "bind to 127.0.0.1 or create users with `edison-broker passwd`")

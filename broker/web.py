@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import http
-import ipaddress
 import json
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from broker.login import is_loopback
 from broker.logs import Squelch
 from node.topics import Layout
 
@@ -91,14 +91,9 @@ def foreign_origin(request: Request) -> str | None:
 
 def loopback_host(request: Request) -> bool:
     """Whether the request names this host as a loopback address or `localhost` (its Host header)."""
-    host = request.headers.get("Host", "").lower()
+    host = request.headers.get("Host", "").lower()  # host names are not case-sensitive
     name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
-    if name in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost." or is_loopback(name)
 
 
 class OriginGuard:

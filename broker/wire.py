@@ -184,14 +184,10 @@ class _Body:
         return self.take(self.u16(what), what)
 
     def text(self, what: str) -> str:
-        raw = self.binary(what)
         try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Malformed(f"{what} is not UTF-8") from None
-        if "\x00" in value:
-            raise Malformed(f"{what} contains U+0000")
-        return value
+            return P.utf8(self.binary(what))
+        except ValueError as exc:
+            raise Malformed(f"{what} {exc}") from None
 
     def props(self, allowed: frozenset[int], what: str) -> P.Props:
         try:
